@@ -1,0 +1,47 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+# One-command entry points. `make demo` and `make test` set everything up on a fresh machine.
+SHELL := /bin/bash
+ENV := source scripts/env.sh &&
+COLCON := colcon --log-base .colcon/log
+COLCON_PATHS := --base-paths . --build-base .colcon/build --install-base .colcon/install
+
+.PHONY: setup build test lint demo bench soak gpu-check clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	@$(ENV) $(COLCON) build $(COLCON_PATHS) --symlink-install --event-handlers console_cohesion- \
+	  > .colcon/build.log 2>&1 || { tail -n 60 .colcon/build.log; exit 1; }
+	@echo '[build] demand_layering_ros built into .colcon/install'
+
+# The whole suite (unit, integration over real DDS, lint) through colcon test; fails on any
+# failing test, on a build error, and when no test ran.
+test: build
+	@$(ENV) rm -rf .colcon/build/demand_layering_ros/test_results && \
+	  $(COLCON) test $(COLCON_PATHS) --return-code-on-test-failure \
+	    --event-handlers console_direct+ $(if $(PYTEST_ARGS),--pytest-args $(PYTEST_ARGS)) ; rc=$$?; \
+	  $(COLCON) test-result --test-result-base .colcon/build --verbose | tee .colcon/test-result.txt; \
+	  rc2=$${PIPESTATUS[0]}; \
+	  grep -qE '^Summary: [1-9][0-9]* tests' .colcon/test-result.txt || { echo '[test] no test ran'; exit 1; }; \
+	  [ $$rc -eq 0 ] && [ $$rc2 -eq 0 ]
+
+lint: build
+	@$(ENV) $(COLCON) test $(COLCON_PATHS) --return-code-on-test-failure \
+	  --pytest-args -k 'flake8 or pep257 or copyright or python310 or core_imports'
+
+demo: build
+	@$(ENV) python -m demand_layering_ros demo
+
+bench: build
+	@$(ENV) python -m demand_layering_ros bench --out bench/out --markdown BENCHMARKS.md
+
+soak: build
+	@$(ENV) python -m pytest test/test_soak.py -q --soak-frames 5000
+
+gpu-check:
+	@bash bench/gpu_check.sh
+
+clean:
+	rm -rf .colcon build install log
