@@ -1,6 +1,7 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
-"""Demand-layered DNN inference for ROS 2: stream each layer's weights right before it runs.
+"""
+Demand-layered DNN inference for ROS 2: stream each layer's weights right before it runs.
 
 The package root stays light (no torch import) so that `ros2 launch` and the CLI start fast;
 `load` and `load_resident` import the executor on first use.

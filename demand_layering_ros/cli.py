@@ -1,6 +1,7 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
-"""One command line for the tools: detect, pack, profile, plan, bench, camera.
+"""
+One command line for the tools: detect, pack, profile, plan, bench, camera.
 
 Each command lives in the module that owns the concept and is imported only when chosen, so
 `--help` and light commands do not pay for importing torch. A command module provides
@@ -16,7 +17,7 @@ COMMANDS = {
     'detect': ('demand_layering_ros.detect', 'run a detector on image files, print JSON lines'),
     'pack': ('demand_layering_ros.pack', 'write a weight pack laid out in execution order'),
     'profile': ('demand_layering_ros.planner', 'measure per-unit compute, disk and copy speed'),
-    'plan': ('demand_layering_ros.planner', 'choose resident units and arena for a budget/deadline'),
+    'plan': ('demand_layering_ros.planner', 'choose resident units and arena for a deadline'),
     'bench': ('demand_layering_ros.bench', 'benchmark against resident and offloading baselines'),
     'camera': ('demand_layering_ros.camera', 'publish images or a video as a ROS 2 camera'),
     'demo': ('demand_layering_ros.demo', 'run the end-to-end demo (detector + camera over ROS 2)'),

@@ -2,9 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """License headers on every source file (what ament_copyright checks on a ROS install)."""
 
-import pytest
-
 from lint_paths import python_files
+import pytest
 
 HEADER = ('# Copyright 2026 The demand_layering_ros Authors',
           '# SPDX-License-Identifier: Apache-2.0')

@@ -3,9 +3,8 @@
 """ROS 2 code style (ament_flake8 with the build farm's plugins)."""
 
 from ament_flake8.main import main_with_errors
-import pytest
-
 from lint_paths import python_paths
+import pytest
 
 
 @pytest.mark.flake8

@@ -3,9 +3,8 @@
 """Docstring conventions (ament_pep257)."""
 
 from ament_pep257.main import main
-import pytest
-
 from lint_paths import python_paths
+import pytest
 
 
 @pytest.mark.linter
