@@ -1,0 +1,616 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+Measure memory the way the kernel charges it: process RSS plus the page cache it causes.
+
+A weight-streaming executor can look frugal in `ps` while the file it reads sits in the page
+cache, which on a Jetson is the same DRAM. The honest measure is a memory cgroup: it charges
+anonymous memory *and* the page cache a process brings in, enforces a hard limit (the OOM killer
+acts at the limit) and records the peak. This module wraps the cgroup v1 memory controller (and
+v2 where that is what a machine has), runs a command inside a fresh child cgroup, and offers the
+plain per-process and per-file measurements that benchmarks, the node's diagnostics and the
+reliability tests share. Linux only; it imports neither torch nor ROS.
+"""
+
+import ctypes
+import ctypes.util
+from dataclasses import dataclass, field
+import errno
+import mmap
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+CGROUP_ROOT = Path('/sys/fs/cgroup')
+PROC_SELF_CGROUP = Path('/proc/self/cgroup')
+PAGE = mmap.PAGESIZE
+
+# Runs in the child before the real command: wait until the parent has put this pid into the
+# cgroup, then exec. `-I -S` keeps it tiny (no site, no venv .pth re-exec).
+_WAIT_THEN_EXEC = ('import os, sys\n'
+                   'r = int(sys.argv[1])\n'
+                   'ok = os.read(r, 1)\n'
+                   'os.close(r)\n'
+                   'if ok != b"1":\n'
+                   '    sys.exit(126)\n'
+                   'os.execvp(sys.argv[2], sys.argv[2:])\n')
+
+
+class CgroupError(RuntimeError):
+    """A cgroup operation failed; the message names the cgroup file and the reason."""
+
+
+class Availability:
+    """Whether memory cgroups can be used here; false-y with a `reason` when they cannot."""
+
+    def __init__(self, ok, reason, version=None, parent=None):
+        """Record the answer, why, the cgroup version (1 or 2) and the parent cgroup dir."""
+        self.ok = bool(ok)
+        self.reason = reason
+        self.version = version
+        self.parent = parent
+
+    def __bool__(self):
+        """Return True when a child memory cgroup can be created."""
+        return self.ok
+
+    def __repr__(self):
+        """Show the answer and the reason."""
+        return f'Availability(ok={self.ok}, version={self.version}, reason={self.reason!r})'
+
+
+def _read(path):
+    with open(path, encoding='ascii') as f:
+        return f.read()
+
+
+def _write(path, value):
+    try:
+        with open(path, 'w', encoding='ascii') as f:
+            f.write(str(value))
+    except OSError as e:
+        raise CgroupError(f'cannot write {value!r} to {path}: {e.strerror or e}') from e
+
+
+def _own_cgroup_paths(text=None):
+    """Return {controller or '' for v2: relative path} from /proc/self/cgroup."""
+    if text is None:
+        text = _read(PROC_SELF_CGROUP)
+    out = {}
+    for line in text.splitlines():
+        parts = line.split(':', 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        if controllers == '':
+            out[''] = rel
+        for c in controllers.split(','):
+            if c:
+                out[c] = rel
+    return out
+
+
+def _v2_mount():
+    """Return the cgroup2 mount point, or None."""
+    try:
+        mounts = _read('/proc/self/mounts')
+    except OSError:
+        return None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == 'cgroup2':
+            return Path(fields[1])
+    return None
+
+
+def _probe():
+    """Find a usable parent memory cgroup; return an Availability."""
+    if not sys.platform.startswith('linux'):
+        return Availability(False, f'memory cgroups are Linux-only (platform {sys.platform})')
+    try:
+        own = _own_cgroup_paths()
+    except OSError as e:
+        return Availability(False, f'cannot read {PROC_SELF_CGROUP}: {e}')
+    v1_root = CGROUP_ROOT / 'memory'
+    if 'memory' in own and (v1_root / 'memory.limit_in_bytes').exists():
+        parent = v1_root / own['memory'].lstrip('/')
+        if not parent.is_dir():
+            return Availability(False, f'own memory cgroup {parent} is not visible here '
+                                       '(another cgroup namespace?)', 1)
+        if not os.access(parent, os.W_OK):
+            return Availability(False, f'no permission to create a child of {parent} '
+                                       f'(uid {os.geteuid()}; needs root or delegation)', 1)
+        return Availability(True, f'cgroup v1 memory controller at {parent}', 1, parent)
+    mount = _v2_mount()
+    if mount is not None and '' in own:
+        parent = mount / own[''].lstrip('/')
+        try:
+            controllers = _read(parent / 'cgroup.controllers').split()
+        except OSError as e:
+            return Availability(False, f'cannot read {parent}/cgroup.controllers: {e}', 2)
+        if 'memory' not in controllers:
+            return Availability(False, f'the memory controller is not enabled for {parent} '
+                                       f'(cgroup v2 controllers: {" ".join(controllers)})', 2)
+        if not os.access(parent, os.W_OK):
+            return Availability(False, f'no permission to create a child of {parent} '
+                                       f'(uid {os.geteuid()}; needs root or delegation)', 2)
+        subtree = _read(parent / 'cgroup.subtree_control').split()
+        if 'memory' not in subtree:
+            procs = _read(parent / 'cgroup.procs').split()
+            if procs and parent != mount:
+                return Availability(False, f'cgroup v2: {parent} holds processes and does not '
+                                           'delegate the memory controller to children '
+                                           '(no-internal-process rule)', 2)
+        return Availability(True, f'cgroup v2 memory controller at {parent}', 2, parent)
+    return Availability(False, 'no memory cgroup controller is mounted (looked for '
+                               f'{v1_root} and a cgroup2 mount)')
+
+
+def cgroups_available():
+    """
+    Return an Availability: truthy when a child memory cgroup can be made, else with a reason.
+
+    Usage: `avail = cgroups_available(); if not avail: pytest.skip(avail.reason)`.
+    """
+    return _probe()
+
+
+class MemoryCgroup:
+    """
+    A fresh child memory cgroup of the current process's own cgroup, removed on close().
+
+    v1 files: memory.limit_in_bytes, memory.max_usage_in_bytes (peak), memory.stat (rss, cache),
+    memory.oom_control (oom_kill). v2 files: memory.max, memory.peak, memory.stat (anon, file),
+    memory.events (oom_kill). The same methods work on both. Use as a context manager.
+    """
+
+    def __init__(self, limit_bytes=None, name=None):
+        """Create the cgroup (and set the hard limit if given); raise CgroupError if unusable."""
+        avail = _probe()
+        if not avail:
+            raise CgroupError(f'memory cgroups unavailable: {avail.reason}')
+        self.version = avail.version
+        self.parent = avail.parent
+        self.name = name or f'dlr-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+        if '/' in self.name or self.name in ('', '.', '..'):
+            raise CgroupError(f'bad cgroup name {self.name!r}')
+        if self.version == 2:
+            subtree = self.parent / 'cgroup.subtree_control'
+            if 'memory' not in _read(subtree).split():
+                _write(subtree, '+memory')
+        self.path = self.parent / self.name
+        try:
+            os.mkdir(self.path)
+        except OSError as e:
+            raise CgroupError(f'cannot create cgroup {self.path}: {e.strerror or e}') from e
+        self.limit_bytes = None
+        self._closed = False
+        try:
+            if limit_bytes is not None:
+                self.set_limit(limit_bytes)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        """Return self."""
+        return self
+
+    def __exit__(self, *exc):
+        """Kill what is left inside and remove the cgroup."""
+        self.close()
+
+    def __repr__(self):
+        """Show the path, version and limit."""
+        return f'MemoryCgroup({str(self.path)!r}, v{self.version}, limit={self.limit_bytes})'
+
+    def _file(self, v1, v2):
+        return self.path / (v1 if self.version == 1 else v2)
+
+    def set_limit(self, limit_bytes):
+        """Set the hard limit (bytes; None removes it). Swap is limited to the same amount."""
+        if limit_bytes is not None:
+            limit_bytes = int(limit_bytes)
+            if limit_bytes < PAGE:
+                raise ValueError(f'memory limit must be at least one page ({PAGE} bytes), '
+                                 f'got {limit_bytes}')
+        if self.version == 1:
+            value = -1 if limit_bytes is None else limit_bytes
+            memsw = self.path / 'memory.memsw.limit_in_bytes'
+            if limit_bytes is None and memsw.exists():
+                _write(memsw, -1)       # memsw must stay >= limit: raise it first
+            _write(self.path / 'memory.limit_in_bytes', value)
+            if memsw.exists():
+                try:
+                    _write(memsw, value)
+                except CgroupError:
+                    pass                # swap accounting off: no swap to escape into
+        else:
+            value = 'max' if limit_bytes is None else limit_bytes
+            _write(self.path / 'memory.max', value)
+            swap = self.path / 'memory.swap.max'
+            if swap.exists():
+                _write(swap, 0 if limit_bytes is not None else 'max')
+        self.limit_bytes = limit_bytes
+
+    def add(self, pid):
+        """Move process `pid` (all its threads) into this cgroup."""
+        _write(self.path / 'cgroup.procs', int(pid))
+
+    def pids(self):
+        """Return the pids currently inside."""
+        try:
+            return [int(p) for p in _read(self.path / 'cgroup.procs').split()]
+        except FileNotFoundError:
+            return []
+
+    def usage_bytes(self):
+        """Return the memory charged now (anonymous + page cache + kernel)."""
+        return int(_read(self._file('memory.usage_in_bytes', 'memory.current')))
+
+    def peak_bytes(self):
+        """Return the peak charge since creation or the last reset_peak()."""
+        f = self._file('memory.max_usage_in_bytes', 'memory.peak')
+        if not f.exists():
+            raise CgroupError(f'{f} does not exist (kernel older than 5.19?); no peak recorded')
+        return int(_read(f))
+
+    def reset_peak(self):
+        """Start a new peak measurement from the current usage."""
+        _write(self._file('memory.max_usage_in_bytes', 'memory.peak'), 0)
+
+    def stat(self):
+        """Return memory.stat as {key: int}."""
+        out = {}
+        for line in _read(self.path / 'memory.stat').splitlines():
+            key, _, value = line.partition(' ')
+            if value.strip().lstrip('-').isdigit():
+                out[key] = int(value)
+        return out
+
+    def rss_bytes(self, stat=None):
+        """Return anonymous memory charged now (v1 `rss`, v2 `anon`)."""
+        stat = self.stat() if stat is None else stat
+        return stat.get('rss' if self.version == 1 else 'anon', 0)
+
+    def cache_bytes(self, stat=None):
+        """Return page cache charged now (v1 `cache`, v2 `file`)."""
+        stat = self.stat() if stat is None else stat
+        return stat.get('cache' if self.version == 1 else 'file', 0)
+
+    def oom_kills(self):
+        """Return how many processes the OOM killer killed in this cgroup."""
+        f = self._file('memory.oom_control', 'memory.events')
+        for line in _read(f).splitlines():
+            key, _, value = line.partition(' ')
+            if key == 'oom_kill':
+                return int(value)
+        return 0
+
+    def kill_all(self, sig=signal.SIGKILL):
+        """Send `sig` to every process inside (processes this cgroup's user started)."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def close(self):
+        """Kill what is left inside, uncharge its page cache and remove the directory."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.path.exists():
+            return
+        deadline = time.monotonic() + 5.0
+        while self.pids() and time.monotonic() < deadline:
+            self.kill_all()
+            time.sleep(0.01)
+        if self.version == 1:
+            try:
+                _write(self.path / 'memory.force_empty', 0)
+            except CgroupError:
+                pass                    # best effort; rmdir reparents what is left
+        while True:
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError as e:
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise CgroupError(f'cannot remove cgroup {self.path}: '
+                                      f'{e.strerror or e}') from e
+                time.sleep(0.02)
+
+
+@dataclass
+class CgroupResult:
+    """What a command did inside its memory cgroup (bytes; seconds)."""
+
+    argv: list
+    returncode: int
+    oom_killed: bool
+    timed_out: bool
+    limit_bytes: object
+    peak_bytes: int             # kernel-recorded peak charge: RSS + page cache + kernel
+    peak_rss_bytes: int         # sampled peak of anonymous memory in the cgroup
+    peak_cache_bytes: int       # sampled peak of page cache charged to the cgroup
+    cache_bytes: int            # page cache still charged when the command ended
+    max_rss_bytes: int          # the command's own ru_maxrss
+    wall_s: float
+    stdout: str
+    stderr: str
+    samples: list = field(default_factory=list, repr=False)   # (t, usage, rss, cache)
+
+    @property
+    def ok(self):
+        """Return True when the command exited 0 without OOM kill or timeout."""
+        return self.returncode == 0 and not self.oom_killed and not self.timed_out
+
+    def summary(self):
+        """Describe the outcome in one line (sizes in MiB)."""
+        mib = 1 << 20
+        limit = 'none' if self.limit_bytes is None else f'{self.limit_bytes / mib:.1f} MiB'
+        state = ('OOM-killed' if self.oom_killed else 'timed out' if self.timed_out
+                 else f'exit {self.returncode}')
+        return (f'{state}; limit {limit}, peak {self.peak_bytes / mib:.1f} MiB '
+                f'(rss {self.peak_rss_bytes / mib:.1f}, cache {self.peak_cache_bytes / mib:.1f}),'
+                f' {self.wall_s:.2f} s')
+
+
+def run_in_cgroup(argv, limit_bytes=None, timeout=None, env=None, cwd=None, input=None,
+                  sample_interval=0.01):
+    """
+    Run `argv` in a fresh child memory cgroup with an optional hard limit; return CgroupResult.
+
+    The child is in the cgroup before it executes the command (a tiny wrapper waits on a pipe
+    until the parent has moved it), so every byte it allocates or pulls into the page cache is
+    charged. On timeout everything in the cgroup is killed and `timed_out` is set. The cgroup is
+    removed afterwards. Raises CgroupError when cgroups are unavailable (see cgroups_available).
+    """
+    argv = [os.fspath(a) for a in argv]
+    if not argv:
+        raise ValueError('run_in_cgroup: empty argv')
+    if timeout is not None and timeout <= 0:
+        raise ValueError(f'run_in_cgroup: timeout must be > 0, got {timeout}')
+    with MemoryCgroup(limit_bytes) as cg, \
+            tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        r, w = os.pipe()
+        wrapper = [sys.executable, '-I', '-S', '-c', _WAIT_THEN_EXEC, str(r)] + argv
+        try:
+            proc = subprocess.Popen(wrapper, stdin=subprocess.PIPE if input is not None
+                                    else subprocess.DEVNULL, stdout=out, stderr=err,
+                                    env=env, cwd=cwd, pass_fds=(r,))
+        finally:
+            os.close(r)
+        try:
+            cg.add(proc.pid)
+            os.write(w, b'1')
+        except BaseException:
+            os.close(w)
+            proc.kill()
+            proc.wait()
+            raise
+        os.close(w)
+        t0 = time.monotonic()
+        if input is not None:
+            try:
+                proc.stdin.write(input.encode() if isinstance(input, str) else input)
+            except BrokenPipeError:
+                pass
+            proc.stdin.close()
+        samples = []
+        peak_rss = peak_cache = 0
+        timed_out = False
+        status = rusage = None
+        while True:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            try:
+                stat = cg.stat()
+                rss, cache = cg.rss_bytes(stat), cg.cache_bytes(stat)
+                samples.append((time.monotonic() - t0, cg.usage_bytes(), rss, cache))
+                peak_rss, peak_cache = max(peak_rss, rss), max(peak_cache, cache)
+            except (OSError, CgroupError):
+                pass
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                timed_out = True
+                cg.kill_all()
+                _, status, rusage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(sample_interval)
+        wall = time.monotonic() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        cg.kill_all()           # stragglers the command left behind
+        stat = cg.stat()
+        peak_rss = max(peak_rss, cg.rss_bytes(stat))
+        cache_now = cg.cache_bytes(stat)
+        peak_cache = max(peak_cache, cache_now)
+        oom = cg.oom_kills() > 0
+        peak = cg.peak_bytes()
+        out.seek(0)
+        err.seek(0)
+        return CgroupResult(
+            argv=argv, returncode=proc.returncode, oom_killed=oom, timed_out=timed_out,
+            limit_bytes=cg.limit_bytes, peak_bytes=peak, peak_rss_bytes=peak_rss,
+            peak_cache_bytes=peak_cache, cache_bytes=cache_now,
+            max_rss_bytes=rusage.ru_maxrss * 1024, wall_s=wall,
+            stdout=out.read().decode(errors='replace'),
+            stderr=err.read().decode(errors='replace'), samples=samples)
+
+
+# --- page cache ---------------------------------------------------------------------------------
+
+def meminfo():
+    """Return /proc/meminfo as {key: bytes}."""
+    out = {}
+    for line in _read('/proc/meminfo').splitlines():
+        key, _, rest = line.partition(':')
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0]) * (1024 if parts[1:] == ['kB'] else 1)
+    return out
+
+
+def page_cache_bytes():
+    """Return the machine-wide page cache (`Cached` in /proc/meminfo), in bytes."""
+    return meminfo()['Cached']
+
+
+def drop_caches(level=3):
+    """
+    Write dirty pages back and drop the machine-wide page cache (root only; benchmarks only).
+
+    Prefer evict_file() in tests: it forgets one file's pages without disturbing other work.
+    """
+    if level not in (1, 2, 3):
+        raise ValueError(f'drop_caches: level must be 1, 2 or 3, got {level!r}')
+    if os.geteuid() != 0:
+        raise PermissionError('drop_caches needs root (writes /proc/sys/vm/drop_caches); '
+                              'use evict_file(path) to drop one file from the page cache')
+    os.sync()
+    with open('/proc/sys/vm/drop_caches', 'w', encoding='ascii') as f:
+        f.write(str(level))
+
+
+def evict_file(path):
+    """Write back and drop one file's pages from the page cache (no root needed)."""
+    fd = os.open(os.fspath(path), os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+_libc = None
+
+
+def _get_libc():
+    global _libc
+    if _libc is None:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        _libc = libc
+    return _libc
+
+
+def file_cached_bytes(path, offset=0, length=None):
+    """Return how many bytes of `path` (in [offset, offset+length)) sit in the page cache."""
+    fd = os.open(os.fspath(path), os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        start = offset // PAGE * PAGE
+        end = size if length is None else min(size, offset + length)
+        n = end - start
+        if n <= 0:
+            return 0
+        libc = _get_libc()
+        addr = libc.mmap(None, n, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            e = ctypes.get_errno()
+            raise OSError(e, f'mmap of {path} failed: {os.strerror(e)}')
+        try:
+            pages = (n + PAGE - 1) // PAGE
+            vec = ctypes.create_string_buffer(pages)
+            if libc.mincore(addr, n, vec) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, f'mincore on {path} failed: {os.strerror(e)}')
+            resident = sum(b & 1 for b in vec.raw)
+        finally:
+            libc.munmap(addr, n)
+        return min(resident * PAGE, n)
+    finally:
+        os.close(fd)
+
+
+# --- per-process figures ------------------------------------------------------------------------
+
+def _status(pid):
+    out = {}
+    for line in _read(f'/proc/{pid}/status').splitlines():
+        key, _, value = line.partition(':')
+        out[key] = value.strip()
+    return out
+
+
+def _kb(value):
+    parts = value.split()
+    return int(parts[0]) * 1024 if parts else 0
+
+
+def process_rss(pid=None):
+    """Return a process's resident set size in bytes (default: this process)."""
+    pid = os.getpid() if pid is None else int(pid)
+    with open(f'/proc/{pid}/statm', encoding='ascii') as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def process_peak_rss(pid=None):
+    """Return a process's peak resident set size (VmHWM) in bytes."""
+    return _kb(_status(os.getpid() if pid is None else int(pid)).get('VmHWM', '0 kB'))
+
+
+def thread_count(pid=None):
+    """Return the number of OS threads of a process (all threads, not only Python's)."""
+    return int(_status(os.getpid() if pid is None else int(pid))['Threads'])
+
+
+def open_fd_count(pid=None):
+    """Return how many file descriptors a process has open."""
+    pid = os.getpid() if pid is None else int(pid)
+    return len(os.listdir(f'/proc/{pid}/fd'))
+
+
+def process_snapshot(pid=None):
+    """Return {'rss_bytes', 'peak_rss_bytes', 'threads', 'fds'} of a process (default: self)."""
+    pid = os.getpid() if pid is None else int(pid)
+    status = _status(pid)
+    return {'rss_bytes': _kb(status.get('VmRSS', '0 kB')),
+            'peak_rss_bytes': _kb(status.get('VmHWM', '0 kB')),
+            'threads': int(status['Threads']),
+            'fds': open_fd_count(pid)}
+
+
+def own_cgroup_usage():
+    """
+    Return {'usage_bytes', 'rss_bytes', 'cache_bytes', 'limit_bytes'} of this process's cgroup.
+
+    For diagnostics: on a robot that starts the node under a limit, this is the figure the
+    kernel's OOM killer watches. Returns None where no memory cgroup can be read.
+    """
+    try:
+        own = _own_cgroup_paths()
+    except OSError:
+        return None
+    v1 = CGROUP_ROOT / 'memory' / own.get('memory', '/').lstrip('/')
+    try:
+        if 'memory' in own and (v1 / 'memory.usage_in_bytes').exists():
+            stat = dict(line.split(' ', 1) for line in _read(v1 / 'memory.stat').splitlines())
+            limit = int(_read(v1 / 'memory.limit_in_bytes'))
+            return {'usage_bytes': int(_read(v1 / 'memory.usage_in_bytes')),
+                    'rss_bytes': int(stat.get('rss', 0)),
+                    'cache_bytes': int(stat.get('cache', 0)),
+                    'limit_bytes': None if limit >= (1 << 62) else limit}
+        mount = _v2_mount()
+        if mount is not None and '' in own:
+            d = mount / own[''].lstrip('/')
+            if (d / 'memory.current').exists():
+                stat = dict(line.split(' ', 1) for line in _read(d / 'memory.stat').splitlines())
+                limit = _read(d / 'memory.max').strip()
+                return {'usage_bytes': int(_read(d / 'memory.current')),
+                        'rss_bytes': int(stat.get('anon', 0)),
+                        'cache_bytes': int(stat.get('file', 0)),
+                        'limit_bytes': None if limit == 'max' else int(limit)}
+    except (OSError, ValueError):
+        return None
+    return None
