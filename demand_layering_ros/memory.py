@@ -362,15 +362,16 @@ class CgroupResult:
                 f' {self.wall_s:.2f} s')
 
 
-def run_in_cgroup(argv, limit_bytes=None, timeout=None, env=None, cwd=None, input=None,
+def run_in_cgroup(argv, limit_bytes=None, timeout=None, env=None, cwd=None, input_data=None,
                   sample_interval=0.01):
     """
     Run `argv` in a fresh child memory cgroup with an optional hard limit; return CgroupResult.
 
     The child is in the cgroup before it executes the command (a tiny wrapper waits on a pipe
     until the parent has moved it), so every byte it allocates or pulls into the page cache is
-    charged. On timeout everything in the cgroup is killed and `timed_out` is set. The cgroup is
-    removed afterwards. Raises CgroupError when cgroups are unavailable (see cgroups_available).
+    charged. `input_data` (bytes or str) is fed to its stdin. On timeout everything in the cgroup
+    is killed and `timed_out` is set. The cgroup is removed afterwards. Raises CgroupError when
+    cgroups are unavailable (see cgroups_available).
     """
     argv = [os.fspath(a) for a in argv]
     if not argv:
@@ -382,7 +383,7 @@ def run_in_cgroup(argv, limit_bytes=None, timeout=None, env=None, cwd=None, inpu
         r, w = os.pipe()
         wrapper = [sys.executable, '-I', '-S', '-c', _WAIT_THEN_EXEC, str(r)] + argv
         try:
-            proc = subprocess.Popen(wrapper, stdin=subprocess.PIPE if input is not None
+            proc = subprocess.Popen(wrapper, stdin=subprocess.PIPE if input_data is not None
                                     else subprocess.DEVNULL, stdout=out, stderr=err,
                                     env=env, cwd=cwd, pass_fds=(r,))
         finally:
@@ -397,9 +398,10 @@ def run_in_cgroup(argv, limit_bytes=None, timeout=None, env=None, cwd=None, inpu
             raise
         os.close(w)
         t0 = time.monotonic()
-        if input is not None:
+        if input_data is not None:
             try:
-                proc.stdin.write(input.encode() if isinstance(input, str) else input)
+                proc.stdin.write(input_data.encode() if isinstance(input_data, str)
+                                 else input_data)
             except BrokenPipeError:
                 pass
             proc.stdin.close()
