@@ -1,0 +1,366 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+Move byte ranges from a file on SSD into aligned memory without filling the page cache.
+
+Demand Layering reads each unit's weights right before the unit runs. On a Jetson the page cache
+lives in the same DRAM the memory budget is about, so a plain read would quietly keep a second
+copy of every weight. This module reads with O_DIRECT into page-aligned (or pinned) buffers, from
+worker threads whose `os.preadv` releases the GIL so reads overlap with compute. Where a file
+system refuses O_DIRECT it falls back to buffered reads followed by
+`posix_fadvise(POSIX_FADV_DONTNEED)`, and says so in `Reader.mode` / `Reader.fallback_reason`.
+
+A unit's tensors become zero-copy views over the buffer the reader filled (see `pack.Pack.views`).
+"""
+
+import concurrent.futures
+import errno
+import mmap
+import os
+import threading
+import time
+
+import numpy as np
+import torch
+import xxhash
+
+PAGE = 4096
+CHUNK_BYTES = 4 << 20
+CHECKSUM_ALGORITHM = 'xxh3_64'
+
+
+def align_up(n, alignment=PAGE):
+    """Round `n` up to a multiple of `alignment`."""
+    return (n + alignment - 1) // alignment * alignment
+
+
+def aligned_empty(nbytes, pin=False):
+    """
+    Return an uninitialised, page-aligned uint8 CPU tensor of `nbytes` bytes.
+
+    pin=False: backed by an anonymous mmap (page-aligned by construction); the tensor keeps the
+    mmap alive (torch.frombuffer holds a reference), so views and slices stay valid.
+    pin=True: page-locked memory from CUDA's host allocator, the source of asynchronous
+    host-to-device copies; it is page-aligned too (checked here).
+    """
+    nbytes = int(nbytes)
+    if nbytes < 0:
+        raise ValueError(f'aligned_empty: nbytes must be >= 0, got {nbytes}')
+    if pin:
+        if not torch.cuda.is_available():
+            raise RuntimeError('aligned_empty(pin=True) needs CUDA (pinned host memory); '
+                               'use pin=False on a CPU-only machine')
+        t = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True)[:nbytes]
+    else:
+        buf = mmap.mmap(-1, max(align_up(nbytes), PAGE))
+        t = torch.frombuffer(buf, dtype=torch.uint8)[:nbytes]
+    if t.data_ptr() % PAGE:
+        raise RuntimeError(f'aligned_empty: allocator returned an address not aligned to {PAGE}: '
+                           f'{t.data_ptr():#x}')
+    return t
+
+
+def as_memoryview(buf):
+    """Return a writable flat byte memoryview over a uint8 CPU tensor or a buffer object."""
+    if isinstance(buf, torch.Tensor):
+        if buf.device.type != 'cpu':
+            raise ValueError(f'destination must be a CPU (or pinned) tensor, got {buf.device}')
+        if buf.dtype != torch.uint8 or not buf.is_contiguous():
+            raise ValueError('destination tensor must be contiguous uint8, '
+                             f'got {buf.dtype} contiguous={buf.is_contiguous()}')
+        return memoryview(buf.numpy()).cast('B')
+    mv = memoryview(buf)
+    return mv if mv.format == 'B' and mv.ndim == 1 else mv.cast('B')
+
+
+def address_of(mv):
+    """Return the memory address of a memoryview's first byte."""
+    if mv.nbytes == 0:
+        return 0
+    return np.frombuffer(mv, dtype=np.uint8).ctypes.data
+
+
+def checksum(buf):
+    """
+    Return the xxh3_64 digest, as 16 hex digits, of a byte buffer or uint8 tensor.
+
+    xxh3 runs at tens of GB/s and releases the GIL, so verifying every read costs a few percent of
+    the read time (measured in bench/bench_reader.py); crc32 would cost about a fifth.
+    """
+    mv = as_memoryview(buf) if isinstance(buf, torch.Tensor) else buf
+    return xxhash.xxh3_64_hexdigest(mv)
+
+
+class ReadError(OSError):
+    """A read from the pack file failed; names the file, offset and length."""
+
+    def __init__(self, err, message, path, offset, length):
+        """Build an OSError subclass carrying the file, offset and length of the failed read."""
+        super().__init__(err, f'{path}: read of {length} bytes at offset {offset} failed: '
+                              f'{message}')
+        self.filename = path
+        self.offset = offset
+        self.length = length
+
+
+class ReadFuture(concurrent.futures.Future):
+    """
+    Future of one `Reader.submit`; after completion also carries timing (perf_counter s).
+
+    Attributes: offset, length, t_submit, t_start (first chunk began), t_end (last chunk done,
+    after verification), verify_seconds.
+    """
+
+    def __init__(self, offset, length):
+        """Record the request; timing fields fill in as chunks run."""
+        super().__init__()
+        self.offset = offset
+        self.length = length
+        self.t_submit = time.perf_counter()
+        self.t_start = None
+        self.t_end = None
+        self.verify_seconds = 0.0
+        self._remaining = 0
+        self._error = None
+        self._lock = threading.Lock()
+
+
+class Reader:
+    """
+    Parallel O_DIRECT reader of one file into caller-provided aligned buffers.
+
+    Reader(path, threads=2, direct=True, throttle_bytes_per_s=None, fault_injector=None)
+      mode: 'direct' or 'buffered'; fallback_reason: why not direct (None in direct mode).
+      read_into(offset, length, dest): blocking read of [offset, offset+length) into dest[:length].
+      submit(offset, length, dest, verify=None) -> ReadFuture (non-blocking; requests are served
+        in submission order). `verify(memoryview)` runs in the worker thread after the data
+        arrived; its exception becomes the future's exception.
+      bytes_read, seconds: bytes delivered and wall seconds during which any read was in flight.
+      throttle_bytes_per_s: cap the aggregate rate (simulates a slow disk in tests).
+      fault_injector(offset, length): called before every chunk read; may raise OSError to
+        simulate a failing disk.
+    In direct mode offset, length and the destination address must be multiples of PAGE (pack
+    units always are). The object is thread-safe; use it as a context manager or call close().
+    """
+
+    def __init__(self, path, threads=2, direct=True, throttle_bytes_per_s=None,
+                 fault_injector=None, chunk_bytes=CHUNK_BYTES):
+        """Open `path` (O_DIRECT if possible) and start the worker threads."""
+        self.path = os.fspath(path)
+        self.threads = max(1, int(threads))
+        self.chunk_bytes = align_up(max(int(chunk_bytes), PAGE))
+        self.throttle_bytes_per_s = throttle_bytes_per_s
+        self.fault_injector = fault_injector
+        self.bytes_read = 0
+        self.seconds = 0.0
+        self.mode = 'buffered'
+        self.fallback_reason = None
+        self._fd = None
+        self._stats_lock = threading.Lock()
+        self._in_flight = 0
+        self._busy_since = 0.0
+        self._throttle_lock = threading.Lock()
+        self._throttle_next = 0.0
+        self._closed = False
+        if direct:
+            self._open_direct()
+        else:
+            self.fallback_reason = 'direct=False requested by caller'
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
+        self.file_size = os.fstat(self._fd).st_size
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.threads, thread_name_prefix='dlr-reader')
+
+    def _open_direct(self):
+        flags = os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0)
+        o_direct = getattr(os, 'O_DIRECT', 0)
+        if not o_direct:
+            self.fallback_reason = 'O_DIRECT is not available on this platform'
+            return
+        try:
+            fd = os.open(self.path, flags | o_direct)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self.fallback_reason = f'O_DIRECT open refused ({e.strerror}) on {self.path}'
+            return
+        # Some file systems (FUSE, network) accept the flag and refuse the first read instead.
+        size = os.fstat(fd).st_size
+        if size:
+            probe = mmap.mmap(-1, PAGE)
+            try:
+                os.preadv(fd, [probe], 0)
+            except OSError as e:
+                os.close(fd)
+                if e.errno != errno.EINVAL:
+                    raise
+                self.fallback_reason = f'O_DIRECT read refused ({e.strerror}) on {self.path}'
+                return
+            finally:
+                probe.close()
+        self._fd = fd
+        self.mode = 'direct'
+
+    def __enter__(self):
+        """Return self."""
+        return self
+
+    def __exit__(self, *exc):
+        """Close the reader."""
+        self.close()
+
+    def close(self):
+        """Wait for queued reads, stop the workers and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        os.close(self._fd)
+
+    def __repr__(self):
+        """Describe the file and mode."""
+        return (f'Reader({self.path!r}, mode={self.mode!r}, threads={self.threads}, '
+                f'fallback_reason={self.fallback_reason!r})')
+
+    def read_into(self, offset, length, dest, verify=None):
+        """Read [offset, offset+length) into dest[:length]; block until done."""
+        self.submit(offset, length, dest, verify=verify).result()
+
+    def submit(self, offset, length, dest, verify=None):
+        """Queue a read of [offset, offset+length) into dest[:length]; return a ReadFuture."""
+        if self._closed:
+            raise ValueError(f'Reader for {self.path} is closed')
+        offset, length = int(offset), int(length)
+        mv = as_memoryview(dest)
+        if offset < 0 or length < 0:
+            raise ValueError(f'{self.path}: negative offset/length {offset}/{length}')
+        if mv.nbytes < length:
+            raise ValueError(f'{self.path}: destination holds {mv.nbytes} bytes, '
+                             f'read at offset {offset} needs {length}')
+        if mv.readonly:
+            raise ValueError(f'{self.path}: destination buffer is read-only')
+        mv = mv[:length]
+        if self.mode == 'direct':
+            addr = address_of(mv)
+            if offset % PAGE or length % PAGE or addr % PAGE:
+                raise ValueError(
+                    f'{self.path}: O_DIRECT read needs offset, length and buffer address aligned '
+                    f'to {PAGE}: offset={offset} length={length} address={addr:#x}')
+        fut = ReadFuture(offset, length)
+        fut.set_running_or_notify_cancel()
+        starts = list(range(0, length, self.chunk_bytes))
+        if not starts:
+            fut.t_start = fut.t_end = time.perf_counter()
+            try:
+                if verify is not None:
+                    verify(mv)
+                fut.set_result(None)
+            except BaseException as e:  # noqa: B902 - handed to the waiting caller
+                fut.set_exception(e)
+            return fut
+        fut._remaining = len(starts)
+        for start in starts:
+            end = min(start + self.chunk_bytes, length)
+            self._pool.submit(self._chunk, fut, offset + start, mv[start:end], mv, verify)
+        return fut
+
+    def _chunk(self, fut, offset, mv, whole, verify):
+        with fut._lock:
+            if fut.t_start is None:
+                fut.t_start = time.perf_counter()
+            failed = fut._error is not None
+        if not failed:
+            self._begin()
+            nbytes = 0
+            try:
+                self._read_fully(offset, mv)
+                nbytes = mv.nbytes
+            except BaseException as e:  # noqa: B902 - handed to the waiting caller
+                with fut._lock:
+                    if fut._error is None:
+                        fut._error = e
+            finally:
+                self._end(nbytes)
+        with fut._lock:
+            fut._remaining -= 1
+            last = fut._remaining == 0
+        if not last:
+            return
+        error = fut._error
+        if error is None and verify is not None:
+            t0 = time.perf_counter()
+            try:
+                verify(whole)
+            except BaseException as e:  # noqa: B902 - handed to the waiting caller
+                error = e
+            fut.verify_seconds = time.perf_counter() - t0
+        fut.t_end = time.perf_counter()
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+
+    def _begin(self):
+        with self._stats_lock:
+            if self._in_flight == 0:
+                self._busy_since = time.perf_counter()
+            self._in_flight += 1
+
+    def _end(self, nbytes):
+        with self._stats_lock:
+            self._in_flight -= 1
+            self.bytes_read += nbytes
+            if self._in_flight == 0:
+                self.seconds += time.perf_counter() - self._busy_since
+
+    def _throttle(self, nbytes):
+        if not self.throttle_bytes_per_s:
+            return
+        with self._throttle_lock:
+            now = time.perf_counter()
+            start = max(now, self._throttle_next)
+            self._throttle_next = start + nbytes / float(self.throttle_bytes_per_s)
+            done_at = self._throttle_next
+        delay = done_at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _read_fully(self, offset, mv):
+        """Read exactly len(mv) bytes at offset, retrying short reads."""
+        length = mv.nbytes
+        if self.fault_injector is not None:
+            try:
+                self.fault_injector(offset, length)
+            except OSError as e:
+                raise ReadError(e.errno or errno.EIO, f'injected fault: {e}', self.path,
+                                offset, length) from e
+        done = 0
+        while done < length:
+            pos = offset + done
+            try:
+                if self.mode == 'direct' and (pos % PAGE or (length - done) % PAGE):
+                    # Only after a short read at the end of a file that is not a PAGE multiple.
+                    n = self._read_unaligned_tail(pos, mv[done:])
+                else:
+                    n = os.preadv(self._fd, [mv[done:]], pos)
+            except OSError as e:
+                raise ReadError(e.errno, e.strerror or str(e), self.path, pos,
+                                length - done) from e
+            if n == 0:
+                size = os.fstat(self._fd).st_size
+                raise ReadError(errno.EIO, f'unexpected end of file (file size {size})',
+                                self.path, pos, length - done)
+            done += n
+        if self.mode == 'buffered':
+            os.posix_fadvise(self._fd, offset, length, os.POSIX_FADV_DONTNEED)
+        self._throttle(length)
+
+    def _read_unaligned_tail(self, pos, mv):
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
+        try:
+            n = os.preadv(fd, [mv], pos)
+            os.posix_fadvise(fd, pos, mv.nbytes, os.POSIX_FADV_DONTNEED)
+            return n
+        finally:
+            os.close(fd)
