@@ -1,0 +1,111 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+Launch the demand-layered detector as a lifecycle node, on Humble and Jazzy alike.
+
+The node configures and activates itself (its `autostart` parameter), so this file needs no
+`LifecycleNode(autostart=...)` (absent on Humble) and no event handlers. The parameter file's
+section for the node is also passed as a dictionary, so it applies under any `namespace`
+(a bare `demand_layering_detector:` key in a YAML file only matches the root namespace).
+
+    ros2 launch demand_layering_ros detector.launch.py params_file:=my.yaml namespace:=robot1
+        image_topics:="[/cam0/image_raw, /cam1/image_raw]" device:=cuda
+"""
+
+import os
+
+NODE_NAME = 'demand_layering_detector'
+ARGUMENTS = (
+    ('params_file', None, "YAML parameter file (default: the package's config/detector.yaml)"),
+    ('namespace', '', 'namespace of the node (relative image topics resolve inside it)'),
+    ('image_topics', '', 'image topics, e.g. "[/cam0/image_raw, /cam1/image_raw]" or '
+                         '"/cam0/image_raw,/cam1/image_raw"; empty = from params_file'),
+    ('device', '', 'cpu, cuda or cuda:N; empty = from params_file'),
+    ('pack_path', '', 'weight pack directory; empty = from params_file'),
+    ('autostart', '', 'true/false: configure and activate by itself; empty = from params_file'),
+    ('log_level', 'info', 'debug, info, warn, error or fatal'),
+    ('use_sim_time', 'false', 'use the /clock topic as time source'),
+)
+
+
+def parse_topics(text):
+    """Parse a list of topics: YAML list syntax, or separated by commas or spaces."""
+    text = text.strip()
+    if text.startswith('['):
+        import yaml
+        topics = yaml.safe_load(text)
+        if not isinstance(topics, list):
+            raise ValueError(f'image_topics: {text!r} is not a list')
+        return [str(t).strip() for t in topics if str(t).strip()]
+    return [t for t in text.replace(',', ' ').split() if t]
+
+
+def parse_bool(name, text):
+    """Parse a launch argument as a boolean, with a clear error."""
+    value = text.strip().lower()
+    if value in ('true', '1', 'yes', 'on'):
+        return True
+    if value in ('false', '0', 'no', 'off'):
+        return False
+    raise ValueError(f'{name}: {text!r} is not true or false')
+
+
+def node_parameters(path, namespace=''):
+    """Return the ros__parameters that apply to this node from a parameter file (merged)."""
+    import yaml
+    with open(path, encoding='utf-8') as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f'{path}: a parameter file maps node names to ros__parameters')
+    ns = '/' + namespace.strip('/') if namespace.strip('/') else ''
+    keys = ['/**', '**', NODE_NAME, '/' + NODE_NAME, '/**/' + NODE_NAME, f'{ns}/{NODE_NAME}']
+    params = {}
+    for key in dict.fromkeys(keys):     # in order, without duplicates
+        section = data.get(key)
+        if isinstance(section, dict) and isinstance(section.get('ros__parameters'), dict):
+            params.update(section['ros__parameters'])
+    return params
+
+
+def parameter_overrides(values):
+    """Map launch argument strings to parameter overrides (empty means: keep the file's)."""
+    out = {'use_sim_time': parse_bool('use_sim_time', values['use_sim_time'])}
+    if values['image_topics'].strip():
+        out['image_topics'] = parse_topics(values['image_topics'])
+    for name in ('device', 'pack_path'):
+        if values[name].strip():
+            out[name] = values[name].strip()
+    if values['autostart'].strip():
+        out['autostart'] = parse_bool('autostart', values['autostart'])
+    return out
+
+
+def _setup(context):
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import LifecycleNode
+
+    values = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    params_file = values['params_file']
+    params = node_parameters(params_file, values['namespace'])
+    params.update(parameter_overrides(values))
+    node = LifecycleNode(
+        package='demand_layering_ros', executable='detector_node', name=NODE_NAME,
+        namespace=values['namespace'], output='screen',
+        parameters=[params],
+        arguments=['--ros-args', '--log-level', values['log_level']])
+    return [node]
+
+
+def generate_launch_description():
+    """Declare the arguments and the detector node."""
+    from ament_index_python.packages import get_package_share_directory
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
+    default_params = os.path.join(get_package_share_directory('demand_layering_ros'),
+                                  'config', 'detector.yaml')
+    actions = [DeclareLaunchArgument(name, default_value=default_params if default is None
+                                     else default, description=text)
+               for name, default, text in ARGUMENTS]
+    actions.append(OpaqueFunction(function=_setup))
+    return LaunchDescription(actions)

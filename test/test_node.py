@@ -1,0 +1,439 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+The detector node over real DDS with the real yolov3-tiny weights, plus its pure parts.
+
+Pure parts (parameter table, validation, topic mapping, the earliest-deadline-first batch
+planner) are checked on their own. The integration tests pack the real Darknet yolov3-tiny COCO
+model into a temporary folder, run the node in this process on a MultiThreadedExecutor (own DDS
+domain), publish real photos as Image and CompressedImage and check what comes back.
+"""
+
+import math
+import os
+from pathlib import Path
+import subprocess
+import sys
+import threading
+import time
+import weakref
+
+from demand_layering_ros import assets, imaging, node as dnode
+from demand_layering_ros.detector import read_image
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+import numpy as np
+import pytest
+from rcl_interfaces.srv import SetParameters
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAIN = 100 + (os.getpid() * 13 + 29) % 100     # own DDS domain: no cross-talk with other runs
+
+# Where the objects are in Darknet's dog.jpg (768x576), by eye: centre x, y ranges.
+DOG_JPG_OBJECTS = {
+    16: ((130, 370), (190, 520)),   # dog, bottom left
+    1: ((150, 580), (120, 450)),    # bicycle, middle
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# pure parts
+
+
+def test_every_parameter_has_a_descriptor_with_description_and_range():
+    required = {'pack_path', 'device', 'memory_budget_mb', 'deadline_ms', 'plan_file',
+                'score_threshold', 'nms_iou', 'max_detections', 'input_size', 'class_id_mode',
+                'image_topics', 'transport', 'qos_reliability', 'qos_depth',
+                'publish_debug_image', 'autostart'}
+    assert required <= set(dnode.PARAM_BY_NAME)
+    for p in dnode.PARAMS:
+        d = dnode._descriptor(p)
+        assert d.description and d.name == p.name
+        if isinstance(p.default, (int, float)) and not isinstance(p.default, bool):
+            assert d.floating_point_range or d.integer_range, p.name
+        assert d.read_only == (p.name == 'autostart')
+        assert dnode.validate(p.name, p.default) is None, p.name
+
+
+@pytest.mark.parametrize('name, value, words', [
+    ('class_id_mode', 'label', 'not one of id, name'),
+    ('transport', 'theora', 'not one of raw, compressed'),
+    ('qos_reliability', 'sometimes', 'not one of'),
+    ('device', 'gpu', 'must be cpu, cuda or cuda:N'),
+    ('input_size', [416], 'must be [0, 0]'),
+    ('input_size', [8, 8], 'between 16 and 8192'),
+    ('image_topics', [], 'at least one'),
+    ('image_topics', ['/a/image_raw', '/a/image_raw'], 'duplicate'),
+    ('score_threshold', 1.5, 'outside [0.0, 1.0]'),
+    ('max_detections', 0, 'outside [1, 10000]'),
+])
+def test_validation_names_the_reason(name, value, words):
+    reason = dnode.validate(name, value)
+    assert reason is not None and words in reason and name in reason
+
+
+def test_camera_topic_mapping():
+    assert dnode.camera_topics('/cam0/image_raw', 'raw') == ('/cam0/image_raw', 'raw', '/cam0')
+    assert dnode.camera_topics('/cam0/image_raw', 'compressed') == (
+        '/cam0/image_raw/compressed', 'compressed', '/cam0')
+    assert dnode.camera_topics('/cam0/image_raw/compressed', 'raw') == (
+        '/cam0/image_raw/compressed', 'compressed', '/cam0')
+    assert dnode.camera_topics('/robot/left/image', 'raw')[2] == '/robot/left'
+    assert dnode.camera_topics('/image_raw', 'raw')[2] == ''
+
+
+def test_config_yaml_documents_every_parameter():
+    path = ROOT / 'config' / 'detector.yaml'
+    text = path.read_text()
+    params = yaml.safe_load(text)['demand_layering_detector']['ros__parameters']
+    assert set(params) == set(dnode.PARAM_BY_NAME)
+    lines = text.splitlines()
+    for p in dnode.PARAMS:
+        i = next(i for i, line in enumerate(lines) if line.strip().startswith(p.name + ':'))
+        assert lines[i - 1].strip().startswith('#'), f'{p.name} has no comment above it'
+        value = params[p.name]
+        assert type(value) is type(p.default) or (
+            isinstance(p.default, float) and isinstance(value, (int, float))), p.name
+        assert dnode.validate(p.name, value) is None, p.name
+
+
+def test_readme_parameter_table_is_generated_from_the_descriptors():
+    readme = (ROOT / 'README.md').read_text()
+    table = dnode.parameter_table_markdown()
+    assert table in readme, ('README.md parameter table is out of date: paste the output of '
+                             'python -c "from demand_layering_ros.node import '
+                             'parameter_table_markdown as t; print(t())"')
+
+
+def _frame(cam, base, deadline_s):
+    return dnode.Frame(cam, None, base, base + deadline_s if deadline_s else math.inf)
+
+
+def test_latency_model_extrapolates_batches_from_compute_share():
+    m = dnode.LatencyModel()
+    assert m.predict(1) == 0.0
+    m.update(1, 0.100, stall_seconds=0.060)    # 40 ms compute, 60 ms waiting for weights
+    assert m.predict(1) == pytest.approx(0.100)
+    assert m.predict(3) == pytest.approx(0.100 + 2 * 0.040)
+    m.update(3, 0.150)
+    assert m.predict(3) == pytest.approx(0.150)
+
+
+def test_plan_batch_earliest_deadline_first_and_drops():
+    m = dnode.LatencyModel()
+    m.update(1, 0.100, stall_seconds=0.0)      # compute bound: batching saves nothing
+    now = 10.0
+    a = _frame('a', now - 0.05, 0.5)    # deadline 10.45
+    b = _frame('b', now - 0.30, 0.5)    # deadline 10.20: earliest
+    late = _frame('c', now - 0.45, 0.5)  # deadline 10.05 < now + 0.1: cannot make it
+    batch, dropped, waiting = dnode.plan_batch([a, late, b], now, m, max_batch=4)
+    assert dropped == [late]
+    assert batch == [b] and waiting == [a]
+    # without deadlines nothing is dropped and the oldest frame goes first
+    x, y = _frame('x', now - 1.0, 0), _frame('y', now - 2.0, 0)
+    batch, dropped, waiting = dnode.plan_batch([x, y], now, m, max_batch=1)
+    assert dropped == [] and len(batch) == 1 and len(waiting) == 1
+
+
+def test_plan_batch_batches_when_weights_dominate():
+    m = dnode.LatencyModel()
+    m.update(1, 0.100, stall_seconds=0.080)    # I/O bound: a second frame costs 20 ms
+    now = 10.0
+    f1 = _frame('a', now, 0.15)
+    f2 = _frame('b', now, 0.15)
+    # one at a time the second frame would finish at +200 ms > 150 ms; together at +120 ms
+    batch, dropped, waiting = dnode.plan_batch([f1, f2], now, m, max_batch=4)
+    assert len(batch) == 2 and not dropped and not waiting
+    batch, _, waiting = dnode.plan_batch([f1, f2], now, m, max_batch=1)
+    assert len(batch) == 1 and len(waiting) == 1
+
+
+def test_plan_batch_infeasible_deadline_runs_late_instead_of_starving():
+    m = dnode.LatencyModel()
+    m.update(1, 0.300)
+    now = 5.0
+    f = _frame('a', now - 0.01, 0.1)     # 100 ms deadline, 300 ms per frame: never feasible
+    batch, dropped, _ = dnode.plan_batch([f], now, m, max_batch=1)
+    assert batch == [f] and dropped == []
+
+
+def test_percentile():
+    assert math.isnan(dnode.percentile([], 50))
+    assert dnode.percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
+    assert dnode.percentile(list(range(101)), 99) == pytest.approx(99)
+
+
+# ---------------------------------------------------------------------------------------------
+# integration: the node in this process, real DDS, real weights
+
+CAMERAS = ['/cam0/image_raw', '/cam1/image_raw/compressed', '/cam2/image_raw']
+BEST_EFFORT = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@pytest.fixture(scope='module')
+def yolo_pack(tmp_path_factory):
+    """The real Darknet yolov3-tiny COCO model, packed, with a profile for the planner."""
+    from demand_layering_ros import pack, planner
+    cfg, weights, _ = assets.yolov3_tiny()
+    out = tmp_path_factory.mktemp('node_pack') / 'yolov3-tiny'
+    pack.write_pack('darknet:' + str(cfg), out, weights=str(weights), progress=False)
+    prof = planner.profile(str(out), device='cpu', repeats=1, warmup=1, progress=False,
+                           activation=False)
+    planner.write_json(prof, out / 'PROFILE.json')
+    return out
+
+
+@pytest.fixture(scope='module')
+def photos():
+    return {name: read_image(assets.photo(name)) for name in ('dog', 'person', 'horses')}
+
+
+class Harness:
+    """The node plus a test client node, spun by a MultiThreadedExecutor in a thread."""
+
+    def __init__(self, params):
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx, domain_id=DOMAIN)
+        self.node = dnode.DetectorNode(
+            context=self.ctx, parameter_overrides=[Parameter(k, value=v)
+                                                   for k, v in params.items()])
+        self.client = rclpy.create_node('node_test_client', context=self.ctx)
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.ctx)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.client)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self.pubs = {}
+        self.stamp_counter = 0
+
+    def subscribe(self, msg_type, topic, qos=RELIABLE):
+        got = []
+        self.client.create_subscription(msg_type, topic, got.append, qos)
+        return got
+
+    def publish(self, topic, rgb=None, msg=None, frame_id='cam', stamp=None, fmt='jpeg'):
+        """Publish a frame (an RGB array as bgr8 with padded rows or jpeg, or a given msg)."""
+        compressed = topic.endswith('/compressed')
+        if topic not in self.pubs:
+            self.pubs[topic] = self.client.create_publisher(
+                CompressedImage if compressed else Image, topic, RELIABLE)
+        if msg is None:
+            if compressed:
+                msg = CompressedImage(format=fmt, data=imaging.encode_compressed(rgb, fmt))
+            else:
+                h, w = rgb.shape[:2]
+                padded = np.zeros((h, w * 3 + 8), np.uint8)   # 8 bytes of row padding
+                padded[:, :w * 3] = np.ascontiguousarray(rgb[:, :, ::-1]).reshape(h, w * 3)
+                msg = Image(height=h, width=w, encoding='bgr8', step=w * 3 + 8)
+                msg.data = padded.tobytes()
+        msg.header.frame_id = frame_id
+        if stamp is None:
+            stamp = self.client.get_clock().now().to_msg()
+        msg.header.stamp = stamp
+        self.pubs[topic].publish(msg)
+        return msg.header
+
+    def wait_subscribed(self, topic, timeout=10.0):
+        wait_for(lambda: self.pubs[topic].get_subscription_count() > 0, timeout,
+                 f'nobody subscribed to {topic}')
+
+    def call(self, srv_type, name, request, timeout=30.0):
+        cli = self.client.create_client(srv_type, name)
+        assert cli.wait_for_service(timeout_sec=10.0), f'no service {name}'
+        fut = cli.call_async(request)
+        wait_for(fut.done, timeout, f'{name} did not answer')
+        self.client.destroy_client(cli)
+        return fut.result()
+
+    def transition(self, label):
+        req = ChangeState.Request()
+        req.transition.label = label
+        return self.call(ChangeState, '/demand_layering_detector/change_state', req).success
+
+    def get_state(self):
+        return self.call(GetState, '/demand_layering_detector/get_state',
+                         GetState.Request()).current_state.label
+
+    def set_param(self, name, value):
+        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return self.call(SetParameters, '/demand_layering_detector/set_parameters',
+                         req).results[0]
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.client.destroy_node()
+        self.ctx.try_shutdown()
+        self.thread.join(10)
+
+
+def wait_for(predicate, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f'timed out after {timeout} s: {what}')
+
+
+def detections_for(got, header, timeout=30.0):
+    """Wait for the Detection2DArray whose header equals `header`."""
+    def match():
+        return next((m for m in list(got) if m.header.stamp == header.stamp
+                     and m.header.frame_id == header.frame_id), None)
+    wait_for(lambda: match() is not None, timeout, f'detections for {header.frame_id}')
+    return match()
+
+
+def assert_dog_jpg(msg, by_name=False):
+    """The dog and the bicycle of dog.jpg are found where they are, in original pixels."""
+    for cid, ((x0, x1), (y0, y1)) in DOG_JPG_OBJECTS.items():
+        key = {16: 'dog', 1: 'bicycle'}[cid] if by_name else str(cid)
+        hits = [d for d in msg.detections if d.results[0].hypothesis.class_id == key]
+        assert hits, f'no {key} in {[d.results[0].hypothesis.class_id for d in msg.detections]}'
+        d = max(hits, key=lambda d: d.results[0].hypothesis.score)
+        assert x0 <= d.bbox.center.position.x <= x1 and y0 <= d.bbox.center.position.y <= y1
+        assert 60 < d.bbox.size_x < 500 and 60 < d.bbox.size_y < 450
+        assert 0.25 <= d.results[0].hypothesis.score <= 1.0
+        assert d.header == msg.header
+
+
+@pytest.fixture(scope='module')
+def harness(yolo_pack):
+    h = Harness({'pack_path': str(yolo_pack), 'autostart': False, 'image_topics': CAMERAS,
+                 'publish_debug_image': True, 'max_batch': 3})
+    yield h
+    h.close()
+
+
+def test_lifecycle_by_service_refuses_invalid_transitions(harness):
+    assert harness.get_state() == 'unconfigured'
+    # an invalid transition by id must be refused, not kill the executor (rclpy raises inside)
+    req = ChangeState.Request()
+    req.transition.id = Transition.TRANSITION_ACTIVATE
+    assert harness.call(ChangeState, '/demand_layering_detector/change_state', req).success \
+        is False
+    assert harness.transition('no_such_transition') is False
+    assert harness.get_state() == 'unconfigured'   # still answering
+    assert harness.transition('configure') is True
+    assert harness.get_state() == 'inactive' and harness.node.model is not None
+    assert harness.transition('activate') is True
+    assert harness.get_state() == 'active'
+
+
+def test_detections_from_image_and_compressed_image(harness, photos):
+    dog = photos['dog']
+    out0 = harness.subscribe(type_detections(), '/cam0/detections')
+    out1 = harness.subscribe(type_detections(), '/cam1/detections')
+    debug = harness.subscribe(Image, '/cam0/debug_image')
+    harness.publish('/cam0/image_raw', dog, frame_id='warmup')
+    harness.wait_subscribed('/cam0/image_raw')
+    h0 = harness.publish('/cam0/image_raw', dog, frame_id='cam0_optical')
+    m0 = detections_for(out0, h0)
+    assert_dog_jpg(m0)
+    harness.publish('/cam1/image_raw/compressed', dog, frame_id='warmup')
+    harness.wait_subscribed('/cam1/image_raw/compressed')
+    h1 = harness.publish('/cam1/image_raw/compressed', dog, frame_id='cam1_optical')
+    assert_dog_jpg(detections_for(out1, h1))
+    # the annotated image went to the debug subscriber, same header, boxes drawn
+    wait_for(lambda: any(m.header.stamp == h0.stamp for m in debug), 10, 'debug image')
+    dbg = next(m for m in debug if m.header.stamp == h0.stamp)
+    drawn = imaging.msg_to_rgb(dbg)
+    assert drawn.shape == dog.shape and (drawn != dog).any()
+    # class names: latched LabelInfo, received by a subscriber that comes late
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    from vision_msgs.msg import LabelInfo
+    labels = harness.subscribe(LabelInfo, '/cam0/label_info', latched)
+    wait_for(lambda: labels, 10, 'latched LabelInfo')
+    names = {c.class_id: c.class_name for c in labels[0].class_map}
+    assert len(names) == 80 and names[16] == 'dog' and names[0] == 'person'
+    assert labels[0].threshold == pytest.approx(0.25)
+
+
+def type_detections():
+    from vision_msgs.msg import Detection2DArray
+    return Detection2DArray
+
+
+def test_parameters_validated_and_changed_at_run_time(harness, photos):
+    bad = harness.set_param('score_threshold', 2.0)
+    assert not bad.successful and 'score_threshold' in bad.reason
+    bad = harness.set_param('class_id_mode', 'label')
+    assert not bad.successful and 'not one of id, name' in bad.reason
+    bad = harness.set_param('image_topics', ['/other/image_raw'])
+    assert not bad.successful and 'applies at configure' in bad.reason
+    assert harness.node.get_parameter('score_threshold').value == pytest.approx(0.25)
+    ok = harness.set_param('class_id_mode', 'name')
+    assert ok.successful
+    out0 = harness.subscribe(type_detections(), '/cam0/detections')
+    h = harness.publish('/cam0/image_raw', photos['dog'], frame_id='by_name')
+    assert_dog_jpg(detections_for(out0, h), by_name=True)
+    assert harness.set_param('class_id_mode', 'id').successful
+    # a high threshold still publishes (an empty array means: nothing seen)
+    assert harness.set_param('score_threshold', 0.99).successful
+    h = harness.publish('/cam0/image_raw', photos['dog'], frame_id='empty')
+    assert len(detections_for(out0, h).detections) == 0
+    assert harness.set_param('score_threshold', 0.25).successful
+
+
+def _malformed_images():
+    def img(**kw):
+        base = {'height': 4, 'width': 4, 'encoding': 'rgb8', 'step': 12}
+        base.update(kw)
+        data = base.pop('data', b'\0' * 48)
+        m = Image(**base)
+        m.data = data
+        return m
+    return [img(step=8), img(data=b'\0' * 20), img(encoding='yuv422'),
+            img(width=0, step=0, data=b''), img(width=100000, step=300000, data=b'\0' * 64)]
+
+
+def test_malformed_frames_are_counted_and_the_node_keeps_serving(harness, photos):
+    diags = harness.subscribe(DiagnosticArray, '/diagnostics')
+    before = harness.node.camera_stats()
+    for msg in _malformed_images():
+        n = harness.node.camera_stats()['/cam2']['drops']['malformed']
+        harness.publish('/cam2/image_raw', msg=msg, frame_id='bad')
+        harness.wait_subscribed('/cam2/image_raw')
+        wait_for(lambda: harness.node.camera_stats()['/cam2']['drops']['malformed'] > n, 10,
+                 'malformed frame counted')
+    jpg = imaging.encode_compressed(photos['dog'], 'jpeg')
+    corrupt = CompressedImage(format='jpeg', data=jpg[:len(jpg) // 2])
+    n1 = before['/cam1']['drops']['malformed']
+    harness.publish('/cam1/image_raw/compressed', msg=corrupt, frame_id='bad')
+    wait_for(lambda: harness.node.camera_stats()['/cam1']['drops']['malformed'] > n1, 10,
+             'corrupt JPEG counted')
+    stats = harness.node.camera_stats()
+    assert stats['/cam2']['drops']['malformed'] == before['/cam2']['drops']['malformed'] + 5
+    assert 'truncated' in stats['/cam1']['last_error']
+    # the next good frame is served
+    out2 = harness.subscribe(type_detections(), '/cam2/detections')
+    h = harness.publish('/cam2/image_raw', photos['dog'], frame_id='good_after_bad')
+    assert_dog_jpg(detections_for(out2, h))
+    # and /diagnostics reports it
+    def cam2_status():
+        for arr in list(diags):
+            for st in arr.status:
+                if st.name.endswith('camera /cam2'):
+                    values = {kv.key: kv.value for kv in st.values}
+                    if int(values['dropped_malformed']) >= 5:
+                        return st, values
+        return None
+    wait_for(lambda: cam2_status() is not None, 5, 'diagnostics with the malformed count')
+    st, values = cam2_status()
+    assert st.level == st.WARN and 'malformed' in st.message
+    assert {'in_rate_hz', 'out_rate_hz', 'latency_p50_ms', 'latency_p99_ms',
+            'deadline_misses', 'dropped_deadline', 'dropped_superseded'} <= set(values)
+    model = next(s for arr in diags for s in arr.status if s.name.endswith(': model'))
+    mv = {kv.key: kv.value for kv in model.values}
+    assert float(mv['peak_weight_mb']) > 1 and float(mv['process_rss_mb']) > 50
+    assert mv['io_mode'] in ('direct', 'buffered') and 'stall_ms' in mv
