@@ -103,12 +103,27 @@ class ReadError(OSError):
         self.length = length
 
 
+class ChecksumError(ValueError):
+    """The bytes read do not hash to the expected checksum."""
+
+    def __init__(self, path, offset, length, expected, got):
+        """Name the file, the byte range and both digests."""
+        super().__init__(f'{path}: checksum mismatch over [{offset}, {offset + length}): '
+                         f'{CHECKSUM_ALGORITHM} {got}, expected {expected}')
+        self.filename = path
+        self.offset = offset
+        self.length = length
+        self.expected = expected
+        self.got = got
+
+
 class ReadFuture(concurrent.futures.Future):
     """
     Future of one `Reader.submit`; after completion also carries timing (perf_counter s).
 
-    Attributes: offset, length, t_submit, t_start (first chunk began), t_end (last chunk done,
-    after verification), verify_seconds.
+    Attributes: offset, length, t_submit, t_start (first chunk began), t_end (done, after
+    verification), verify_seconds (time spent hashing and in `verify`, mostly overlapped with
+    reads), checksum (hex digest when a checksum was requested).
     """
 
     def __init__(self, offset, length):
@@ -120,9 +135,27 @@ class ReadFuture(concurrent.futures.Future):
         self.t_start = None
         self.t_end = None
         self.verify_seconds = 0.0
-        self._remaining = 0
-        self._error = None
-        self._lock = threading.Lock()
+        self.checksum = None
+
+
+class _Request:
+    """Book-keeping of one submit: chunks finish in any order, are hashed in file order."""
+
+    def __init__(self, fut, mv, chunks, expected, checksum_error, verify):
+        self.fut = fut
+        self.mv = mv
+        self.chunks = chunks              # [(file offset, memoryview)]
+        self.expected = expected
+        self.checksum_error = checksum_error
+        self.verify = verify
+        self.hasher = xxhash.xxh3_64() if expected is not None else None
+        self.done = [False] * len(chunks)
+        self.finished = 0                 # chunks read or failed
+        self.next_hash = 0                # first chunk not yet fed to the hasher
+        self.error = None
+        self.final = False
+        self.lock = threading.Lock()
+        self.hash_lock = threading.Lock()
 
 
 class Reader:
@@ -168,6 +201,8 @@ class Reader:
             self.fallback_reason = 'direct=False requested by caller'
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
+            # No readahead: pages read ahead of a chunk would stay cached after its DONTNEED.
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
         self.file_size = os.fstat(self._fd).st_size
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.threads, thread_name_prefix='dlr-reader')
@@ -216,6 +251,8 @@ class Reader:
             return
         self._closed = True
         self._pool.shutdown(wait=True)
+        if self.mode == 'buffered':
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(self._fd)
 
     def __repr__(self):
@@ -223,12 +260,22 @@ class Reader:
         return (f'Reader({self.path!r}, mode={self.mode!r}, threads={self.threads}, '
                 f'fallback_reason={self.fallback_reason!r})')
 
-    def read_into(self, offset, length, dest, verify=None):
+    def read_into(self, offset, length, dest, verify=None, expected_checksum=None):
         """Read [offset, offset+length) into dest[:length]; block until done."""
-        self.submit(offset, length, dest, verify=verify).result()
+        self.submit(offset, length, dest, verify=verify,
+                    expected_checksum=expected_checksum).result()
 
-    def submit(self, offset, length, dest, verify=None):
-        """Queue a read of [offset, offset+length) into dest[:length]; return a ReadFuture."""
+    def submit(self, offset, length, dest, verify=None, expected_checksum=None,
+               checksum_error=None):
+        """
+        Queue a read of [offset, offset+length) into dest[:length]; return a ReadFuture.
+
+        expected_checksum: hex xxh3_64 of the whole range. Chunks are hashed in file order as
+        they arrive (in whichever worker finished them), so hashing overlaps the remaining
+        reads; a mismatch fails the future with `checksum_error(got)` if given (it returns an
+        exception instance) else with ChecksumError. verify(memoryview): any further check,
+        run in a worker after all data arrived.
+        """
         if self._closed:
             raise ValueError(f'Reader for {self.path} is closed')
         offset, length = int(offset), int(length)
@@ -249,52 +296,92 @@ class Reader:
                     f'to {PAGE}: offset={offset} length={length} address={addr:#x}')
         fut = ReadFuture(offset, length)
         fut.set_running_or_notify_cancel()
-        starts = list(range(0, length, self.chunk_bytes))
-        if not starts:
-            fut.t_start = fut.t_end = time.perf_counter()
-            try:
-                if verify is not None:
-                    verify(mv)
-                fut.set_result(None)
-            except BaseException as e:  # noqa: B902 - handed to the waiting caller
-                fut.set_exception(e)
+        chunks = [(offset + a, mv[a:a + self.chunk_bytes])
+                  for a in range(0, length, self.chunk_bytes)]
+        req = _Request(fut, mv, chunks, expected_checksum, checksum_error, verify)
+        if not chunks:
+            fut.t_start = time.perf_counter()
+            self._finish(req)
             return fut
-        fut._remaining = len(starts)
-        for start in starts:
-            end = min(start + self.chunk_bytes, length)
-            self._pool.submit(self._chunk, fut, offset + start, mv[start:end], mv, verify)
+        for k in range(len(chunks)):
+            self._pool.submit(self._chunk, req, k)
         return fut
 
-    def _chunk(self, fut, offset, mv, whole, verify):
-        with fut._lock:
+    def _chunk(self, req, k):
+        fut = req.fut
+        with req.lock:
             if fut.t_start is None:
                 fut.t_start = time.perf_counter()
-            failed = fut._error is not None
+            failed = req.error is not None
         if not failed:
+            off, mv = req.chunks[k]
             self._begin()
             nbytes = 0
             try:
-                self._read_fully(offset, mv)
+                self._read_fully(off, mv)
                 nbytes = mv.nbytes
             except BaseException as e:  # noqa: B902 - handed to the waiting caller
-                with fut._lock:
-                    if fut._error is None:
-                        fut._error = e
+                with req.lock:
+                    if req.error is None:
+                        req.error = e
             finally:
                 self._end(nbytes)
-        with fut._lock:
-            fut._remaining -= 1
-            last = fut._remaining == 0
-        if not last:
+        with req.lock:
+            req.done[k] = True
+            req.finished += 1
+            last = req.finished == len(req.chunks)
+            failed = req.error is not None
+        if failed:
+            if last:
+                self._finish(req)
             return
-        error = fut._error
-        if error is None and verify is not None:
+        self._hash_ready(req)
+
+    def _hash_ready(self, req):
+        """Feed finished chunks to the hasher in file order; the one who ends it finishes."""
+        n = len(req.chunks)
+        while req.hash_lock.acquire(blocking=False):
+            try:
+                while True:
+                    with req.lock:
+                        k = req.next_hash
+                        if k == n or not req.done[k] or req.error is not None:
+                            break
+                        req.next_hash += 1
+                    if req.hasher is not None:
+                        t0 = time.perf_counter()
+                        req.hasher.update(req.chunks[k][1])
+                        req.fut.verify_seconds += time.perf_counter() - t0
+            finally:
+                req.hash_lock.release()
+            with req.lock:
+                if req.next_hash == n:
+                    if req.final:
+                        return
+                    req.final = True
+                    break
+                if req.error is not None or not req.done[req.next_hash]:
+                    return      # the worker that finishes that chunk carries on
+        else:
+            return              # another worker holds the hash lock and will see our chunk
+        self._finish(req)
+
+    def _finish(self, req):
+        fut = req.fut
+        error = req.error
+        if error is None and req.hasher is not None:
+            fut.checksum = req.hasher.hexdigest()
+            if fut.checksum != req.expected:
+                error = (req.checksum_error(fut.checksum) if req.checksum_error is not None
+                         else ChecksumError(self.path, fut.offset, fut.length, req.expected,
+                                            fut.checksum))
+        if error is None and req.verify is not None:
             t0 = time.perf_counter()
             try:
-                verify(whole)
+                req.verify(req.mv)
             except BaseException as e:  # noqa: B902 - handed to the waiting caller
                 error = e
-            fut.verify_seconds = time.perf_counter() - t0
+            fut.verify_seconds += time.perf_counter() - t0
         fut.t_end = time.perf_counter()
         if error is None:
             fut.set_result(None)

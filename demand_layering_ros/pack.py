@@ -41,6 +41,7 @@ WEIGHTS_FILE = 'weights.safetensors'
 MANIFEST_FILE = 'manifest.json'
 EXTRA_FILE = 'extra_buffers.safetensors'
 CFG_FILE = 'model.cfg'
+NAMES_FILE = 'model.names'
 MAX_HEADER_BYTES = 100 << 20
 
 # manifest dtype name -> safetensors dtype code
@@ -524,13 +525,16 @@ def _non_persistent_buffers(model):
 
 def write_pack_from_module(model, example_input, out_dir, model_info, input_info=None,
                            merge_bytes=MERGE_BYTES, progress=True, extra_files=None,
-                           source=None):
+                           source=None, file_roles=None):
     """
     Trace an already-built model and write a pack to `out_dir`; return the opened Pack.
 
     model_info: the constructor arguments (JSON) stored as manifest['model'].
     input_info: manifest['input'] (default: {'example': 'example_input', 'batch': 1}).
-    extra_files: {file name in the pack: source path} copied in (e.g. {'model.cfg': cfg}).
+    extra_files: {file name in the pack: source path} copied in (e.g. {'model.cfg': cfg});
+    file_roles: {role: file name} recorded as manifest['model_files'] (default: name -> name).
+    String values of model_info equal to such a file name (or 'FAMILY:file name') are made
+    absolute by Pack.model_args().
     Files are written under temporary names and renamed; the manifest comes last, so a directory
     with a manifest always holds a complete pack.
     """
@@ -560,12 +564,11 @@ def write_pack_from_module(model, example_input, out_dir, model_info, input_info
         extra_file = EXTRA_FILE
     elif (out / EXTRA_FILE).exists():
         (out / EXTRA_FILE).unlink()
-    files = {}
     for name, src in (extra_files or {}).items():
         tmp = _atomic_path(out / name)
         shutil.copyfile(src, tmp)
         os.replace(tmp, out / name)
-        files[name] = name
+    files = dict(file_roles) if file_roles else {n: n for n in (extra_files or {})}
     called = [u['index'] for u in units if u['calls']]
     manifest = {
         'format': FORMAT,
@@ -618,17 +621,23 @@ def write_pack(spec, out_dir, weights=None, seed=None, input_size=None, progress
     det = registry.build(spec, weights=weights, seed=seed, input_size=input_size)
     info = dict(registry.constructor_args(det))
     info['weights'] = None
-    extra_files = {}
+    extra_files, roles = {}, {}
     family, arg = registry.split_spec(info.get('spec', spec))
     if family == 'darknet':
         extra_files[CFG_FILE] = _darknet_cfg_path(arg)
+        roles['cfg'] = CFG_FILE
         info['spec'] = f'darknet:{CFG_FILE}'
+        if info.get('names'):
+            extra_files[NAMES_FILE] = Path(info['names'])
+            roles['names'] = NAMES_FILE
+            info['names'] = NAMES_FILE
     size = list(det.input_size) if det.input_size is not None else None
     input_info = {'example': 'detector.example_input', 'input_size': size, 'batch': 1}
     source = {'spec': spec, 'weights': str(weights) if weights else None, 'seed': seed}
     pack = write_pack_from_module(det.model, det.example_input(1), out_dir, info,
                                   input_info=input_info, merge_bytes=merge_bytes,
-                                  progress=progress, extra_files=extra_files, source=source)
+                                  progress=progress, extra_files=extra_files, source=source,
+                                  file_roles=roles)
     if verify:
         pack.check_against(det.model.state_dict())
     return pack
@@ -711,6 +720,12 @@ class Pack:
         """Return a direct_io.Reader over the weights file (kwargs as Reader)."""
         return direct_io.Reader(self.weights_path, **kwargs)
 
+    def _checksum_error(self, unit, got):
+        return PackError(f'checksum mismatch over [{unit.offset}, {unit.end}) '
+                         f'({self.manifest["checksum_algorithm"]} {got}, manifest says '
+                         f'{unit.checksum}): the weights file is damaged',
+                         self.path, unit.name, unit.offset)
+
     def verify_unit(self, unit, buf):
         """Check a unit's checksum over buf[:unit.length]; raise PackError on mismatch."""
         mv = direct_io.as_memoryview(buf)
@@ -719,20 +734,21 @@ class Pack:
                             self.path, unit.name, unit.offset)
         got = direct_io.checksum(mv[:unit.length])
         if got != unit.checksum:
-            raise PackError(f'checksum mismatch over [{unit.offset}, {unit.end}) '
-                            f'({self.manifest["checksum_algorithm"]} {got}, manifest says '
-                            f'{unit.checksum}): the weights file is damaged',
-                            self.path, unit.name, unit.offset)
+            raise self._checksum_error(unit, got)
 
     def read_unit(self, reader, unit, dest, verify=True):
         """
         Queue the read of one unit's extent into dest[:unit.length]; return a ReadFuture.
 
-        With verify=True the checksum is checked in the reader's worker thread; a mismatch
-        makes the future raise PackError. dest: page-aligned uint8 tensor (aligned_empty).
+        dest: page-aligned uint8 tensor (aligned_empty), or a slice of one at a PAGE multiple.
+        With verify=True the checksum is computed in the reader's worker threads as the chunks
+        arrive; a mismatch makes the future raise PackError (pack, unit, offset), so damaged
+        bytes never reach a model as long as callers wait on the future before using `views`.
         """
-        check = (lambda mv: self.verify_unit(unit, mv)) if verify else None
-        return reader.submit(unit.offset, unit.length, dest, verify=check)
+        if verify:
+            return reader.submit(unit.offset, unit.length, dest, expected_checksum=unit.checksum,
+                                 checksum_error=lambda got: self._checksum_error(unit, got))
+        return reader.submit(unit.offset, unit.length, dest)
 
     def views(self, unit, buf):
         """
@@ -793,10 +809,16 @@ class Pack:
     def model_args(self):
         """Return manifest['model'] with pack-relative files (darknet cfg) made absolute."""
         args = dict(self.manifest['model'])
-        spec = args.get('spec', '')
-        family, _, arg = spec.partition(':')
-        if arg and arg in self.manifest.get('model_files', {}).values():
-            args['spec'] = f'{family}:{self.path.resolve() / arg}'
+        files = set(self.manifest.get('model_files', {}).values())
+        root = self.path.resolve()
+        for key, value in args.items():
+            if not isinstance(value, str):
+                continue
+            if value in files:
+                args[key] = str(root / value)
+            elif key == 'spec' and value.partition(':')[2] in files:
+                family, _, arg = value.partition(':')
+                args[key] = f'{family}:{root / arg}'
         args['weights'] = None
         return args
 

@@ -237,3 +237,42 @@ def test_throttle_limits_rate(tmp_path):
         t0 = time.perf_counter()
         r.read_into(0, 1 << 20, dest)
         assert time.perf_counter() - t0 >= 0.09     # 1 MiB at 10 MiB/s
+
+
+def test_streaming_checksum_in_file_order_across_threads(tmp_path):
+    path = tmp_path / 'data.bin'
+    data = make_file(path, 3 << 20)
+    gen = torch.Generator().manual_seed(5)
+    for threads, chunk in ((1, PAGE), (3, 2 * PAGE), (4, 64 << 10)):
+        with Reader(path, threads=threads, chunk_bytes=chunk) as r:
+            futs = []
+            for _ in range(20):
+                a = int(torch.randint(0, data.numel() // PAGE, (1,), generator=gen))
+                b = int(torch.randint(a, data.numel() // PAGE + 1, (1,), generator=gen))
+                dest = aligned_empty((b - a) * PAGE)
+                want = direct_io.checksum(data[a * PAGE:b * PAGE])
+                futs.append((r.submit(a * PAGE, (b - a) * PAGE, dest, expected_checksum=want),
+                             dest, a, b, want))
+            for f, dest, a, b, want in futs:
+                f.result(timeout=30)
+                assert f.checksum == want
+                assert torch.equal(dest, data[a * PAGE:b * PAGE])
+            dest = aligned_empty(data.numel())
+            with pytest.raises(direct_io.ChecksumError, match='checksum mismatch') as e:
+                r.read_into(0, data.numel(), dest, expected_checksum='0' * 16)
+            assert e.value.offset == 0 and e.value.got == direct_io.checksum(data)
+
+
+def test_read_error_wins_over_checksum_and_never_hangs(tmp_path):
+    path = tmp_path / 'data.bin'
+    data = make_file(path, 64 * PAGE)
+
+    def injector(offset, length):
+        if offset == 40 * PAGE:
+            raise OSError(errno.EIO, 'bad block')
+
+    with Reader(path, threads=3, chunk_bytes=4 * PAGE, fault_injector=injector) as r:
+        dest = aligned_empty(data.numel())
+        f = r.submit(0, data.numel(), dest, expected_checksum=direct_io.checksum(data))
+        with pytest.raises(ReadError, match=f'offset {40 * PAGE}'):
+            f.result(timeout=30)
