@@ -1,0 +1,1662 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+Profile a pack on this machine and plan the memory-delay trade-off for a budget and a deadline.
+
+The paper found its operating points by sweeping a buffer size by hand. A robot integrator states
+a weight-memory budget and a deadline instead, so this module
+
+  * measures what the plan depends on (`profile`): each call's compute time with the model fully
+    resident, each unit's bytes, the disk's O_DIRECT bandwidth by request size, on CUDA the
+    host-to-device bandwidth, and the activation peak;
+  * predicts what a plan achieves by replaying one pass in a discrete-event simulation of the
+    executor (`simulate`): the reader places units in first-use order at the offsets the shared
+    arena allocator gives them (`arena.plan_layout`, the very function the executor uses), waits
+    for the range to be freed by the unit whose last call ended, and compute runs each call once
+    its unit is in and the previous call is done;
+  * searches the resident set (greedy by stall saved per byte) and the arena size (sweep and
+    binary search) to minimise memory under a deadline or latency under a budget (`plan`).
+
+Prediction and plan are plain dicts (PROFILE.json, PLAN.yaml), so the executor and the node can
+plan on the fly (`plan_for`) or read a plan written earlier.
+"""
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+import json
+import math
+import os
+from pathlib import Path
+import platform
+import statistics
+import time
+
+from demand_layering_ros import arena
+
+MB = 1 << 20
+PROFILE_FORMAT = 'demand_layering_ros.profile'
+PLAN_FORMAT = 'demand_layering_ros.plan'
+VERSION = 1
+DEPTHS = (None, 8, 2, 1)            # prefetch depths the search tries (None: unlimited)
+PAPER_POINTS = (                    # Ji et al., RTSS 2022, Jetson AGX Xavier, Darknet, NVMe
+    {'label': 'paper: 96.5% less memory, +14.8% delay', 'reduction': 0.965,
+     'overhead_rel': 0.148},
+    {'label': 'paper: 88.4% less memory, < 1 ms delay', 'reduction': 0.884,
+     'overhead_ms': 1.0},
+)
+
+
+class PlanInfeasible(ValueError):
+    """
+    No plan meets the request; carries the numbers that would be feasible.
+
+    min_budget_mb: the smallest weight memory that meets the deadline (None: no plan meets it).
+    best_latency_ms: the best predicted latency within the budget (None: nothing fits it).
+    min_memory_mb / fastest_latency_ms: the extremes of the trade-off curve.
+    """
+
+    def __init__(self, message, budget_mb=None, deadline_ms=None, min_budget_mb=None,
+                 best_latency_ms=None, min_memory_mb=None, fastest_latency_ms=None):
+        """Keep the request and the feasible numbers as attributes."""
+        super().__init__(message)
+        self.budget_mb = budget_mb
+        self.deadline_ms = deadline_ms
+        self.min_budget_mb = min_budget_mb
+        self.best_latency_ms = best_latency_ms
+        self.min_memory_mb = min_memory_mb
+        self.fastest_latency_ms = fastest_latency_ms
+
+    def numbers(self):
+        """Return the request and the feasible numbers as a dict."""
+        return {'budget_mb': self.budget_mb, 'deadline_ms': self.deadline_ms,
+                'min_budget_mb': self.min_budget_mb, 'best_latency_ms': self.best_latency_ms,
+                'min_memory_mb': self.min_memory_mb,
+                'fastest_latency_ms': self.fastest_latency_ms}
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+@dataclass
+class Streams:
+    """
+    What the executor streams for one resident set and split size, in its own step space.
+
+    items: one arena.Item per slot (a unit, or a split unit's rest and weight chunks) with
+    lifetimes in steps; owners: the unit index of each slot. A split call runs as several
+    steps (one per chunk): step_call maps each step to its call position in the pass,
+    step_share is the share of that call's compute the step does, step_first marks the first
+    step of each call (where the call's weight-free gap goes).
+    """
+
+    items: list
+    owners: list
+    step_call: list
+    step_share: list
+    step_first: list
+
+    @property
+    def steps(self):
+        """Return the number of steps in one pass."""
+        return len(self.step_call)
+
+    @property
+    def total_bytes(self):
+        """Return the arena bytes that hold every slot at once."""
+        return sum(max(arena.align_up(it.nbytes), arena.PAGE) for it in self.items)
+
+
+@dataclass
+class Schedule:
+    """
+    One recorded forward pass of a pack: the units and the order in which they are called.
+
+    lengths are unit extents (what the reader reads and the arena holds); first/last are the
+    call positions of a unit's first call and of the last position it must stay loaded for
+    (None for units never called: those are loaded on demand and take no part in a plan).
+    forced: units that must stay resident (their tensors are used outside their module calls).
+    extra_bytes: non-persistent buffers the executor keeps resident (anchors and the like).
+    slot_builder(resident, split_bytes) -> Streams: the executor's own slot construction;
+    None: one slot per streamed unit, no splitting (a manifest without a model).
+    """
+
+    names: list
+    lengths: list
+    first: list
+    last: list
+    call_order: list
+    forced: frozenset = frozenset()
+    pack_path: str = ''
+    spec: str = ''
+    extra_bytes: int = 0
+    slot_builder: object = None
+    split_candidates: tuple = ()
+
+    @classmethod
+    def from_manifest(cls, manifest, pack_path='', extra_bytes=0, slot_builder=None):
+        """Build from a pack manifest dict (format v1)."""
+        units = manifest['units']
+        return cls(names=[u['name'] for u in units],
+                   lengths=[int(u['length']) for u in units],
+                   first=[u['first_call'] for u in units],
+                   last=[u['last_call'] for u in units],
+                   call_order=list(manifest['call_order']),
+                   forced=frozenset(u['index'] for u in units
+                                    if u.get('used_outside_forward') and u['calls']),
+                   pack_path=str(pack_path),
+                   spec=str(manifest.get('model', {}).get('spec', '')),
+                   extra_bytes=int(extra_bytes), slot_builder=slot_builder)
+
+    @classmethod
+    def from_pack(cls, pack):
+        """Build from a Pack, a pack directory, or a manifest dict (then without splitting)."""
+        if isinstance(pack, cls):
+            return pack
+        if isinstance(pack, dict):
+            return cls.from_manifest(pack)
+        if not hasattr(pack, 'manifest'):
+            from demand_layering_ros.pack import Pack
+            pack = Pack.open(pack)
+        extra = sum(t.numel() * t.element_size() for t in pack.extra_buffers().values())
+        builder = executor_slot_builder(pack)
+        sched = cls.from_manifest(pack.manifest, pack.path, extra, builder)
+        if builder is not None:
+            sched.split_candidates = builder.split_candidates()
+        return sched
+
+    @property
+    def steps(self):
+        """Return the number of calls in one pass."""
+        return len(self.call_order)
+
+    @property
+    def called(self):
+        """Return the indices of units called in the pass, in first-use order."""
+        return sorted((i for i, f in enumerate(self.first) if f is not None),
+                      key=lambda i: (self.first[i], i))
+
+    def bytes_of(self, units):
+        """Return the summed extent of some units."""
+        return sum(self.lengths[i] for i in units)
+
+    def resident_all(self):
+        """Return the set of every called unit (the fully resident configuration)."""
+        return frozenset(self.called)
+
+    def index(self, name):
+        """Return a unit index by name."""
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f'pack {self.pack_path}: no unit named {name!r}') from None
+
+    def streams(self, resident, split_bytes=0):
+        """Return the Streams of a resident set and split size."""
+        if self.slot_builder is not None:
+            return self.slot_builder(resident, split_bytes)
+        items, owners = [], []
+        for i in self.called:
+            if i not in resident:
+                items.append(arena.Item(self.names[i], self.lengths[i], self.first[i],
+                                        self.last[i]))
+                owners.append(i)
+        n = self.steps
+        return Streams(items, owners, list(range(n)), [1.0] * n, [True] * n)
+
+
+class ExecutorSlots:
+    """
+    The executor's own slot construction over the pack's model skeleton (no weights, no I/O).
+
+    Calling it with (resident units, split_bytes) gives the Streams the executor would stream,
+    so the planner's prediction replays exactly what the executor does: which units split into
+    chunks, each slot's bytes and lifetime, and the load order.
+    """
+
+    def __init__(self, pack, executor):
+        """Build the skeleton on 'meta' and the executor's unit table."""
+        det = pack.build_detector(device='cpu', meta=True)
+        self.engine = executor._Engine(pack, det.model, 'cpu', timeline=False)
+        self.engine.reader.close()          # slot construction reads nothing
+        self.engine.sync_reader.close()
+        self.calls = len(pack.call_order)
+        self._cache = {}
+
+    def __call__(self, resident, split_bytes=0):
+        """Return the Streams for a resident set (unit indices) and split size."""
+        key = (frozenset(resident), int(split_bytes or 0))
+        if key in self._cache:
+            return self._cache[key]
+        e = self.engine
+        slots = e._make_slots(set(resident), split_bytes or None)
+        span = [1] * self.calls
+        for u in e.units:
+            if u.chunks:
+                span[e.call_modules.index(u.split[1])] = len(u.chunks)
+        step_call, share, first = [], [], []
+        for p in range(self.calls):
+            for j in range(span[p]):
+                step_call.append(p)
+                share.append(1.0 / span[p])
+                first.append(j == 0)
+        st = Streams(items=[arena.Item(s.name, s.length, s.first_step, s.last_step)
+                            for s in slots],
+                     owners=[s.unit.index for s in slots],
+                     step_call=step_call, step_share=share, step_first=first)
+        if len(self._cache) > 4096:
+            self._cache.clear()
+        self._cache[key] = st
+        return st
+
+    def split_candidates(self):
+        """Return split sizes worth trying: halvings of the largest splittable weight."""
+        e = self.engine
+        largest = 0
+        for u in e.units:
+            sp = e._splittable(u, arena.PAGE)
+            if sp is not None:
+                largest = max(largest, sp[1].nbytes)
+        out = []
+        s = largest // 2
+        while s >= 256 << 10 and len(out) < 5:
+            out.append(arena.align_up(s))
+            s //= 2
+        return tuple(out)
+
+
+def executor_slot_builder(pack):
+    """Return ExecutorSlots for a pack, or None when the executor is not installed."""
+    try:
+        from demand_layering_ros import executor
+    except ImportError:
+        return None
+    return ExecutorSlots(pack, executor)
+
+
+# ----------------------------------------------------------------------------- speed models
+
+
+class Transfer:
+    """
+    Seconds to move a request of n bytes, interpolated from measured (request bytes, seconds).
+
+    Between points the rate (bytes/s) is interpolated in log request size; beyond the largest
+    point the largest request's rate holds, below the smallest the smallest request's time.
+    `queued` points (optional) give the time of a request queued right behind another (the
+    reader's threads overlap them); without them queued requests take the same time.
+    """
+
+    def __init__(self, points, queued=None):
+        """Keep points and queued points: iterables of (request_bytes, seconds_per_request)."""
+        pts = sorted((int(n), float(s)) for n, s in points if int(n) > 0 and float(s) > 0)
+        if not pts:
+            raise ValueError('a transfer model needs at least one (bytes, seconds) point')
+        self.sizes = [n for n, _ in pts]
+        self.logs = [math.log(n) for n, _ in pts]
+        self.rates = [n / s for n, s in pts]
+        self.min_seconds = pts[0][1]
+        self.queued = Transfer(queued) if queued else None
+
+    @classmethod
+    def constant(cls, bytes_per_s):
+        """Return a model with one rate for every request size."""
+        return cls([(1 << 20, (1 << 20) / float(bytes_per_s))])
+
+    def rate(self, n):
+        """Return the interpolated bytes/s for a request of n bytes."""
+        if len(self.sizes) == 1 or n >= self.sizes[-1]:
+            return self.rates[-1]
+        if n <= self.sizes[0]:
+            return self.rates[0]
+        x = math.log(n)
+        j = bisect_right(self.logs, x)
+        x0, x1 = self.logs[j - 1], self.logs[j]
+        w = (x - x0) / (x1 - x0)
+        return self.rates[j - 1] * (1 - w) + self.rates[j] * w
+
+    def seconds(self, n):
+        """Return the seconds a request of n bytes takes on an idle reader."""
+        if n <= 0:
+            return 0.0
+        if n <= self.sizes[0]:
+            return self.min_seconds
+        return n / self.rate(n)
+
+    def seconds_queued(self, n):
+        """Return the seconds a request of n bytes adds when queued behind another."""
+        return (self.queued or self).seconds(n)
+
+
+@dataclass
+class Timing:
+    """
+    The speeds a plan's latency depends on, in milliseconds, per call position of the pass.
+
+    busy[c]: the time call c runs with its weights in place; gap[c]: weight-free work between
+    the previous call and call c (it can overlap the wait for c's weights); tail: work after
+    the last call. read: O_DIRECT Transfer; copy: host-to-device Transfer (None: no copy
+    stage); slot_overhead: the executor's own cost per slot it hands to the model; kind:
+    'cpu', 'cuda' (discrete GPU) or 'unified' (integrated GPU: no copy stage).
+    """
+
+    busy: list
+    gap: list
+    tail: float
+    read: Transfer
+    copy: Transfer = None
+    slot_overhead: float = 0.0
+    kind: str = 'cpu'
+    resident_latency: float = None
+
+    @classmethod
+    def from_profile(cls, prof, sched, device=None):
+        """Check that the profile belongs to the pack's pass and build the timing."""
+        steps = prof.get('steps', {})
+        busy, gap = steps.get('busy_ms'), steps.get('gap_ms')
+        where = prof.get('pack', {}).get('path', '?')
+        if busy is None or gap is None:
+            raise ValueError(f'profile of {where} lacks steps.busy_ms/gap_ms')
+        if list(steps.get('unit', [])) != list(sched.call_order):
+            raise ValueError(
+                f'profile of {where} does not match pack {sched.pack_path}: the profiled call '
+                f'order ({len(steps.get("unit", []))} calls) differs from the manifest '
+                f'call_order ({sched.steps} calls); profile the pack again')
+        if device is not None and str(device).split(':')[0] != prof.get('device', 'cpu'):
+            raise ValueError(f'profile of {where} was measured on {prof.get("device")!r}, '
+                             f'the plan is for {device!r}; profile on that device')
+        disk = prof.get('disk', {}).get('points') or []
+        if not disk:
+            raise ValueError(f'profile of {where} has no disk read measurements')
+        read = Transfer([(p['request_bytes'], p['seconds']) for p in disk],
+                        [(p['request_bytes'], p['seconds_streamed']) for p in disk
+                         if p.get('seconds_streamed')])
+        h2d = (prof.get('h2d') or {}).get('points') or []
+        kind = prof.get('device_kind', 'cpu')
+        copy = Transfer([(p['request_bytes'], p['seconds']) for p in h2d]) \
+            if kind == 'cuda' and h2d else None
+        return cls(busy=[float(x) for x in busy], gap=[float(x) for x in gap],
+                   tail=float(steps.get('tail_ms', 0.0)), read=read, copy=copy,
+                   slot_overhead=float((prof.get('executor') or {}).get(
+                       'overhead_ms_per_slot', 0.0)),
+                   kind=kind, resident_latency=prof.get('resident_latency_ms'))
+
+    def floor(self):
+        """Return the simulated latency with every unit resident."""
+        return sum(self.busy) + sum(self.gap) + self.tail
+
+
+# ----------------------------------------------------------------------------- simulation
+
+
+@dataclass
+class Config:
+    """One candidate plan: resident units, arena bytes, prefetch depth, split size."""
+
+    resident: frozenset
+    arena_bytes: int
+    prefetch_depth: object = None
+    split_bytes: int = 0
+    pinned: frozenset = frozenset()
+
+
+@dataclass
+class Sim:
+    """What one simulated pass gives: latency, stalls, memory and (optionally) a timeline."""
+
+    latency_ms: float
+    stall_ms: float
+    resident_bytes: int
+    arena_bytes: int
+    peak_weight_bytes: int
+    read_busy_ms: float
+    head_start_ms: float = 0.0
+    step_stall: list = field(default_factory=list)
+    timeline: list = field(default_factory=list)
+    reads: list = field(default_factory=list)     # per slot: (owner unit, start, end) ms
+
+
+def _release_steps(items, order, offsets, alignment=arena.PAGE):
+    """
+    Return, per load position, the step after which the item's arena range is free.
+
+    That is the largest last_step of the earlier-placed items overlapping its range (-1: none).
+    An interval map over the arena keeps, for each range, the last item placed there.
+    """
+    starts, ends, owner_last = [], [], []      # disjoint segments, sorted by start
+    out = []
+    for i in order:
+        it = items[i]
+        lo = offsets[i]
+        hi = lo + max(arena.align_up(it.nbytes, alignment), alignment)
+        j = bisect_right(starts, lo) - 1
+        if j < 0 or ends[j] <= lo:
+            j += 1
+        worst = -1
+        k = j
+        while k < len(starts) and starts[k] < hi:
+            worst = max(worst, owner_last[k])
+            k += 1
+        new_s, new_e, new_l = [], [], []
+        if j < k and starts[j] < lo:
+            new_s.append(starts[j])
+            new_e.append(lo)
+            new_l.append(owner_last[j])
+        new_s.append(lo)
+        new_e.append(hi)
+        new_l.append(it.last_step)
+        if j < k and ends[k - 1] > hi:
+            new_s.append(hi)
+            new_e.append(ends[k - 1])
+            new_l.append(owner_last[k - 1])
+        starts[j:k], ends[j:k], owner_last[j:k] = new_s, new_e, new_l
+        out.append(worst)
+    return out
+
+
+def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, timeline=False):
+    """
+    Replay one pass of the executor with plan `cfg`; return a Sim (times in ms from pass start).
+
+    Loader: takes slots in load order; slot k is claimed once (a) slot k-1 was claimed,
+    (b) every earlier slot overlapping its arena range was released (after the step that used
+    it last), (c) compute has acquired slot k - depth. Reader: one in-order server, a request
+    taking the back-to-back time when queued behind another and the one-at-a-time time when
+    the disk was idle (pinned host units skip it); on a discrete GPU a copy stage follows.
+    Compute: step s starts when step s-1 is done plus the weight-free gap, and its slots are
+    in; acquiring a slot costs the executor's per-slot overhead. `head_start_ms` lets the
+    loader start that long before the pass (idle time between frames).
+    Raises arena.ArenaTooSmall when the arena cannot hold the pass.
+    """
+    st = streams or sched.streams(cfg.resident, cfg.split_bytes)
+    items, owners = st.items, st.owners
+    if layout is None:
+        layout = arena.plan_layout(items, cfg.arena_bytes, cfg.prefetch_depth)
+    order = arena.load_order(items)
+    n, steps = len(items), st.steps
+    rel = _release_steps(items, order, layout.offsets)
+    depth = cfg.prefetch_depth
+    gate = [items[order[k - depth]].first_step if depth is not None and k >= depth else -1
+            for k in range(n)]
+    busy = [timing.busy[c] * f for c, f in zip(st.step_call, st.step_share)]
+    gap = [timing.gap[c] if first else 0.0 for c, first in zip(st.step_call, st.step_first)]
+    base = [0.0] * steps          # when step s asks for its slots (pre-hook)
+    end = [0.0] * steps
+    start_w = [0.0] * steps
+    ready = [None] * n            # load position -> time the slot is usable
+    rows = [None] * n
+    t_claim = -head_start_ms
+    t_read = -head_start_ms
+    t_copy = -head_start_ms
+    read_busy = 0.0
+    k = 0
+    stall = 0.0
+    step_stall = [0.0] * steps
+    need_pos = {}                 # step -> load positions first used there
+    for pos, i in enumerate(order):
+        need_pos.setdefault(items[i].first_step, []).append(pos)
+    oh = timing.slot_overhead
+    read, copy = timing.read, timing.copy
+    for s in range(steps):
+        base[s] = (end[s - 1] if s else 0.0) + gap[s]
+        while k < n and rel[k] < s and gate[k] <= s:
+            t = t_claim
+            if rel[k] >= 0:
+                t = max(t, end[rel[k]])
+            if gate[k] >= 0:
+                t = max(t, base[gate[k]])
+            t_claim = t
+            owner = owners[order[k]]
+            nbytes = items[order[k]].nbytes
+            if owner in cfg.pinned:
+                r0 = r1 = t
+            else:
+                r0 = max(t, t_read)
+                r1 = r0 + 1e3 * (read.seconds_queued(nbytes) if t < t_read
+                                 else read.seconds(nbytes))
+                t_read = r1
+                read_busy += r1 - r0
+            c0 = c1 = r1
+            if copy is not None:
+                c0 = max(r1, t_copy)
+                c1 = c0 + 1e3 * copy.seconds(nbytes)
+                t_copy = c1
+            ready[k] = c1
+            rows[k] = (order[k], r0, r1, c0, c1)
+            k += 1
+        need = base[s]
+        acquired = 0
+        for pos in need_pos.get(s, ()):
+            if ready[pos] is None:
+                raise RuntimeError(f'simulation: slot {items[order[pos]].name} was not placed '
+                                   f'before step {s} (arena layout and simulation disagree)')
+            need = max(need, ready[pos])
+            acquired += 1
+        start_w[s] = need
+        step_stall[s] = need - base[s]
+        stall += step_stall[s]
+        end[s] = need + busy[s] + oh * acquired
+    latency = (end[-1] if steps else 0.0) + timing.tail
+    resident_bytes = sched.bytes_of(cfg.resident) + sched.extra_bytes
+    sim = Sim(latency_ms=latency, stall_ms=stall, resident_bytes=resident_bytes,
+              arena_bytes=layout.capacity, peak_weight_bytes=resident_bytes + layout.capacity,
+              read_busy_ms=read_busy, head_start_ms=head_start_ms, step_stall=step_stall,
+              reads=[(owners[r[0]], r[1], r[2]) for r in rows if r is not None])
+    if timeline:
+        sim.timeline = _timeline(sched, st, rows, start_w, end, cfg.resident)
+    return sim
+
+
+def _timeline(sched, st, rows, start_w, end, resident):
+    """Build executor-style timeline rows (seconds from pass start) per slot and resident unit."""
+    span = {}
+    for s, c in enumerate(st.step_call):
+        u = sched.call_order[c]
+        a, b = span.get(u, (start_w[s], end[s]))
+        span[u] = (min(a, start_w[s]), max(b, end[s]))
+    out = []
+    for u in sched.called:
+        if u in resident:
+            a, b = span[u]
+            out.append({'unit': u, 'name': sched.names[u], 'kind': 'resident',
+                        'bytes': sched.lengths[u], 'read_start': None, 'read_end': None,
+                        'copy_start': None, 'copy_end': None, 'compute_start': a / 1e3,
+                        'compute_end': b / 1e3})
+    for r in rows:
+        if r is None:
+            continue
+        i, r0, r1, c0, c1 = r
+        it, u = st.items[i], st.owners[i]
+        a, b = (start_w[it.first_step], end[it.last_step]) if '[' in it.name else span[u]
+        out.append({'unit': u, 'name': it.name, 'kind': 'chunk' if '[' in it.name else 'unit',
+                    'bytes': it.nbytes, 'read_start': r0 / 1e3, 'read_end': r1 / 1e3,
+                    'copy_start': c0 / 1e3 if c1 > c0 else None,
+                    'copy_end': c1 / 1e3 if c1 > c0 else None,
+                    'compute_start': a / 1e3, 'compute_end': b / 1e3})
+    out.sort(key=lambda r: (r['compute_start'], r['read_start'] or 0.0))
+    return out
+
+
+# ----------------------------------------------------------------------------- search
+
+
+@dataclass
+class Point:
+    """One evaluated plan on the trade-off curve."""
+
+    cfg: Config
+    sim: Sim
+
+    @property
+    def memory(self):
+        """Return the predicted peak weight bytes."""
+        return self.sim.peak_weight_bytes
+
+    @property
+    def latency(self):
+        """Return the predicted latency in ms."""
+        return self.sim.latency_ms
+
+
+class Search:
+    """
+    Evaluates plans for one pack, profile and split size, with caches; walks the trade-off.
+
+    frame_period_ms: when set, the loader preloads the first slots in the idle time between
+    frames (the executor starts on the next pass as soon as one ends): a pass starts with a
+    head start of max(0, period - latency), found by iterating from zero head start (each
+    iterate is an upper bound of the latency).
+    """
+
+    def __init__(self, sched, timing, split_bytes=0, frame_period_ms=None, depths=DEPTHS,
+                 pinned=frozenset()):
+        """Keep the pass and the speeds; nothing is simulated yet."""
+        self.sched = sched
+        self.timing = timing
+        self.split = int(split_bytes or 0)
+        self.period = frame_period_ms
+        self.depths = depths
+        self.pinned = frozenset(pinned)
+        self._evals = {}
+        self._min = {}
+        self.evaluations = 0
+
+    def streams(self, resident):
+        """Return the executor's slots for a resident set at this split size."""
+        return self.sched.streams(resident, self.split)
+
+    def items(self, resident):
+        """Return the arena items for a resident set."""
+        return self.streams(resident).items
+
+    def streamed_bytes(self, resident):
+        """Return the arena bytes that hold every streamed slot at once."""
+        return self.streams(resident).total_bytes
+
+    def lower_bound(self, resident):
+        """Return the live-set lower bound of the arena for a resident set."""
+        return arena.live_lower_bound(self.items(resident))
+
+    def config(self, resident, arena_bytes, depth):
+        """Return a Config at this search's split size."""
+        return Config(resident=resident, arena_bytes=arena_bytes, prefetch_depth=depth,
+                      split_bytes=self.split, pinned=self.pinned - resident)
+
+    def simulate(self, cfg, timeline=False):
+        """Simulate a config with the frame-period head start; None if the arena is too small."""
+        st = self.sched.streams(cfg.resident, cfg.split_bytes)
+        try:
+            layout = arena.plan_layout(st.items, cfg.arena_bytes, cfg.prefetch_depth)
+        except arena.ArenaTooSmall:
+            return None
+        self.evaluations += 1
+        sim = simulate(self.sched, self.timing, cfg, layout=layout, streams=st,
+                       timeline=timeline)
+        if self.period:
+            for _ in range(4):
+                head = max(0.0, self.period - sim.latency_ms)
+                if head <= sim.head_start_ms + 1e-6:
+                    break
+                sim = simulate(self.sched, self.timing, cfg, layout=layout, streams=st,
+                               head_start_ms=head, timeline=timeline)
+        return sim
+
+    def evaluate(self, resident, arena_bytes, depths=None):
+        """Return the best Point over prefetch depths for a resident set and arena (or None)."""
+        arena_bytes = int(arena_bytes) // arena.PAGE * arena.PAGE
+        if not self.items(resident):
+            arena_bytes = 0
+        key = (resident, arena_bytes, depths)
+        if key in self._evals:
+            return self._evals[key]
+        best = None
+        for d in (depths or self.depths):
+            sim = self.simulate(self.config(resident, arena_bytes, d))
+            if sim is not None and (best is None or sim.latency_ms < best.latency - 1e-9):
+                best = Point(self.config(resident, arena_bytes, d), sim)
+            if not self.items(resident):
+                break
+        self._evals[key] = best
+        return best
+
+    def min_arena(self, resident):
+        """Return the smallest arena (over prefetch depths) that holds the pass."""
+        if resident not in self._min:
+            items = self.items(resident)
+            layout = arena.min_layout(items, prefetch_depths=self.depths) if items else None
+            self._min[resident] = layout.capacity if layout else 0
+        return self._min[resident]
+
+    def resident_point(self):
+        """Return the fully resident Point."""
+        return self.evaluate(self.sched.resident_all(), 0)
+
+    def greedy_path(self, candidates=6):
+        """
+        Grow the resident set one unit at a time, each time by the best stall saved per byte.
+
+        Start from the units that must stay resident. Each round simulates the current set at its
+        smallest arena, estimates for every streamed unit the stall its residency would save
+        (its read time, bounded by the stall left after its read began) per byte, simulates the
+        `candidates` best estimates exactly and keeps the one with the most latency saved per
+        byte of memory added. Stops when the stall is gone or everything is resident.
+        Returns [(resident set, Point at its smallest arena)].
+        """
+        sched = self.sched
+        resident = frozenset(sched.forced)
+        floor = self.resident_point().latency
+        path = []
+        while True:
+            a = self.min_arena(resident)
+            point = self.evaluate(resident, a)
+            path.append((resident, point))
+            streamed = [u for u in sched.called if u not in resident]
+            if not streamed or point.latency <= floor + 1e-6:
+                break
+            est = self._estimates(point, streamed)
+            ranked = sorted(streamed, key=lambda u: -est[u])[:candidates]
+            best, best_score = None, None
+            for u in ranked:
+                r2 = resident | {u}
+                if not self.items(r2):
+                    p2, mem2 = self.resident_point(), sched.bytes_of(r2) + sched.extra_bytes
+                else:
+                    lb2 = self.lower_bound(r2)
+                    p2 = self.evaluate(r2, max(a, lb2), depths=(point.cfg.prefetch_depth,))
+                    # the memory the set reaches once its arena shrinks to the new bound
+                    mem2 = sched.bytes_of(r2) + sched.extra_bytes + lb2
+                if p2 is None:
+                    continue
+                saved = point.latency - p2.latency
+                added = max(mem2 - point.memory, arena.PAGE)
+                score = saved / added
+                if best is None or score > best_score:
+                    best, best_score = u, score
+            if best is None or best_score <= 0:
+                best = ranked[0]
+            resident = resident | {best}
+        return path
+
+    def _estimates(self, point, streamed):
+        """Estimate, per streamed unit, the stall its residency saves, per byte."""
+        sim = point.sim
+        reads = {}
+        for owner, r0, r1 in sim.reads:
+            a, b = reads.get(owner, (r0, 0.0))
+            reads[owner] = (min(a, r0), b + (r1 - r0))
+        stalls = sim.step_stall
+        suffix = [0.0] * (len(stalls) + 1)
+        for s in range(len(stalls) - 1, -1, -1):
+            suffix[s] = suffix[s + 1] + stalls[s]
+        st = self.streams(point.cfg.resident)
+        first_step = {}
+        for it, owner in zip(st.items, st.owners):
+            first_step[owner] = min(first_step.get(owner, it.first_step), it.first_step)
+        est = {}
+        for u in streamed:
+            _, dur = reads.get(u, (0.0, 0.0))
+            saved = min(dur, suffix[first_step.get(u, 0)])
+            est[u] = saved / max(self.sched.lengths[u], 1)
+        return est
+
+    def smallest_arena_meeting(self, resident, deadline_ms, hi=None):
+        """Return the Point with the smallest arena meeting the deadline (or None)."""
+        lo = self.min_arena(resident)
+        top = self.streamed_bytes(resident)
+        hi = top if hi is None else min(hi, top)
+        if not self.items(resident):
+            p = self.evaluate(resident, 0)
+            return p if p is not None and p.latency <= deadline_ms else None
+        if hi < lo:
+            return None
+        p_hi = self.evaluate(resident, hi)
+        if p_hi is None or p_hi.latency > deadline_ms:
+            return None
+        p_lo = self.evaluate(resident, lo)
+        if p_lo is not None and p_lo.latency <= deadline_ms:
+            return p_lo
+        a, b = lo // arena.PAGE, hi // arena.PAGE
+        best = p_hi
+        while b - a > 1:
+            mid = (a + b) // 2
+            p = self.evaluate(resident, mid * arena.PAGE)
+            if p is not None and p.latency <= deadline_ms:
+                b, best = mid, p
+            else:
+                a = mid
+        return best
+
+    def sweep(self, resident, n=8):
+        """Return Points at n arena sizes from the smallest to holding every streamed slot."""
+        if not self.items(resident):
+            p = self.evaluate(resident, 0)
+            return [p] if p else []
+        lo = self.min_arena(resident)
+        hi = self.streamed_bytes(resident)
+        sizes = {lo, hi}
+        if lo > 0 and hi > lo:
+            sizes |= {int(lo * (hi / lo) ** (j / (n - 1))) // arena.PAGE * arena.PAGE
+                      for j in range(1, n - 1)}
+        return [p for p in (self.evaluate(resident, s) for s in sorted(sizes)) if p]
+
+
+def pareto(points):
+    """Return the points no other point beats on both memory and latency, by memory."""
+    out = []
+    for p in sorted(points, key=lambda p: (p.memory, p.latency)):
+        if not out or p.latency < out[-1].latency - 1e-9:
+            out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def _mb(nbytes):
+    """Return MiB rounded to 0.001 (for reports)."""
+    return None if nbytes is None else round(nbytes / MB, 3)
+
+
+def _mb_up(nbytes):
+    """Return MiB rounded up to 0.001, so a stated peak is never below the true bytes."""
+    return None if nbytes is None else math.ceil(nbytes * 1000 / MB) / 1000
+
+
+def _subsample(path, k=16):
+    if len(path) <= k:
+        return list(path)
+    idx = sorted({round(j * (len(path) - 1) / (k - 1)) for j in range(k)})
+    return [path[j] for j in idx]
+
+
+def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, device=None,
+         host_budget_mb=0, sweep_points=8, splits=None):
+    """
+    Choose resident units, arena size, split size and prefetch depth; return the plan dict.
+
+    deadline only: the smallest predicted weight memory whose predicted latency meets it.
+    budget only: the best predicted latency whose predicted weight memory fits it.
+    both: the best latency within the budget, refused unless it also meets the deadline.
+    neither: the smallest-memory plan. An infeasible request raises PlanInfeasible with the
+    smallest budget that meets the deadline and the best latency within the budget.
+    host_budget_mb: on a discrete GPU, pinned host memory for a middle tier (units copied from
+    host instead of read from disk) when the executor supports one; 0 disables it.
+    splits: split sizes to try (default: no split plus halvings of the largest layer).
+    """
+    sched = Schedule.from_pack(pack)
+    prof = load_profile(profile) if not isinstance(profile, dict) else profile
+    timing = Timing.from_profile(prof, sched, device)
+    for name, v in (('budget_mb', budget_mb), ('deadline_ms', deadline_ms),
+                    ('frame_period_ms', frame_period_ms)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not v > 0 or not math.isfinite(v)):
+            raise ValueError(f'plan: {name} must be a positive number, got {v!r}')
+    pinned = _pinned_tier(sched, timing, host_budget_mb)
+    t0 = time.perf_counter()
+    split_sizes = [0] + list(sched.split_candidates if splits is None else splits)
+    searches = [Search(sched, timing, split_bytes=sp, frame_period_ms=frame_period_ms,
+                       pinned=pinned) for sp in dict.fromkeys(split_sizes)]
+    paths = [(se, se.greedy_path()) for se in searches]
+    full = searches[0].resident_point()
+    curve = [full]
+    for se, path in paths:
+        curve += [p for _, p in path]
+        for resident, _ in _subsample(path, 16 if se.split == 0 else 6):
+            curve += se.sweep(resident, n=sweep_points)
+    min_point = min((p for _, path in paths for _, p in path),
+                    key=lambda p: (p.memory, p.latency))
+    fastest = min(curve, key=lambda p: (p.latency, p.memory))
+    budget = None if budget_mb is None else int(budget_mb * MB)
+
+    def best_under_deadline(deadline):
+        best = full if full.latency <= deadline else None
+        for se, path in paths:
+            for resident, _ in path:
+                fixed = sched.bytes_of(resident) + sched.extra_bytes
+                if best is not None and fixed + se.lower_bound(resident) >= best.memory:
+                    continue
+                hi = None if best is None else best.memory - fixed
+                p = se.smallest_arena_meeting(resident, deadline, hi=hi)
+                if p is not None and (best is None or p.memory < best.memory):
+                    best = p
+        return best
+
+    def best_within_budget(budget_bytes):
+        best = full if full.memory <= budget_bytes else None
+        owner = searches[0]
+        for se, path in paths:
+            for resident, _ in path:
+                room = budget_bytes - sched.bytes_of(resident) - sched.extra_bytes
+                if not se.items(resident) or room < se.min_arena(resident):
+                    continue
+                p = se.evaluate(resident, min(room, se.streamed_bytes(resident)))
+                if p is not None and p.memory <= budget_bytes and (
+                        best is None or (p.latency, p.memory) < (best.latency, best.memory)):
+                    best, owner = p, se
+        if best is not None and best.sim.arena_bytes:
+            # the same latency with less arena: shrink while the prediction holds
+            tight = owner.smallest_arena_meeting(best.cfg.resident, best.latency * 1.001 + 1e-3,
+                                                 hi=best.sim.arena_bytes)
+            if tight is not None and tight.memory <= best.memory:
+                best = tight
+        return best
+
+    if deadline_ms is not None and budget is None:
+        chosen = best_under_deadline(deadline_ms)
+        if chosen is None:
+            raise PlanInfeasible(
+                f'deadline {deadline_ms:g} ms cannot be met: the fastest plan is predicted at '
+                f'{fastest.latency:.3f} ms ({_mb(fastest.memory)} MB of weights)',
+                deadline_ms=deadline_ms, min_budget_mb=None,
+                best_latency_ms=round(fastest.latency, 3),
+                min_memory_mb=_mb_up(min_point.memory),
+                fastest_latency_ms=round(fastest.latency, 3))
+    elif budget is not None:
+        chosen = best_within_budget(budget)
+        if chosen is None or (deadline_ms is not None and chosen.latency > deadline_ms):
+            need = best_under_deadline(deadline_ms) if deadline_ms is not None else None
+            msg = [f'budget {budget_mb:g} MB']
+            if chosen is None:
+                msg.append(f'is below the smallest plan ({_mb(min_point.memory)} MB: '
+                           f'{_mb(min_point.sim.resident_bytes)} MB resident + '
+                           f'{_mb(min_point.sim.arena_bytes)} MB arena)')
+            else:
+                msg.append(f'gives at best {chosen.latency:.3f} ms')
+            if deadline_ms is not None:
+                msg.append(f'and deadline {deadline_ms:g} ms '
+                           + (f'needs at least {_mb(need.memory)} MB' if need is not None
+                              else f'cannot be met at all (fastest {fastest.latency:.3f} ms)'))
+            min_budget = _mb_up(need.memory) if need is not None else None
+            if deadline_ms is None:
+                min_budget = _mb_up(min_point.memory)
+            raise PlanInfeasible(
+                ' '.join(msg), budget_mb=budget_mb, deadline_ms=deadline_ms,
+                min_budget_mb=min_budget,
+                best_latency_ms=round(chosen.latency, 3) if chosen is not None else None,
+                min_memory_mb=_mb_up(min_point.memory),
+                fastest_latency_ms=round(fastest.latency, 3))
+    else:
+        chosen = min_point
+    curve.append(chosen)
+    evaluations = sum(se.evaluations for se in searches)
+    return _plan_dict(sched, prof, timing, chosen, full, min_point, curve,
+                      {'evaluations': evaluations, 'seconds': round(time.perf_counter() - t0, 3),
+                       'split_sizes': [se.split for se in searches]},
+                      request={'budget_mb': budget_mb, 'deadline_ms': deadline_ms,
+                               'frame_period_ms': frame_period_ms,
+                               'host_budget_mb': host_budget_mb})
+
+
+def executor_has_middle_tier():
+    """Return True when the executor keeps pinned host units (a `pinned_host_units` plan key)."""
+    try:
+        from demand_layering_ros import executor
+    except ImportError:
+        return False
+    return 'pinned_host_units' in getattr(executor, 'PLAN_KEYS', ())
+
+
+def _pinned_tier(sched, timing, host_budget_mb):
+    """Return the units to keep in pinned host memory (discrete GPU only; largest first)."""
+    if (timing.kind != 'cuda' or not host_budget_mb or timing.copy is None
+            or not executor_has_middle_tier()):
+        return frozenset()
+    room = int(host_budget_mb * MB)
+    out = []
+    for u in sorted(sched.called, key=lambda u: -sched.lengths[u]):
+        if sched.lengths[u] <= room:
+            out.append(u)
+            room -= sched.lengths[u]
+    return frozenset(out)
+
+
+def _point_row(p, full):
+    return {'weight_mb': _mb_up(p.memory), 'latency_ms': round(p.latency, 4),
+            'resident_mb': _mb(p.sim.resident_bytes), 'arena_mb': _mb(p.sim.arena_bytes),
+            'resident_units': len(p.cfg.resident), 'prefetch_depth': p.cfg.prefetch_depth,
+            'split_bytes': p.cfg.split_bytes,
+            'reduction_pct': round(100.0 * (1 - p.memory / full.memory), 2)
+            if full.memory else 0.0,
+            'overhead_ms': round(p.latency - full.latency, 4)}
+
+
+def _plan_dict(sched, prof, timing, chosen, full, min_point, curve, search, request):
+    kind = timing.kind
+    staging = 'zero_copy' if kind == 'unified' else 'copy'
+    uniq = {}
+    for p in curve:
+        uniq.setdefault((p.memory, round(p.latency, 6)), p)
+    points = sorted(uniq.values(), key=lambda p: (p.memory, p.latency))
+    front = {id(p) for p in pareto(points)}
+    alts = [dict(_point_row(p, full), pareto=id(p) in front) for p in points]
+    return {
+        'format': PLAN_FORMAT,
+        'version': VERSION,
+        'pack': sched.pack_path,
+        'model': sched.spec,
+        'device': prof.get('device', 'cpu'),
+        'device_kind': kind,
+        'staging': staging,
+        'resident_units': [sched.names[u] for u in sched.called if u in chosen.cfg.resident],
+        'pinned_host_units': [sched.names[u] for u in sched.called if u in chosen.cfg.pinned],
+        'arena_bytes': int(chosen.sim.arena_bytes),
+        'split_bytes': int(chosen.cfg.split_bytes or 0),
+        'prefetch_depth': chosen.cfg.prefetch_depth,
+        'predicted_latency_ms': round(chosen.latency, 4),
+        'predicted_peak_weight_mb': _mb_up(chosen.memory),
+        'predicted_peak_weight_bytes': int(chosen.memory),
+        'predicted_stall_ms': round(chosen.sim.stall_ms, 4),
+        'predicted_resident_mb': _mb(chosen.sim.resident_bytes),
+        'predicted_arena_mb': _mb(chosen.sim.arena_bytes),
+        'pinned_host_mb': _mb(sum(sched.lengths[u] for u in chosen.cfg.pinned)),
+        'head_start_ms': round(chosen.sim.head_start_ms, 4),
+        'fully_resident': {'weight_mb': _mb(full.memory),
+                           'predicted_latency_ms': round(full.latency, 4),
+                           'measured_latency_ms': timing.resident_latency},
+        'smallest': _point_row(min_point, full),
+        'reduction_pct': round(100.0 * (1 - chosen.memory / full.memory), 2)
+        if full.memory else 0.0,
+        'overhead_ms': round(chosen.latency - full.latency, 4),
+        'request': request,
+        'search': search,
+        'profile': {'machine': prof.get('machine', {}),
+                    'read_mb_per_s': round(timing.read.rate(1 << 24) / MB, 1),
+                    'slot_overhead_ms': timing.slot_overhead},
+        'alternatives': alts,
+    }
+
+
+def config_of(plan_dict, sched):
+    """Return the Config a plan dict describes (for re-simulating a plan)."""
+    resident = frozenset(sched.index(n) for n in plan_dict.get('resident_units', []))
+    resident |= sched.forced
+    pinned = frozenset(sched.index(n) for n in plan_dict.get('pinned_host_units', []) or [])
+    return Config(resident=resident, arena_bytes=int(plan_dict.get('arena_bytes', 0)),
+                  prefetch_depth=plan_dict.get('prefetch_depth'), pinned=pinned,
+                  split_bytes=int(plan_dict.get('split_bytes') or 0))
+
+
+def predict(pack, profile, plan_dict, frame_period_ms=None, timeline=False):
+    """Simulate a given plan; return the Sim (the same prediction `plan` makes)."""
+    sched = Schedule.from_pack(pack)
+    prof = load_profile(profile) if not isinstance(profile, dict) else profile
+    timing = Timing.from_profile(prof, sched)
+    cfg = config_of(plan_dict, sched)
+    search = Search(sched, timing, split_bytes=cfg.split_bytes, frame_period_ms=frame_period_ms,
+                    pinned=cfg.pinned)
+    sim = search.simulate(cfg, timeline=timeline)
+    if sim is None:
+        raise arena.ArenaTooSmall(f'plan arena of {cfg.arena_bytes} bytes cannot hold the pass '
+                                  f'of {sched.pack_path}')
+    return sim
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def load_profile(path):
+    """Read PROFILE.json and check its format."""
+    with open(path) as f:
+        prof = json.load(f)
+    if prof.get('format') != PROFILE_FORMAT:
+        raise ValueError(f'{path}: not a profile (format {prof.get("format")!r}, expected '
+                         f'{PROFILE_FORMAT!r})')
+    return prof
+
+
+def write_json(obj, path):
+    """Write a dict as JSON (atomically)."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1)
+        f.write('\n')
+    os.replace(tmp, path)
+
+
+def write_plan(plan_dict, path):
+    """Write a plan as YAML (atomically)."""
+    import yaml
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+    with open(tmp, 'w') as f:
+        yaml.safe_dump(plan_dict, f, sort_keys=False, default_flow_style=None, width=99)
+    os.replace(tmp, path)
+
+
+def read_plan(path):
+    """Read PLAN.yaml (or JSON) into a dict and check the keys the executor needs."""
+    import yaml
+    with open(path) as f:
+        d = yaml.safe_load(f)
+    if not isinstance(d, dict):
+        raise ValueError(f'{path}: a plan must be a mapping')
+    for key in ('resident_units', 'arena_bytes', 'prefetch_depth'):
+        if key not in d:
+            raise ValueError(f'{path}: plan lacks {key!r}')
+    return d
+
+
+def machine_info(device='cpu'):
+    """Describe this machine: CPU model, cores, OS, and the accelerator when there is one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {'cpu': cpu, 'cores': os.cpu_count(), 'os': platform.platform(),
+            'python': platform.python_version()}
+    try:
+        import torch
+        info['torch'] = torch.__version__
+        info['torch_threads'] = torch.get_num_threads()
+        if str(device).startswith('cuda') and torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(torch.device(device))
+            info['device_name'] = props.name
+            info['device_memory_mb'] = round(props.total_memory / MB)
+            info['integrated'] = bool(getattr(props, 'is_integrated', False))
+        else:
+            info['device_name'] = cpu
+    except ImportError:
+        pass
+    return info
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else 0.0
+
+
+# ----------------------------------------------------------------------------- profiling
+
+DISK_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
+H2D_SIZES = (64 << 10, 1 << 20, 16 << 20)
+
+
+def _resident_detector(pack, device):
+    """Return (detector, model) with every weight of the pack loaded on `device`."""
+    det = pack.build_detector(device=device, meta=True)
+    try:
+        from demand_layering_ros import executor
+        model = executor.load_resident(pack.path, device=device)
+    except (ImportError, AttributeError):
+        model = None
+    if model is None:
+        state = pack.load_state_dict()
+        state.update(pack.extra_buffers())
+        model = det.model
+        model.load_state_dict(state, strict=False, assign=True)
+        model.to(device)
+        for name, t in model.state_dict(keep_vars=True).items():
+            if t.device.type == 'meta':
+                raise ValueError(f'pack {pack.path}: tensor {name} was not restored from the '
+                                 'pack (still on the meta device)')
+        model.eval()
+    if getattr(model, 'detector', None) is not None:
+        det = model.detector
+    return det, model
+
+
+class _CallClock:
+    """Forward pre/post hooks on the unit modules that time every call of one pass."""
+
+    def __init__(self, model, module_names, cuda):
+        """Put hooks on the modules (canonical names, like the pack trace)."""
+        import torch
+        self.torch = torch
+        self.cuda = cuda
+        self.events = []                 # (stamp, +1 pre / -1 post, module name)
+        self.enabled = True
+        first = {}
+        for name, m in model.named_modules(remove_duplicate=False):
+            first.setdefault(id(m), (name, m))
+        wanted = set(module_names)
+        self.handles = []
+        for name, m in first.values():
+            if name in wanted:
+                self.handles.append(m.register_forward_pre_hook(self._hook(name, +1)))
+                self.handles.append(m.register_forward_hook(self._post(name)))
+
+    def _stamp(self):
+        if self.cuda:
+            e = self.torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def _hook(self, name, sign):
+        def pre(module, args):
+            if self.enabled:
+                self.events.append((self._stamp(), sign, name))
+        return pre
+
+    def _post(self, name):
+        def post(module, args, output):
+            if self.enabled:
+                self.events.append((self._stamp(), -1, name))
+        return post
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+    def run(self, model, x):
+        """Run one pass; return (events with ms from pass start, total ms)."""
+        self.events = []
+        t0 = self._stamp()
+        with self.torch.no_grad():
+            model(x)
+        t1 = self._stamp()
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            ev = [(t0.elapsed_time(e), s, n) for e, s, n in self.events]
+            return ev, t0.elapsed_time(t1)
+        return [(1e3 * (t - t0), s, n) for t, s, n in self.events], 1e3 * (t1 - t0)
+
+
+def split_calls(events, total_ms, steps):
+    """
+    Split one timed pass into per-call busy and gap times (ms) and the tail.
+
+    Between two hook events the time belongs to the call that started last while any hooked
+    module is running (its weights are needed), and otherwise to the gap before the next call
+    (weight-free work that may overlap the wait for the next unit), or to the tail after the
+    last call.
+    """
+    busy = [0.0] * steps
+    gap = [0.0] * steps
+    tail = 0.0
+    depth, cur, prev = 0, -1, 0.0
+    for t, sign, _ in events:
+        dt = max(t - prev, 0.0)
+        if depth > 0:
+            busy[cur] += dt
+        elif cur + 1 < steps:
+            gap[cur + 1] += dt
+        else:
+            tail += dt
+        if sign > 0:
+            cur += 1
+            depth += 1
+        else:
+            depth -= 1
+        prev = t
+    tail += max(total_ms - prev, 0.0)
+    return busy, gap, tail
+
+
+def _disk_points(pack, sizes, threads, budget_s=0.4, progress=None):
+    """Measure O_DIRECT seconds per request of each size, back to back and one at a time."""
+    from demand_layering_ros import direct_io
+    lo = pack.data_offset
+    span = pack.file_size - lo
+    points = []
+
+    def verify(mv):                   # the executor checks every read's digest in the reader
+        direct_io.checksum(mv)
+
+    with pack.reader(threads=threads) as reader:
+        buf = direct_io.aligned_empty(max(sizes))
+        for size in sizes:
+            size = min(size, span // direct_io.PAGE * direct_io.PAGE)
+            if size <= 0:
+                continue
+            slots = max(1, span // size)
+            k, t0, isolated = 0, time.perf_counter(), []
+            # one request at a time (what a reader waiting for free arena space sees)
+            while k < 64 and (k < 3 or time.perf_counter() - t0 < budget_s / 2):
+                off = lo + (k * 7919 % slots) * size
+                t = time.perf_counter()
+                reader.read_into(off, size, buf, verify=verify)
+                isolated.append(time.perf_counter() - t)
+                k += 1
+            # back to back (what a reader running ahead sees)
+            n = max(3, min(256, int(k * 1.5)))
+            t = time.perf_counter()
+            futs = [reader.submit(lo + ((k + j) * 7919 % slots) * size, size, buf,
+                                  verify=verify) for j in range(n)]
+            for f in futs:
+                f.result()
+            streamed = (time.perf_counter() - t) / n
+            points.append({'request_bytes': size, 'seconds': _median(isolated),
+                           'seconds_streamed': streamed,
+                           'mb_per_s': round(size / _median(isolated) / MB, 1),
+                           'mb_per_s_streamed': round(size / streamed / MB, 1)})
+            if progress is not None:
+                progress.update(1)
+        mode, reason = reader.mode, reader.fallback_reason
+    return {'mode': mode, 'fallback_reason': reason, 'threads': threads, 'points': points}
+
+
+def _executor_overhead(pack, sched, device, model, x, repeats, disk, progress=None):
+    """
+    Measure the executor's own cost per slot it hands over: stall-free passes vs resident.
+
+    The executor streams every unit through an arena that holds them all; before each timed
+    pass the loader is given time to read everything, so the pass waits for no read and what
+    it takes beyond the resident model (timed alternately) is the executor's bookkeeping.
+    """
+    import torch
+    from demand_layering_ros import executor
+    st = sched.streams(frozenset(sched.forced), 0)
+    if not st.items:
+        return None
+    read = Transfer([(p['request_bytes'], p['seconds']) for p in disk['points']])
+    settle = 1.5 * sum(read.seconds(it.nbytes) for it in st.items) + 0.05
+    staging = 'zero_copy' if device.startswith('cuda') and machine_info(device).get(
+        'integrated') else 'copy'
+    dl = executor.load(pack.path, device=device,
+                       plan={'resident_units': [], 'arena_bytes': st.total_bytes, 'split_bytes': 0,
+                             'prefetch_depth': None, 'staging': staging})
+    diffs, stalls = [], []
+    try:
+        with torch.no_grad():
+            for r in range(repeats + 1):
+                time.sleep(settle)
+                _sync(device)
+                t = time.perf_counter()
+                dl(x)
+                _sync(device)
+                t_dl = time.perf_counter() - t
+                t = time.perf_counter()
+                model(x)
+                _sync(device)
+                t_res = time.perf_counter() - t
+                if r:
+                    diffs.append(1e3 * (t_dl - t_res))
+                    stalls.append(dl.stats()['stall_ms'])
+                if progress is not None:
+                    progress.update(1)
+    finally:
+        dl.close()
+    total = max(_median(diffs), 0.0)
+    return {'overhead_ms_per_slot': round(total / len(st.items), 6),
+            'overhead_ms': round(total, 4), 'slots': len(st.items),
+            'stall_ms_median': round(_median(stalls), 4)}
+
+
+def _h2d_points(sizes, device, progress=None):
+    """Measure pinned host -> device copy seconds per request size (CUDA events)."""
+    import torch
+    points = []
+    for size in sizes:
+        src = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        dst = torch.empty(size, dtype=torch.uint8, device=device)
+        times = []
+        for _ in range(6):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            dst.copy_(src, non_blocking=True)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        s = _median(times[1:])
+        points.append({'request_bytes': size, 'seconds': s, 'mb_per_s': round(size / s / MB, 1)})
+        del src, dst
+        if progress is not None:
+            progress.update(1)
+    return {'points': points}
+
+
+def _activation_peak_cpu(model, x):
+    """Return the most bytes held by tensors allocated during one pass (torch profiler)."""
+    import torch
+    from torch.profiler import profile as tprofile, ProfilerActivity
+    with torch.no_grad(), tprofile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
+        model(x)
+    deltas = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in p.events()
+                    if e.self_cpu_memory_usage)
+    cur = peak = 0
+    for _, d in deltas:
+        cur += d
+        peak = max(peak, cur)
+    return peak
+
+
+def _sync(device):
+    if str(device).startswith('cuda'):
+        import torch
+        torch.cuda.synchronize()
+
+
+def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_sizes=DISK_SIZES,
+            reader_threads=None, activation=True, executor_overhead=True):
+    """
+    Measure, on this machine, what a plan's latency and memory depend on; return PROFILE dict.
+
+    Per call of the pass (model fully resident, timed by forward pre/post hooks on the units'
+    modules, CUDA events on a GPU): the time it needs its weights (busy) and the weight-free
+    time before it (gap); medians over `repeats` passes after `warmup`. Also each unit's bytes,
+    the O_DIRECT read time by request size (the pack file itself: O_DIRECT does not touch the
+    page cache), on CUDA the pinned host-to-device copy time, the activation peak, the resident
+    end-to-end latency (no hooks) and the machine.
+    """
+    import torch
+    from demand_layering_ros.pack import Pack
+    pack = Pack.open(pack_dir)
+    sched = Schedule.from_pack(pack)
+    device = str(device)
+    cuda = device.startswith('cuda')
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError(f'profile: device {device!r} requested but CUDA is not available')
+    threads = reader_threads or _executor_reader_threads()
+    sizes = [s for s in disk_sizes if s <= max(pack.file_size - pack.data_offset, 0)] or \
+        [direct_io_page()]
+    total = warmup + repeats + len(sizes) + (len(H2D_SIZES) if cuda else 0) + 1 + \
+        (repeats + 1 if executor_overhead else 0)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=f'profile {Path(pack_dir).name}', unit='step')
+    t_start = time.perf_counter()
+    try:
+        det, model = _resident_detector(pack, device)
+        x = det.example_input(1)
+        modules = [m for u in pack.units for m in u.modules]
+        clock = _CallClock(model, modules, cuda)
+        passes, plain = [], []
+        try:
+            for r in range(warmup + repeats):
+                # hooked and plain passes alternate, so both see the same machine load
+                ev, total_ms = clock.run(model, x)
+                clock.enabled = False
+                _sync(device)
+                t = time.perf_counter()
+                with torch.no_grad():
+                    model(x)
+                _sync(device)
+                if r >= warmup:
+                    passes.append((ev, total_ms))
+                    plain.append(1e3 * (time.perf_counter() - t))
+                clock.enabled = True
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            clock.remove()
+        names = [n for _, s, n in passes[0][0] if s > 0]
+        unit_of = [pack.module_unit.get(n) for n in names]
+        if unit_of != list(sched.call_order):
+            raise ValueError(f'pack {pack.path}: the profiled pass calls {len(unit_of)} unit '
+                             f'modules in an order that differs from the manifest call_order '
+                             f'({sched.steps} calls); was the pack written for another input '
+                             'size or model version?')
+        splits = [split_calls(ev, tot, sched.steps) for ev, tot in passes]
+        busy = [_median([b[s] for b, _, _ in splits]) for s in range(sched.steps)]
+        gap = [_median([g[s] for _, g, _ in splits]) for s in range(sched.steps)]
+        tail = _median([t for _, _, t in splits])
+        hooked = _median([tot for _, tot in passes])
+        resident_ms = _median(plain)
+        act = None
+        if activation:
+            if cuda:
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                with torch.no_grad():
+                    model(x)
+                torch.cuda.synchronize()
+                act = torch.cuda.max_memory_allocated() - base
+            else:
+                try:
+                    act = _activation_peak_cpu(model, x)
+                except Exception:  # the profiler is optional: the plan does not need it
+                    act = None
+        if bar is not None:
+            bar.update(1)
+        disk = _disk_points(pack, sizes, threads, progress=bar)
+        overhead = None
+        if executor_overhead and sched.slot_builder is not None:
+            overhead = _executor_overhead(pack, sched, device, model, x, repeats, disk,
+                                          progress=bar)
+        del model, det
+        h2d = _h2d_points(H2D_SIZES, device, progress=bar) if cuda else None
+    finally:
+        if bar is not None:
+            bar.close()
+    info = machine_info(device)
+    kind = 'cpu'
+    if cuda:
+        kind = 'unified' if info.get('integrated') else 'cuda'
+    per_unit = {}
+    for s, u in enumerate(sched.call_order):
+        per_unit.setdefault(u, []).append(round(busy[s], 5))
+    return {
+        'format': PROFILE_FORMAT,
+        'version': VERSION,
+        'pack': {'path': str(pack.path), 'spec': sched.spec, 'file_size': pack.file_size,
+                 'units': len(pack.units), 'calls': sched.steps,
+                 'input': pack.manifest.get('input')},
+        'device': device.split(':')[0],
+        'device_kind': kind,
+        'machine': info,
+        'repeats': repeats,
+        'resident_latency_ms': round(resident_ms, 4),
+        'resident_latency_all_ms': [round(v, 4) for v in plain],
+        'hooked_latency_ms': round(hooked, 4),
+        'activation_peak_bytes': act,
+        'activation_peak_mb': _mb(act),
+        'weight_bytes': sum(pack.units[u].length for u in sched.called),
+        'units': [{'index': u.index, 'name': u.name, 'bytes': u.length, 'nbytes': u.nbytes,
+                   'calls': u.calls, 'compute_ms': per_unit.get(u.index, [])}
+                  for u in pack.units],
+        'steps': {'unit': list(sched.call_order), 'busy_ms': [round(b, 5) for b in busy],
+                  'gap_ms': [round(g, 5) for g in gap], 'tail_ms': round(tail, 5)},
+        'disk': disk,
+        'h2d': h2d,
+        'executor': overhead,
+        'seconds': round(time.perf_counter() - t_start, 2),
+    }
+
+
+def direct_io_page():
+    """Return the O_DIRECT alignment unit."""
+    from demand_layering_ros import direct_io
+    return direct_io.PAGE
+
+
+def _executor_reader_threads():
+    """Return the reader thread count the executor uses (2 when it does not say)."""
+    try:
+        from demand_layering_ros import executor
+        return int(getattr(executor, 'READER_THREADS', 2))
+    except ImportError:
+        return 2
+
+
+# ----------------------------------------------------------------------------- on the fly
+
+
+def plan_for(pack_dir, budget_mb=None, deadline_ms=None, profile=None, device='cpu',
+             frame_period_ms=None, repeats=2):
+    """
+    Plan at start-up: read PROFILE.json if given (a path or dict), else profile quickly here.
+
+    Used by the executor and the node when they get a budget or deadline instead of a plan.
+    """
+    if profile is None:
+        prof = globals()['profile'](pack_dir, device=device, repeats=repeats, warmup=1,
+                                    progress=False, disk_sizes=(256 << 10, 4 << 20),
+                                    activation=False)
+    elif isinstance(profile, dict):
+        prof = profile
+    else:
+        prof = load_profile(profile)
+    return plan(pack_dir, prof, budget_mb=budget_mb, deadline_ms=deadline_ms,
+                frame_period_ms=frame_period_ms, device=device)
+
+
+def executor_timeline(pack_dir, plan_dict, device='cpu', passes=2):
+    """Run the executor with a plan and return its stats() after the last pass (None if absent)."""
+    try:
+        from demand_layering_ros import executor
+    except ImportError:
+        return None
+    import torch
+    model = executor.load(pack_dir, device=device, plan=plan_dict)
+    try:
+        x = model.detector.example_input(1)
+        with torch.no_grad():
+            for _ in range(passes):
+                model(x)
+        return model.stats()
+    finally:
+        model.close()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser, command):
+    """Add the options of the `profile` and `plan` commands."""
+    parser.add_argument('pack_dir', metavar='PACK_DIR', help='weight pack directory')
+    parser.add_argument('--device', default='cpu', help='cpu or cuda (default cpu)')
+    if command == 'profile':
+        parser.add_argument('--out', default=None,
+                            help='PROFILE.json to write (default PACK_DIR/PROFILE.json)')
+        parser.add_argument('--repeats', type=int, default=5,
+                            help='timed passes; medians are kept (default 5)')
+        parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+        return
+    parser.add_argument('--profile', default=None,
+                        help='PROFILE.json (default PACK_DIR/PROFILE.json, else profile now)')
+    parser.add_argument('--budget-mb', type=float, default=None,
+                        help='weight memory budget in MiB: minimise latency within it')
+    parser.add_argument('--deadline-ms', type=float, default=None,
+                        help='latency deadline: minimise weight memory subject to it')
+    parser.add_argument('--frame-period-ms', type=float, default=None,
+                        help='time between frames; idle time preloads the first units')
+    parser.add_argument('--host-budget-mb', type=float, default=0,
+                        help='discrete GPU only: pinned host memory for a middle tier (0: off)')
+    parser.add_argument('--out', default=None,
+                        help='PLAN.yaml to write (default PACK_DIR/PLAN.yaml)')
+    parser.add_argument('--no-plots', action='store_true', help='do not write the PNG plots')
+    parser.add_argument('--simulate-timeline', action='store_true',
+                        help='draw the simulated timeline instead of running the executor')
+
+
+def run(args, command):
+    """Run `profile` or `plan`; return the exit status (3: the request is infeasible)."""
+    import sys
+    pack_dir = Path(args.pack_dir)
+    if command == 'profile':
+        prof = profile(pack_dir, device=args.device, repeats=max(1, args.repeats),
+                       progress=not args.no_progress)
+        out = Path(args.out or pack_dir / 'PROFILE.json')
+        write_json(prof, out)
+        print(json.dumps({'profile': str(out), 'resident_latency_ms': prof['resident_latency_ms'],
+                          'weight_mb': _mb(prof['weight_bytes']),
+                          'read_mb_per_s': [p['mb_per_s'] for p in prof['disk']['points']],
+                          'io_mode': prof['disk']['mode'],
+                          'activation_peak_mb': prof['activation_peak_mb']}))
+        return 0
+    prof_path = args.profile or (pack_dir / 'PROFILE.json')
+    if args.profile is None and not Path(prof_path).is_file():
+        print(f'plan: no profile given and {prof_path} does not exist: profiling now',
+              file=sys.stderr)
+        prof = profile(pack_dir, device=args.device, progress=True)
+        write_json(prof, prof_path)
+    else:
+        prof = load_profile(prof_path)
+    try:
+        result = plan(pack_dir, prof, budget_mb=args.budget_mb, deadline_ms=args.deadline_ms,
+                      frame_period_ms=args.frame_period_ms, device=args.device,
+                      host_budget_mb=args.host_budget_mb)
+    except PlanInfeasible as e:
+        print(f'plan: infeasible: {e}', file=sys.stderr)
+        print(json.dumps({'infeasible': True, **e.numbers()}))
+        return 3
+    out = Path(args.out or pack_dir / 'PLAN.yaml')
+    result['profile']['path'] = str(prof_path)
+    write_plan(result, out)
+    pictures = {}
+    if not args.no_plots:
+        from demand_layering_ros import plots
+        stem = out.with_suffix('')
+        pictures['tradeoff'] = str(plots.tradeoff(result, f'{stem}_tradeoff.png'))
+        stats, source = None, 'simulated'
+        if not args.simulate_timeline:
+            try:
+                stats = executor_timeline(pack_dir, result, device=args.device)
+                source = 'executor' if stats else 'simulated'
+            except Exception as e:  # the picture must not hide the plan: say so and simulate
+                print(f'plan: executor run for the timeline failed ({type(e).__name__}: {e}); '
+                      'drawing the simulated timeline', file=sys.stderr)
+        if stats is not None:
+            rows = stats.get('timeline') or []
+        else:
+            rows = predict(pack_dir, prof, result, frame_period_ms=args.frame_period_ms,
+                           timeline=True).timeline
+        pictures['timeline'] = str(plots.timeline(
+            rows, f'{stem}_timeline.png',
+            title=f'{result["model"]} — {source} pass, predicted '
+                  f'{result["predicted_latency_ms"]:.1f} ms'))
+    print(json.dumps({'plan': str(out), 'predicted_latency_ms': result['predicted_latency_ms'],
+                      'predicted_peak_weight_mb': result['predicted_peak_weight_mb'],
+                      'fully_resident_mb': result['fully_resident']['weight_mb'],
+                      'reduction_pct': result['reduction_pct'],
+                      'overhead_ms': result['overhead_ms'],
+                      'resident_units': len(result['resident_units']),
+                      'arena_mb': result['predicted_arena_mb'], **pictures}))
+    return 0
