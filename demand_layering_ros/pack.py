@@ -21,7 +21,7 @@ into load units; `write_pack` / `write_pack_from_module` write a pack; `Pack.ope
 executor `units`, `read_unit`, `verify_unit` and zero-copy `views`. No pickle anywhere.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 import json
 import os
 from pathlib import Path
@@ -538,6 +538,11 @@ def write_pack_from_module(model, example_input, out_dir, model_info, input_info
     Files are written under temporary names and renamed; the manifest comes last, so a directory
     with a manifest always holds a complete pack.
     """
+    on_meta = [n for n, t in model.state_dict().items() if t.device.type == 'meta']
+    if on_meta:
+        raise ValueError(f'cannot pack a model whose weights are on the meta device '
+                         f'({len(on_meta)} tensors, e.g. {on_meta[0]}); build it with real '
+                         'weights (meta=False)')
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if (out / MANIFEST_FILE).exists():
@@ -659,7 +664,11 @@ class Pack:
         """Use Pack.open(path); this constructor does not validate."""
         self.path = Path(path)
         self.manifest = manifest
-        self.units = [Unit(**{**u, 'tensors': [TensorInfo(**t) for t in u['tensors']]})
+        tfields = [f.name for f in fields(TensorInfo)]
+        ufields = [f.name for f in fields(Unit) if f.name != 'tensors']
+        self.units = [Unit(**{k: u[k] for k in ufields if k in u},
+                           tensors=[TensorInfo(**{k: t[k] for k in tfields if k in t})
+                                    for t in u['tensors']])
                       for u in manifest['units']]
         self.weights_path = self.path / manifest['weights_file']
         self.file_size = manifest['file_size']
@@ -905,6 +914,12 @@ def _validate_manifest(path, m):
           f'data_offset {data_offset!r} must be an aligned offset inside the file', path)
     units = m['units']
     _need(isinstance(units, list), "manifest 'units' must be a list", path)
+    uncalled = m['uncalled_units']
+    _need(isinstance(uncalled, list) and all(_is_int(i) and 0 <= i < len(units)
+                                             for i in uncalled),
+          'uncalled_units must list unit indices', path)
+    aliases = m.get('aliases', {})
+    _need(isinstance(aliases, dict), "manifest 'aliases' must be an object", path)
     call_order = m['call_order']
     _need(isinstance(call_order, list) and all(_is_int(c) and 0 <= c < len(units)
                                                for c in call_order),
@@ -916,10 +931,14 @@ def _validate_manifest(path, m):
         _need(isinstance(u, dict) and all(k in u for k in unit_keys),
               f'unit #{i} lacks one of {unit_keys}', path, unit=f'#{i}')
         name, off, length = u['name'], u['offset'], u['length']
-        _need(isinstance(name, str) and name, f'unit #{i} has no name', path, f'#{i}', off)
-        _need(u['index'] == i, f'unit index {u["index"]!r} != position {i}', path, name, off)
+        _need(isinstance(name, str) and name, f'unit #{i} has no name', path, f'#{i}')
+        _need(u['index'] == i, f'unit index {u["index"]!r} != position {i}', path, name)
         _need(_is_int(off) and _is_int(length) and off >= 0 and length >= 0,
-              'offset/length must be non-negative integers', path, name, off)
+              f'offset/length {off!r}/{length!r} must be non-negative integers', path, name)
+        _need(isinstance(u['modules'], list) and u['modules']
+              and all(isinstance(x, str) for x in u['modules']),
+              'modules must be a non-empty list of module names', path, name, off)
+        _need(_is_int(u['nbytes']), 'nbytes must be an integer', path, name, off)
         _need(off % align == 0 and length % align == 0,
               f'extent [{off}, {off + length}) is not aligned to {align}', path, name, off)
         _need(off >= prev_end, f'extent starts before the previous unit ends ({prev_end}) or '
@@ -937,7 +956,7 @@ def _validate_manifest(path, m):
                   f'calls/first_call/last_call ({calls}, {first}, {last}) disagree with '
                   'call_order', path, name, off)
         else:
-            _need(calls == 0 and first is None and last is None and i in m['uncalled_units'],
+            _need(calls == 0 and first is None and last is None and i in uncalled,
                   'unit never appears in call_order but is not listed as uncalled',
                   path, name, off)
         tensors = u['tensors']
@@ -946,13 +965,16 @@ def _validate_manifest(path, m):
         for t in tensors:
             _validate_tensor(path, name, off, length, t, seen_names)
             payload += t['nbytes']
+        end = off
+        for t in sorted(tensors, key=lambda t: t['offset']):
+            _need(t['offset'] >= end, f'tensor {t["name"]} overlaps the tensor before it',
+                  path, name, t['offset'])
+            end = t['offset'] + t['nbytes']
         _need(u['nbytes'] == payload, f'nbytes {u["nbytes"]!r} != sum of tensor sizes '
               f'{payload}', path, name, off)
-    for a, target in m.get('aliases', {}).items():
-        _need(_check_tensor_name(a) and target in seen_names,
+    for a, target in aliases.items():
+        _need(_check_tensor_name(a) and isinstance(target, str) and target in seen_names,
               f'alias {a!r} -> {target!r} is not a stored tensor', path)
-    _need(all(_is_int(i) and 0 <= i < len(units) for i in m['uncalled_units']),
-          'uncalled_units must list unit indices', path)
 
 
 def _validate_tensor(path, unit_name, uoff, ulen, t, seen):
@@ -962,25 +984,33 @@ def _validate_tensor(path, unit_name, uoff, ulen, t, seen):
     name, off, nbytes = t['name'], t['offset'], t['nbytes']
     _need(_check_tensor_name(name) and not name.startswith(PAD_PREFIX),
           f'bad tensor name {name!r} (dotted [A-Za-z0-9_-:+@] parts only; no "/", "..")',
+          path, unit_name, uoff)
+    _need(_is_int(off) and _is_int(nbytes) and off >= 0 and nbytes >= 0,
+          f'tensor {name}: offset/nbytes must be non-negative integers', path, unit_name, uoff)
+    aliases = t.get('aliases', [])
+    _need(isinstance(aliases, list) and all(_check_tensor_name(a) for a in aliases),
+          f'bad alias names {aliases!r} of {name}', path, unit_name, off)
+    _need(isinstance(t['module'], str) and isinstance(t['attr'], str)
+          and _full(t['module'], t['attr']) == name,
+          f'tensor {name}: module {t["module"]!r} + attr {t["attr"]!r} do not make its name',
           path, unit_name, off)
-    for a in t.get('aliases', []):
-        _need(_check_tensor_name(a), f'bad alias name {a!r} of {name}', path, unit_name, off)
     _need(name not in seen, f'tensor {name} stored twice', path, unit_name, off)
     seen.add(name)
-    _need(t['dtype'] in ST_CODES, f'tensor {name}: unknown dtype {t["dtype"]!r}', path,
-          unit_name, off)
+    dtype = t['dtype']
+    _need(isinstance(dtype, str) and dtype in ST_CODES, f'tensor {name}: unknown dtype '
+          f'{dtype!r}', path, unit_name, off)
     shape = t['shape']
     _need(isinstance(shape, list) and all(_is_int(s) and s >= 0 for s in shape),
           f'tensor {name}: bad shape {shape!r}', path, unit_name, off)
     numel = 1
     for s in shape:
         numel *= s
-    _need(_is_int(nbytes) and nbytes == numel * itemsize(t['dtype']),
-          f'tensor {name}: nbytes {nbytes!r} != {numel} x {t["dtype"]}', path, unit_name, off)
-    _need(_is_int(off) and uoff <= off and off + nbytes <= uoff + ulen,
+    _need(nbytes == numel * itemsize(dtype),
+          f'tensor {name}: nbytes {nbytes!r} != {numel} x {dtype}', path, unit_name, off)
+    _need(uoff <= off and off + nbytes <= uoff + ulen,
           f'tensor {name}: bytes [{off}, {off + nbytes}) lie outside the unit extent '
           f'[{uoff}, {uoff + ulen})', path, unit_name, off)
-    _need(off % itemsize(t['dtype']) == 0, f'tensor {name}: offset not aligned to its dtype',
+    _need(off % itemsize(dtype) == 0, f'tensor {name}: offset not aligned to its dtype',
           path, unit_name, off)
     _need(t['kind'] in ('parameter', 'buffer'), f'tensor {name}: bad kind {t["kind"]!r}',
           path, unit_name, off)
@@ -1018,6 +1048,8 @@ def _validate_file(pack):
     except (ValueError, UnicodeDecodeError) as e:
         raise PackError(f'safetensors header is not valid JSON: {e}', pack.path, fname,
                         8) from None
+    _need(isinstance(header, dict), 'safetensors header is not a JSON object', pack.path, fname,
+          8)
     for u in units:
         for t in u.tensors:
             h = header.get(t.name)

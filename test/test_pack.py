@@ -290,15 +290,24 @@ def test_tensor_outside_its_unit_is_refused(fresh_pack):
 def test_manifest_disagreeing_with_safetensors_header_is_refused(fresh_pack):
     m, out = fresh_pack
     u = m['units'][0]
-    a, b = u['tensors'][0], u['tensors'][1]
-    a['name'], b['name'] = b['name'], a['name']   # swapped names, same sizes/ranges otherwise
-    a['shape'], b['shape'] = b['shape'], a['shape']
-    a['nbytes'], b['nbytes'] = b['nbytes'], a['nbytes']
-    a['offset'], b['offset'] = b['offset'], a['offset']
-    a['offset'], b['offset'] = b['offset'], a['offset']
+    t = u['tensors'][0]
+    assert t['dtype'] == 'float32'
+    t['dtype'] = 'int32'        # same size, so only the header can tell
     rewrite(out, m)
-    with pytest.raises(PackError, match='safetensors header'):
+    with pytest.raises(PackError, match='safetensors header says') as e:
         Pack.open(out)
+    assert e.value.unit == u['name'] and e.value.offset == t['offset']
+
+
+def test_overlapping_tensors_are_refused(fresh_pack):
+    m, out = fresh_pack
+    u = m['units'][0]
+    a, b = u['tensors'][0], u['tensors'][1]
+    b['offset'] = a['offset']
+    rewrite(out, m)
+    with pytest.raises(PackError, match='overlap') as e:
+        Pack.open(out)
+    assert e.value.unit == u['name']
 
 
 def test_unknown_version_is_refused(fresh_pack):
@@ -372,3 +381,64 @@ def test_cli_check_mode(net_pack, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary['checked'] == 'ok' and summary['units'] == len(pack.units)
     assert Path(summary['pack']) == pack.path
+
+
+def test_cli_pack_darknet_through_the_registry(tmp_path, capsys):
+    """The real CLI path: registry model, cfg copied into the pack, rebuilt from the pack."""
+    from demand_layering_ros import cli, registry
+    out = tmp_path / 'tiny'
+    argv = ['pack', '--model', 'darknet:yolov3-tiny', '--input-size', '64x64', '--seed', '3',
+            '--out', str(out)]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    pack = Pack.open(out)
+    assert summary['units'] == len(pack.units) and summary['file_size'] == pack.file_size
+    m = pack.manifest
+    assert m['model']['spec'] == 'darknet:model.cfg' and m['model']['input_size'] == [64, 64]
+    assert m['model_files'] == {'cfg': 'model.cfg'} and m['input']['input_size'] == [64, 64]
+    original = registry.build('darknet:yolov3-tiny', seed=3, input_size=(64, 64))
+    cfg_text = Path(original.build_args['spec'].partition(':')[2]).read_text()
+    assert (out / 'model.cfg').read_text() == cfg_text
+    ref = original.model.state_dict()
+    state = pack.load_state_dict()
+    assert set(state) == set(ref) and all(torch.equal(state[k], ref[k]) for k in ref)
+    skeleton = pack.build_detector(meta=True)
+    assert all(t.device.type == 'meta' for t in skeleton.model.state_dict().values())
+    assert {k: tuple(v.shape) for k, v in skeleton.model.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in ref.items()}
+
+
+def test_mangled_manifests_fail_only_with_pack_error(fresh_pack):
+    """Any field set to a wrong type or value is refused with PackError, never a crash."""
+    import copy
+    import random
+    base, out = fresh_pack
+    values = [None, -1, 0, 1, 2 ** 70, 'x', '', [], {}, [1], {'a': 1}, True, 1.5, '../x', 4096]
+
+    def paths(o, p=()):
+        if p:
+            yield p
+        items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else ()
+        for k, v in items:
+            yield from paths(v, p + (k,))
+
+    every = list(paths(base))
+    rng = random.Random(0)
+    refused = 0
+    for _ in range(400):
+        m = copy.deepcopy(base)
+        p = rng.choice(every)
+        o = m
+        for k in p[:-1]:
+            o = o[k]
+        if isinstance(o, dict) and rng.random() < 0.2:
+            del o[p[-1]]
+        else:
+            o[p[-1]] = rng.choice(values)
+        rewrite(out, m)
+        try:
+            Pack.open(out)
+        except PackError as e:
+            refused += 1
+            assert str(out) in str(e)
+    assert refused > 300
