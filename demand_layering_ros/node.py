@@ -33,6 +33,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 
 NODE_NAME = 'demand_layering_detector'
+ERROR_HOLD_S = 10.0    # diagnostics stay at ERROR this long after a failed frame or configure
 
 # ---------------------------------------------------------------------------------------------
 # Parameters: one table drives declaration, validation, config/detector.yaml and the README.
@@ -396,6 +397,7 @@ class DetectorNode(LifecycleNode):
         self._batching_ok = True
         self._model_stats = {}
         self._last_error = ''
+        self._last_error_time = -math.inf
         self._infeasible = False
         self._io_last = (0, time.monotonic())
         self._configured_at = None
@@ -513,9 +515,9 @@ class DetectorNode(LifecycleNode):
             self._load_model(s)
             self._create_publishers()
         except Exception as e:
-            self._last_error = f'configure failed: {e}'
-            self.get_logger().error(self._last_error)
+            self._record_error(f'configure failed: {e}', throttle=False)
             self._release()
+            self._cameras = []
             return TransitionCallbackReturn.FAILURE
         self._configured_at = time.monotonic()
         self._last_error = ''
@@ -872,9 +874,13 @@ class DetectorNode(LifecycleNode):
             self._publish(f, img, det, s)
         self._latency.update(len(frames), time.perf_counter() - t0, self._stall_seconds())
 
-    def _record_error(self, text):
+    def _record_error(self, text, throttle=True):
         self._last_error = text
-        self.get_logger().error(text, throttle_duration_sec=5.0)
+        self._last_error_time = time.monotonic()
+        if throttle:
+            self.get_logger().error(text, throttle_duration_sec=5.0)
+        else:
+            self.get_logger().error(text)
 
     def _update_model_stats(self):
         model = self._model
@@ -1015,7 +1021,7 @@ class DetectorNode(LifecycleNode):
             problems.append(f'deadline {s.get("deadline_ms", 0):.0f} ms infeasible: predicted '
                             f'{self._latency.predict(1) * 1e3:.0f} ms')
             level = DiagnosticStatus.WARN
-        if self._last_error:
+        if self._last_error and now - self._last_error_time < ERROR_HOLD_S:
             problems.append(self._last_error)
             level = DiagnosticStatus.ERROR
         st.level = level

@@ -180,7 +180,7 @@ RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 @pytest.fixture(scope='module')
 def yolo_pack(tmp_path_factory):
-    """The real Darknet yolov3-tiny COCO model, packed, with a profile for the planner."""
+    """Pack the real Darknet yolov3-tiny COCO model and profile it for the planner."""
     from demand_layering_ros import pack, planner
     cfg, weights, _ = assets.yolov3_tiny()
     out = tmp_path_factory.mktemp('node_pack') / 'yolov3-tiny'
@@ -294,7 +294,7 @@ def detections_for(got, header, timeout=30.0):
 
 
 def assert_dog_jpg(msg, by_name=False):
-    """The dog and the bicycle of dog.jpg are found where they are, in original pixels."""
+    """Check that the dog and the bicycle of dog.jpg are found where they are (pixels)."""
     for cid, ((x0, x1), (y0, y1)) in DOG_JPG_OBJECTS.items():
         key = {16: 'dog', 1: 'bicycle'}[cid] if by_name else str(cid)
         hits = [d for d in msg.detections if d.results[0].hypothesis.class_id == key]
@@ -420,6 +420,7 @@ def test_malformed_frames_are_counted_and_the_node_keeps_serving(harness, photos
     h = harness.publish('/cam2/image_raw', photos['dog'], frame_id='good_after_bad')
     assert_dog_jpg(detections_for(out2, h))
     # and /diagnostics reports it
+
     def cam2_status():
         for arr in list(diags):
             for st in arr.status:
@@ -437,3 +438,217 @@ def test_malformed_frames_are_counted_and_the_node_keeps_serving(harness, photos
     mv = {kv.key: kv.value for kv in model.values}
     assert float(mv['peak_weight_mb']) > 1 and float(mv['process_rss_mb']) > 50
     assert mv['io_mode'] in ('direct', 'buffered') and 'stall_ms' in mv
+
+
+def test_camera_faster_than_inference_gets_the_latest_frame(harness, photos):
+    """30 frames at 30 Hz into a model that needs far longer per frame: no backlog."""
+    arrivals = []
+    harness.client.create_subscription(
+        type_detections(), '/cam0/detections',
+        lambda m: arrivals.append((m, time.monotonic())), RELIABLE)
+    before = harness.node.camera_stats()['/cam0']
+    sent = []
+    for i in range(30):
+        sent.append(harness.publish('/cam0/image_raw', photos['dog'], frame_id=f'fast{i}'))
+        time.sleep(1 / 30)
+    last_sent = time.monotonic()
+    stats = harness.node.camera_stats()['/cam0']
+    wait_for(lambda: harness.node.camera_stats()['/cam0']['received'] - before['received']
+             >= 25, 10, 'frames received')
+    service = harness.node._latency.predict(1)
+    # after the camera stops, at most the frame in flight and the latest one still come out
+    time.sleep(2.5 * service + 1.0)
+    settled = [m for m, _ in arrivals if m.header.frame_id.startswith('fast')]
+    time.sleep(max(1.0, service))
+    after = [m for m, _ in arrivals if m.header.frame_id.startswith('fast')]
+    assert len(after) == len(settled), 'frames were still queued after the camera stopped'
+    stats = harness.node.camera_stats()['/cam0']
+    received = stats['received'] - before['received']
+    published = stats['published'] - before['published']
+    superseded = stats['drops']['superseded'] - before['drops']['superseded']
+    assert received >= 25 and 1 <= published <= received // 2
+    assert superseded >= received - published - 2
+    # the newest frame was served: latest-frame-wins, not first-come-first-served
+    assert after[-1].header.frame_id in ('fast29', 'fast28')
+    assert arrivals[-1][1] - last_sent < 2.5 * service + 1.0
+    latencies = stats['latencies'][len(before['latencies']):]
+    assert latencies and max(latencies) < 2.5 * service + 0.5, (latencies, service)
+
+
+def test_stale_frames_are_dropped_against_the_deadline(harness, photos):
+    assert harness.set_param('deadline_ms', 5000.0).successful     # re-plans for a deadline
+    out0 = harness.subscribe(type_detections(), '/cam0/detections')
+    n = harness.node.camera_stats()['/cam0']['drops']['deadline']
+    old = harness.client.get_clock().now() - rclpy.duration.Duration(seconds=30)
+    stale = harness.publish('/cam0/image_raw', photos['dog'], frame_id='stale',
+                            stamp=old.to_msg())
+    wait_for(lambda: harness.node.camera_stats()['/cam0']['drops']['deadline'] > n, 10,
+             'stale frame dropped for its deadline')
+    fresh = harness.publish('/cam0/image_raw', photos['dog'], frame_id='fresh')
+    assert_dog_jpg(detections_for(out0, fresh))
+    assert not any(m.header.frame_id == 'stale' and m.header.stamp == stale.stamp
+                   for m in out0)
+    assert harness.set_param('deadline_ms', 0.0).successful
+
+
+def test_several_cameras_one_model(harness, photos):
+    outs = {cam: harness.subscribe(type_detections(), f'/{cam}/detections')
+            for cam in ('cam0', 'cam1', 'cam2')}
+    heads = {}
+    for _ in range(2):      # two rounds: every camera's latest frame must be answered
+        heads['cam0'] = harness.publish('/cam0/image_raw', photos['dog'], frame_id='c0')
+        heads['cam1'] = harness.publish('/cam1/image_raw/compressed', photos['horses'],
+                                        frame_id='c1')
+        heads['cam2'] = harness.publish('/cam2/image_raw', photos['person'], frame_id='c2')
+        time.sleep(0.2)
+    got = {cam: detections_for(outs[cam], heads[cam], timeout=40) for cam in outs}
+    assert_dog_jpg(got['cam0'])
+    ids = {cam: {d.results[0].hypothesis.class_id for d in m.detections}
+           for cam, m in got.items()}
+    assert '17' in ids['cam1']                      # horses.jpg: horses
+    assert {'0', '17'} <= ids['cam2']               # person.jpg: a person and a horse
+    person = max((d for d in got['cam2'].detections if d.results[0].hypothesis.class_id == '0'),
+                 key=lambda d: d.results[0].hypothesis.score)
+    assert 150 < person.bbox.center.position.x < 320      # the person stands in the middle
+
+
+def test_budget_change_at_run_time_replans_without_dropping_the_node(harness, photos):
+    model = harness.node.model
+    total_mb = model.stats()['model_bytes'] / (1 << 20)
+    ok = harness.set_param('memory_budget_mb', float(round(total_mb * 0.7)))
+    assert ok.successful, ok.reason
+    assert harness.node.model is model       # same model object: the arena was swapped
+    stats = model.stats()
+    assert stats['budget_bytes'] == round(total_mb * 0.7) * (1 << 20)
+    out0 = harness.subscribe(type_detections(), '/cam0/detections')
+    h = harness.publish('/cam0/image_raw', photos['dog'], frame_id='after_budget')
+    assert_dog_jpg(detections_for(out0, h))
+    assert model.stats()['peak_weight_bytes'] <= stats['budget_bytes']
+    bad = harness.set_param('memory_budget_mb', 1.0)   # below the largest layer
+    assert not bad.successful and 'memory_budget_mb' in bad.reason
+    assert harness.node.get_parameter('memory_budget_mb').value == pytest.approx(
+        round(total_mb * 0.7))
+    assert harness.set_param('memory_budget_mb', 0.0).successful
+
+
+def test_storage_error_names_the_unit_and_the_node_recovers(harness, photos):
+    from demand_layering_ros.pack import Pack
+    pack = Pack.open(harness.node.get_parameter('pack_path').value)
+    unit = max(pack.units, key=lambda u: u.length)      # streamed under the default plan
+    pos = unit.offset + unit.nbytes // 2
+    diags = harness.subscribe(DiagnosticArray, '/diagnostics')
+    out0 = harness.subscribe(type_detections(), '/cam0/detections')
+    with open(pack.weights_path, 'r+b') as f:
+        f.seek(pos)
+        original = f.read(1)
+        f.seek(pos)
+        f.write(bytes([original[0] ^ 0xFF]))    # one flipped byte on "disk"
+    try:
+        n = harness.node.camera_stats()['/cam0']['drops']['error']
+        bad = harness.publish('/cam0/image_raw', photos['dog'], frame_id='corrupt_pack')
+        wait_for(lambda: harness.node.camera_stats()['/cam0']['drops']['error'] > n, 30,
+                 'frame failed on the corrupt unit')
+        assert unit.name in harness.node.camera_stats()['/cam0']['last_error']
+
+        def model_status():
+            for arr in list(diags):
+                for st in arr.status:
+                    if st.name.endswith(': model') and unit.name in st.message:
+                        return st
+            return None
+        wait_for(lambda: model_status() is not None, 5, 'diagnostics naming the unit')
+        assert model_status().level == model_status().ERROR
+        assert not any(m.header.stamp == bad.stamp for m in out0)
+    finally:
+        with open(pack.weights_path, 'r+b') as f:
+            f.seek(pos)
+            f.write(original)
+    h = harness.publish('/cam0/image_raw', photos['dog'], frame_id='repaired')
+    assert_dog_jpg(detections_for(out0, h))
+
+
+def test_cleanup_releases_model_memory_and_configure_works_again(harness, photos):
+    model_ref = weakref.ref(harness.node.model)
+    detector_ref = weakref.ref(harness.node._detector)
+    arena = harness.node.model.stats()['arena_committed_bytes']
+    rss_loaded = dnode.process_rss_bytes()
+    assert harness.transition('deactivate') and harness.get_state() == 'inactive'
+    assert harness.transition('cleanup') and harness.get_state() == 'unconfigured'
+    wait_for(lambda: model_ref() is None and detector_ref() is None, 5,
+             'model objects released after cleanup')
+    assert harness.node.model is None
+    freed = rss_loaded - dnode.process_rss_bytes()
+    assert freed > 0.8 * arena, f'RSS fell by {freed} bytes, the arena held {arena}'
+    # a parameter that applies at configure may change now
+    assert harness.set_param('max_batch', 1).successful
+    assert harness.transition('configure') and harness.transition('activate')
+    out0 = harness.subscribe(type_detections(), '/cam0/detections')
+    h = harness.publish('/cam0/image_raw', photos['dog'], frame_id='after_cleanup')
+    assert_dog_jpg(detections_for(out0, h))
+
+
+def test_bad_configuration_fails_configure_with_the_reason(harness, tmp_path):
+    from rclpy.exceptions import InvalidParameterValueException
+    with pytest.raises(InvalidParameterValueException, match='class_id_mode'):
+        dnode.DetectorNode('bad_mode', context=harness.ctx, parameter_overrides=[
+            Parameter('class_id_mode', value='label'), Parameter('autostart', value=False)])
+    node = dnode.DetectorNode('bad_pack', context=harness.ctx, parameter_overrides=[
+        Parameter('pack_path', value=str(tmp_path / 'missing')),
+        Parameter('autostart', value=False)])
+    try:
+        assert node.trigger_configure() == dnode.TransitionCallbackReturn.FAILURE
+        assert node.state == 'unconfigured' and node.model is None
+        assert 'missing' in node._last_error and 'configure failed' in node._last_error
+        status = node.diagnostics()[-1]
+        assert status.level == status.ERROR and 'missing' in status.message
+        node.set_parameters([Parameter('pack_path', value='')])
+        assert node.trigger_configure() == dnode.TransitionCallbackReturn.FAILURE
+        assert 'pack_path is empty' in node._last_error
+    finally:
+        node.destroy_node()
+
+
+def test_detector_node_executable_autostarts(yolo_pack, photos):
+    """The console-script entry point, on its own: configures and activates itself."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'demand_layering_ros.node', '--ros-args',
+         '-r', '__node:=auto_detector', '-p', f'pack_path:={yolo_pack}',
+         '-p', 'image_topics:=[/auto/image_raw]', '-p', 'input_size:=[320, 320]'],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN)
+    try:
+        client = rclpy.create_node('autostart_test', context=ctx)
+        got = []
+        client.create_subscription(type_detections(), '/auto/detections', got.append, RELIABLE)
+        pub = client.create_publisher(Image, '/auto/image_raw', RELIABLE)
+        executor = MultiThreadedExecutor(context=ctx)
+        executor.add_node(client)
+        end = time.monotonic() + 60
+        fields = imaging.rgb_to_image_fields(photos['dog'], 'rgb8')
+        while not got and time.monotonic() < end and proc.poll() is None:
+            msg = Image(height=fields['height'], width=fields['width'], encoding='rgb8',
+                        step=fields['step'])
+            msg.data = fields['data']
+            msg.header.frame_id = 'auto'
+            msg.header.stamp = client.get_clock().now().to_msg()
+            pub.publish(msg)
+            t = time.monotonic() + 0.5
+            while time.monotonic() < t:
+                executor.spin_once(timeout_sec=0.05)
+        assert got, 'no detections from the autostarted node'
+        assert got[0].header.frame_id == 'auto'
+        assert any(d.results[0].hypothesis.class_id == '16' for d in got[0].detections)
+        executor.shutdown()
+        client.destroy_node()
+    finally:
+        ctx.try_shutdown()
+        proc.send_signal(2)     # SIGINT, like Ctrl-C
+        try:
+            out = proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0]
+    assert proc.returncode == 0, out
+    assert 'configured' in out and 'active' in out
