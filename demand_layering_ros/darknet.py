@@ -1041,8 +1041,13 @@ def resolve_cfg(arg):
     if p.is_file():
         return p.resolve()
     if '/' not in arg:
-        return assets.darknet_cfg(arg).resolve()
-    raise FileNotFoundError(f'Darknet cfg {arg} not found')
+        d = assets.darknet_dir() / 'cfg'
+        name = arg[:-4] if arg.endswith('.cfg') else arg
+        if not (d / f'{name}.cfg').is_file():
+            known = ', '.join(sorted(p.stem for p in d.glob('*.cfg')))
+            raise FileNotFoundError(f'no Darknet cfg named {arg!r} in {d} (known: {known})')
+        return (d / f'{name}.cfg').resolve()
+    raise FileNotFoundError(f'Darknet cfg file {arg} not found')
 
 
 def build(arg, weights=None, seed=None, input_size=None, device='cpu', meta=False,

@@ -33,7 +33,7 @@ class Detections:
     def to_json(self):
         """Return a JSON-ready list of dicts (box omitted for classifiers)."""
         if not self.has_boxes:
-            return [{'class_id': int(c), 'class_name': n, 'score': float(s)}
+            return [{'class_id': int(c), 'class_name': n, 'score': round(float(s), 6)}
                     for c, n, s in (self.topk or [])]
         out = []
         boxes = self.boxes.detach().float().cpu().tolist()
@@ -174,11 +174,6 @@ class Detector:
         self.dtype = dtype
         if not _is_meta(self.model):
             self.model.to(dtype=dtype)
-        return self
-
-    def eval(self):
-        """Put the model in inference mode (done by every family's build)."""
-        self.model.eval()
         return self
 
     def __repr__(self):
