@@ -165,9 +165,11 @@ class Reader:
     Reader(path, threads=2, direct=True, throttle_bytes_per_s=None, fault_injector=None)
       mode: 'direct' or 'buffered'; fallback_reason: why not direct (None in direct mode).
       read_into(offset, length, dest): blocking read of [offset, offset+length) into dest[:length].
-      submit(offset, length, dest, verify=None) -> ReadFuture (non-blocking; requests are served
-        in submission order). `verify(memoryview)` runs in the worker thread after the data
-        arrived; its exception becomes the future's exception.
+      submit(offset, length, dest, verify=None, expected_checksum=None, checksum_error=None)
+        -> ReadFuture (non-blocking; requests are served in submission order, each split into
+        chunk_bytes pieces spread over the threads). expected_checksum (xxh3_64 hex) is checked
+        while the chunks land; `verify(memoryview)` runs in a worker after all data arrived.
+        A failed read, a checksum mismatch or a verify exception becomes the future's exception.
       bytes_read, seconds: bytes delivered and wall seconds during which any read was in flight.
       throttle_bytes_per_s: cap the aggregate rate (simulates a slow disk in tests).
       fault_injector(offset, length): called before every chunk read; may raise OSError to

@@ -442,3 +442,38 @@ def test_mangled_manifests_fail_only_with_pack_error(fresh_pack):
             refused += 1
             assert str(out) in str(e)
     assert refused > 300
+
+
+class Outer(nn.Module):
+    """A module that owns a weight and calls children while it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(1))
+        self.inner = nn.Linear(4, 4)
+        self.after = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.inner(x) * self.gain
+
+
+class Wrap(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.outer = Outer()
+        self.tail = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.tail(self.outer(x))
+
+
+def test_nested_call_keeps_the_outer_unit_alive_until_it_returns(tmp_path):
+    model = randomize(Wrap()).eval()
+    pack = P.write_pack_from_module(model, torch.randn(2, 4), tmp_path / 'p', {'spec': 't:w'},
+                                    merge_bytes=0, progress=False)
+    assert pack.manifest['call_modules'] == ['outer', 'outer.inner', 'tail']
+    outer, inner, tail = (pack.unit(n) for n in ('outer', 'outer.inner', 'tail'))
+    assert (outer.first_call, outer.last_call, outer.calls) == (0, 1, 1)
+    assert (inner.first_call, inner.last_call) == (1, 1)
+    assert (tail.first_call, tail.last_call) == (2, 2)
+    assert pack.unit('outer.after').calls == 0
