@@ -33,6 +33,7 @@ import torch.nn.functional as F
 import xxhash
 
 MB = 1 << 20                      # budget_mb and *_mb figures are MiB
+READER_THREADS = 2                # O_DIRECT worker threads per open pack file
 EMPTY, READING, READY, FAILED, DONE = 'empty', 'reading', 'ready', 'failed', 'done'
 PLAN_KEYS = ('resident_units', 'arena_bytes', 'split_bytes', 'prefetch_depth', 'staging',
              'predicted_latency_ms', 'predicted_peak_weight_mb')
@@ -155,6 +156,7 @@ class _Slot:
 
     def reset(self):
         self.state = EMPTY
+        self.claimed = False            # holds its arena range (from claim to release)
         self.error = None
         self.buf = None                 # the bytes the model uses (host or device)
         self.wait_event = None          # CUDA: copy stream waits for this before overwriting
@@ -213,7 +215,7 @@ def _mapped_host_arena(nbytes, device):
 
     def unregister():
         torch.cuda.synchronize(device)
-        torch.cuda.cudart().cudaHostUnregister(addr)
+        torch.cuda.cudart().cudaHostUnregister(host.data_ptr())   # before the mmap goes
 
     return host, dev, unregister
 
@@ -229,7 +231,7 @@ class _Engine:
     (threads stopped, arena freed) without waiting for the cyclic garbage collector.
     """
 
-    def __init__(self, pack, model, device, staging='copy', threads=2, direct=True,
+    def __init__(self, pack, model, device, staging='copy', threads=READER_THREADS, direct=True,
                  timeline=True, sync=True, throttle_bytes_per_s=None, fault_injector=None,
                  split_bytes=None, prefetch_depth=None, staging_bytes=None):
         self.pack = pack
@@ -709,12 +711,12 @@ class _Engine:
         if self.cuda:
             torch.cuda.synchronize(self.device)
         self.slots, self.order = [], []
-        self.resident_buf = None
-        self.arena_host = self.arena_dev = None
-        self.staging_buf = None
         if self.unregister is not None:
             self.unregister()
             self.unregister = None
+        self.resident_buf = None
+        self.arena_host = self.arena_dev = None
+        self.staging_buf = None
         self.configured = False
 
     def close(self):
@@ -761,6 +763,7 @@ class _Engine:
                             if ((depth is None or r < self.started + depth)
                                     and self.alloc.claim(slot.offset, slot.length)):
                                 slot.state = READING
+                                slot.claimed = True
                                 self.touched = max(self.touched, self.alloc.high_water)
                                 self._note_peak()
                                 if self.cuda:
@@ -964,20 +967,18 @@ class _Engine:
         with self.cond:
             while slot.state == READING:
                 self.cond.wait()
-            if slot.state == EMPTY:
+            if not slot.claimed:
                 slot.state = DONE                   # never read: the loader skips it
                 self.cond.notify_all()
                 return
-            if slot.state != READY:
-                slot.state = DONE
-                return
-            if self.cuda:
+            if self.cuda and slot.state == READY:
                 ev = torch.cuda.Event()
                 ev.record(torch.cuda.current_stream(self.device))
                 self.release_seq += 1
                 slot.release_event, slot.release_seq = ev, self.release_seq
             slot.buf = None
             slot.state = DONE
+            slot.claimed = False
             self.alloc.free(slot.offset)
             self.cond.notify_all()
 
@@ -1011,19 +1012,25 @@ class _Engine:
             rec[key] = time.perf_counter()
 
     def _pre(self, unit, module, args):
-        if unit.resident:
+        t0 = time.perf_counter()
+        if not unit.resident:
+            if not unit.loaded:
+                if unit.main is not None:
+                    buf, unit.lease = self._acquire(unit.main,
+                                                    borrow=unit.leaf and unit.split is None)
+                    self._set(unit.main, buf)
+                unit.loaded = True
+            unit.active += 1
+        if self.timeline_on and self.in_pass:
+            t1 = time.perf_counter()
             if 'compute_start' not in unit.t:
                 self._stamp(unit.t, 'compute_start')
-            return
-        if not unit.loaded:
-            if unit.main is not None:
-                buf, unit.lease = self._acquire(unit.main,
-                                                borrow=unit.leaf and unit.split is None)
-                self._set(unit.main, buf)
-            unit.loaded = True
-        unit.active += 1
-        if 'compute_start' not in unit.t:
-            self._stamp(unit.t, 'compute_start')
+            if self.cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                start.record(torch.cuda.current_stream(self.device))
+            else:
+                start = t1
+            self.call_log.append((unit.index, start, t1 - t0))   # per call: start, wait
 
     def _post(self, unit, module, args, output):
         self._stamp(unit.t, 'compute_end')
@@ -1086,6 +1093,7 @@ class _Engine:
     def _begin_pass(self):
         self.last_stall = 0.0
         self.pass_misses = 0
+        self.call_log = []
         if self.cuda and self.timeline_on:
             self.pass_event = torch.cuda.Event(enable_timing=True)
             self.pass_event.record(torch.cuda.current_stream(self.device))
@@ -1105,10 +1113,12 @@ class _Engine:
                 self.cond.wait()
         self._wait_reads()
         timeline = self._timeline() if self.timeline_on else []
+        calls = [[u, self._when(start), wait] for u, start, wait in self.call_log]
         with self.cond:
             for s in self.slots:
-                if s.state == READY:
+                if s.claimed:
                     s.buf = None
+                    s.claimed = False
                     self.alloc.free(s.offset)
             for u in self.units:
                 if u.loaded and not u.resident:
@@ -1129,7 +1139,8 @@ class _Engine:
             self.cond.notify_all()
         self.passes += 1
         self.last = {'latency_ms': (t1 - self.t0) * 1e3, 'stall_ms': self.last_stall * 1e3,
-                     'demand_misses': self.pass_misses, 'timeline': timeline, 'ok': ok}
+                     'demand_misses': self.pass_misses, 'timeline': timeline, 'calls': calls,
+                     'ok': ok}
 
     def _unset_locked(self, unit):
         slot = unit.main
@@ -1294,6 +1305,7 @@ class DemandLayeredModel(nn.Module):
             'split_bytes': e.split_bytes,
             'prefetch_depth': e.layout.prefetch_depth if e.layout else None,
             'timeline': e.last['timeline'],
+            'calls': e.last.get('calls', []),
         }
 
     def reconfigure(self, budget_mb=None, plan=None):
