@@ -33,6 +33,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 
 NODE_NAME = 'demand_layering_detector'
+REPLAN_PARAMS = ('memory_budget_mb', 'deadline_ms', 'frame_period_ms')
 ERROR_HOLD_S = 10.0    # diagnostics stay at ERROR this long after a failed frame or configure
 
 # ---------------------------------------------------------------------------------------------
@@ -76,6 +77,10 @@ PARAMS = (
     Param('deadline_ms', 0.0,
           'Deadline per frame, image stamp to published detections, in ms; 0 = none. Frames '
           'that cannot make it are dropped; a change re-plans.', (0.0, 600000.0),
+          applies='runtime'),
+    Param('frame_period_ms', 0.0,
+          'Camera frame period in ms, so the planner can prefetch the first layers of the '
+          'next frame between frames; 0 = unknown. A change re-plans.', (0.0, 60000.0),
           applies='runtime'),
     Param('plan_file', '',
           'PLAN.yaml from `python -m demand_layering_ros plan`; empty = plan at configure from '
@@ -449,7 +454,7 @@ class DetectorNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=reason)
             changes[param.name] = value
         replan = {k: v for k, v in changes.items()
-                  if k in ('memory_budget_mb', 'deadline_ms') and v != self._settings.get(k)}
+                  if k in REPLAN_PARAMS and v != self._settings.get(k)}
         if replan and self._model is not None:
             new = dict(self._settings, **changes)
             try:
@@ -637,7 +642,8 @@ class DetectorNode(LifecycleNode):
         prof = self._profile_for(s, planner)
         try:
             return planner.plan_for(s['pack_path'], budget_mb=budget, deadline_ms=deadline,
-                                    profile=prof, device=s['device']), ''
+                                    profile=prof, device=s['device'],
+                                    frame_period_ms=s['frame_period_ms'] or None), ''
         except planner.PlanInfeasible as e:
             if strict or deadline is None:
                 raise
@@ -645,7 +651,8 @@ class DetectorNode(LifecycleNode):
             # the fastest plan the budget allows (no budget: everything resident)
             room = budget or 2.0 * self._pack.total_bytes / (1 << 20)
             plan = planner.plan_for(s['pack_path'], budget_mb=room, profile=prof,
-                                    device=s['device'])
+                                    device=s['device'],
+                                    frame_period_ms=s['frame_period_ms'] or None)
             return plan, note
 
     def _load_model(self, s):
