@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+
 def _fast_kwargs(name):
     """Builder options that keep random-weight models fast and still detecting something."""
     if name.startswith(('fasterrcnn', 'maskrcnn')):
