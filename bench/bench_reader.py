@@ -156,7 +156,7 @@ def main():
     print(f'\nChecksum over memory (256 MiB, best of 5): xxh3_64 {xxh:.1f} GB/s, crc32 '
           f'{crc:.1f} GB/s. At the dd speed, hashing alone would take {100 * dd_med / xxh:.1f}% '
           f'(xxh3) or {100 * dd_med / crc:.1f}% (crc32) of the read time; the reader hashes '
-          'each chunk as it lands, in the reader threads, so most of it overlaps later reads '
+          'each chunk as it lands, in its own verify thread, so most of it overlaps later reads '
           '(wall-time cost column).\n')
 
     # 3. page cache: each streaming run in its own child process and memory cgroup

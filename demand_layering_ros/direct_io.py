@@ -6,7 +6,8 @@ Move byte ranges from a file on SSD into aligned memory without filling the page
 Demand Layering reads each unit's weights right before the unit runs. On a Jetson the page cache
 lives in the same DRAM the memory budget is about, so a plain read would quietly keep a second
 copy of every weight. This module reads with O_DIRECT into page-aligned (or pinned) buffers, from
-worker threads whose `os.preadv` releases the GIL so reads overlap with compute. Where a file
+worker threads whose `os.preadv` releases the GIL so reads overlap with compute (checksums run
+in one more thread, so the disk queue stays full while finished chunks are hashed). Where a file
 system refuses O_DIRECT it falls back to buffered reads followed by
 `posix_fadvise(POSIX_FADV_DONTNEED)`, and says so in `Reader.mode` / `Reader.fallback_reason`.
 
@@ -168,7 +169,7 @@ class Reader:
       submit(offset, length, dest, verify=None, expected_checksum=None, checksum_error=None)
         -> ReadFuture (non-blocking; requests are served in submission order, each split into
         chunk_bytes pieces spread over the threads). expected_checksum (xxh3_64 hex) is checked
-        while the chunks land; `verify(memoryview)` runs in a worker after all data arrived.
+        while the chunks land; `verify(memoryview)` runs in the verify thread after all data arrived.
         A failed read, a checksum mismatch or a verify exception becomes the future's exception.
       bytes_read, seconds: bytes delivered and wall seconds during which any read was in flight.
       throttle_bytes_per_s: cap the aggregate rate (simulates a slow disk in tests).
@@ -208,6 +209,10 @@ class Reader:
         self.file_size = os.fstat(self._fd).st_size
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.threads, thread_name_prefix='dlr-reader')
+        # Checksums and verify callbacks run here, so reader threads go straight on to the next
+        # read and the disk queue stays full while finished chunks are hashed.
+        self._verify_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix='dlr-verify')
 
     def _open_direct(self):
         flags = os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0)
@@ -253,6 +258,7 @@ class Reader:
             return
         self._closed = True
         self._pool.shutdown(wait=True)
+        self._verify_pool.shutdown(wait=True)
         if self.mode == 'buffered':
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(self._fd)
@@ -273,10 +279,10 @@ class Reader:
         Queue a read of [offset, offset+length) into dest[:length]; return a ReadFuture.
 
         expected_checksum: hex xxh3_64 of the whole range. Chunks are hashed in file order as
-        they arrive (in whichever worker finished them), so hashing overlaps the remaining
-        reads; a mismatch fails the future with `checksum_error(got)` if given (it returns an
-        exception instance) else with ChecksumError. verify(memoryview): any further check,
-        run in a worker after all data arrived.
+        they arrive, in the reader's verify thread, so hashing overlaps the remaining reads; a
+        mismatch fails the future with `checksum_error(got)` if given (it returns an exception
+        instance) else with ChecksumError. verify(memoryview): any further check, run in the
+        verify thread after all data arrived.
         """
         if self._closed:
             raise ValueError(f'Reader for {self.path} is closed')
@@ -336,8 +342,17 @@ class Reader:
         if failed:
             if last:
                 self._finish(req)
-            return
-        self._hash_ready(req)
+        elif req.hasher is not None or (last and req.verify is not None):
+            self._verify_pool.submit(self._guarded, self._hash_ready, req)
+        else:
+            self._hash_ready(req)
+
+    def _guarded(self, fn, req):
+        try:
+            fn(req)
+        except BaseException as e:  # noqa: B902 - never lose a future in a pool thread
+            if not req.fut.done():
+                req.fut.set_exception(e)
 
     def _hash_ready(self, req):
         """Feed finished chunks to the hasher in file order; the one who ends it finishes."""

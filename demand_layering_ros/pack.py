@@ -750,7 +750,7 @@ class Pack:
         Queue the read of one unit's extent into dest[:unit.length]; return a ReadFuture.
 
         dest: page-aligned uint8 tensor (aligned_empty), or a slice of one at a PAGE multiple.
-        With verify=True the checksum is computed in the reader's worker threads as the chunks
+        With verify=True the checksum is computed in the reader's verify thread as the chunks
         arrive; a mismatch makes the future raise PackError (pack, unit, offset), so damaged
         bytes never reach a model as long as callers wait on the future before using `views`.
         """

@@ -17,6 +17,7 @@ from pathlib import Path
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 from demand_layering_ros import direct_io
@@ -215,6 +216,7 @@ def test_verify_runs_in_worker_and_its_error_reaches_the_caller(tmp_path):
     seen = []
 
     def verify(mv):
+        assert threading.current_thread().name.startswith('dlr-verify')
         seen.append(direct_io.checksum(mv))
         if seen[-1] != expected:
             raise ValueError('checksum mismatch')
