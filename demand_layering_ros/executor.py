@@ -420,7 +420,6 @@ class _Engine:
         split_bytes = plan.get('split_bytes', self.opts['split_bytes'])
         depth = plan.get('prefetch_depth', self.opts['prefetch_depth'])
         forced = {u.index for u in self.units if u.info.used_outside_forward}
-        called = [u for u in self.units if u.calls]
         total = sum(u.info.length for u in self.units)
         budget_text = (f'budget {budget_bytes / MB:.2f} MB ({budget_bytes} bytes)'
                        if budget_bytes is not None else None)
@@ -452,11 +451,12 @@ class _Engine:
             residents = forced | {names[n] for n in plan.get('resident_units') or []}
             res_b = resident_bytes(residents)
             capacity = plan.get('arena_bytes')
-            if budget_bytes is not None and res_b + (capacity or 0) > budget_bytes:
-                raise ArenaTooSmall(f'{budget_text} is below the plan: resident units take '
-                                    f'{res_b} bytes and the arena {capacity or 0} bytes',
-                                    needed=res_b + (capacity or 0), capacity=budget_bytes)
             slots, layout = layout_for(residents, split_bytes, capacity)
+            need = res_b + self._extra_bytes() + (layout.capacity if layout else 0)
+            if budget_bytes is not None and need > budget_bytes:
+                raise ArenaTooSmall(f'{budget_text} is below the plan: resident units, extra '
+                                    f'buffers and the arena need {need} bytes', needed=need,
+                                    capacity=budget_bytes)
         elif budget_bytes is not None and budget_bytes >= total + self._extra_bytes():
             residents = {u.index for u in self.units}
             slots, layout = layout_for(residents, None)
@@ -470,7 +470,7 @@ class _Engine:
         self.staging = staging
         self.split_bytes = split_bytes
         self.plan_in = plan
-        self._install(residents, slots, layout, called)
+        self._install(residents, slots, layout)
 
     def _extra_bytes(self):
         return sum(t.numel() * t.element_size() for _, t in self.extra.values())
@@ -523,7 +523,7 @@ class _Engine:
                 residents.discard(max(residents - forced,
                                       key=lambda i: self.units[i].info.first_call))
 
-    def _install(self, residents, slots, layout, called):
+    def _install(self, residents, slots, layout):
         """Allocate memory, load residents, hash split slots, hook modules, start the loader."""
         self.slots = slots
         self.layout = layout
@@ -736,8 +736,10 @@ class _Engine:
     # ------------------------------------------------------------------ loader thread
 
     def _loader_main(self):
+        """Place and read the slots of each pass in load order (the pipeline's first stage)."""
         if self.cuda:
             torch.cuda.set_device(self.device)
+        walked = 0                                   # the generation the cursor belongs to
         try:
             while True:
                 with self.cond:
@@ -748,42 +750,79 @@ class _Engine:
                     if self.stop:
                         return
                     gen = self.gen
+                    if walked != gen:
+                        walked, self.cursor = gen, 0
                     self.busy = True
-                    self.cursor = 0
-                aborted = False
-                for r, slot in enumerate(self.order):
+                if self._walk():
                     with self.cond:
-                        while True:
-                            if self.stop or self.hold:
-                                aborted = True
-                                break
-                            if slot.state != EMPTY:          # done by a demand miss
-                                break
-                            depth = self.layout.prefetch_depth
-                            if ((depth is None or r < self.started + depth)
-                                    and self.alloc.claim(slot.offset, slot.length)):
-                                slot.state = READING
-                                slot.claimed = True
-                                self.touched = max(self.touched, self.alloc.high_water)
-                                self._note_peak()
-                                if self.cuda:
-                                    slot.wait_event = self._latest_release(slot)
-                                break
-                            self.cond.wait()
-                        self.cursor = r + 1
-                        claimed = slot.state == READING and not aborted
-                    if aborted:
-                        break
-                    if claimed:
-                        self._start_read(slot)
-                if not aborted:
-                    with self.cond:
-                        self.loaded_gen = gen
+                        if not self.hold and self.cursor >= len(self.order):
+                            self.loaded_gen = gen
         except BaseException as e:  # noqa: B902 - reported to the forward pass that waits
             with self.cond:
                 self.loader_error = e
                 self.busy = False
                 self.cond.notify_all()
+
+    def _walk(self):
+        """Claim and read slots from the cursor on; return False when told to hold or stop."""
+        while True:
+            claimed = None
+            with self.cond:
+                r = self.cursor
+                if r >= len(self.order):
+                    return True
+                slot = self.order[r]
+                while claimed is None:
+                    if self.stop or self.hold:
+                        return False
+                    if self.cursor != r:             # an eviction moved the cursor back
+                        break
+                    if slot.state != EMPTY:          # done by a demand miss, or still held
+                        self.cursor = r + 1
+                        break
+                    depth = self.layout.prefetch_depth
+                    if ((depth is None or r < self.started + depth)
+                            and self.alloc.claim(slot.offset, slot.length)):
+                        slot.state = READING
+                        slot.claimed = True
+                        self.touched = max(self.touched, self.alloc.high_water)
+                        self._note_peak()
+                        if self.cuda:
+                            slot.wait_event = self._latest_release(slot)
+                        self.cursor = r + 1
+                        claimed = slot
+                        break
+                    self.cond.wait()
+            if claimed is not None:
+                self._start_read(claimed)
+
+    def _evict_for(self, nbytes):
+        """
+        Free arena space for a demand miss by dropping prefetched slots not yet in use.
+
+        Only slots beyond every slot the pass has asked for are dropped (no view points into
+        them); the loader's cursor moves back so it reads them again. Caller holds the lock.
+        Returns an arena offset, or None when nothing more can be dropped.
+        """
+        while True:
+            off = self.alloc.alloc(nbytes)
+            if off is not None:
+                return off
+            ahead = self.order[self.started:]
+            victims = [s for s in ahead if s.claimed and s.state == READY]
+            if not victims:
+                if any(s.state == READING for s in ahead):
+                    self.cond.wait()                 # reads finish without compute
+                    continue
+                return None
+            v = victims[-1]
+            self.alloc.free(v.offset)
+            v.claimed, v.buf, v.t = False, None, {}
+            v.state = EMPTY
+            self.cursor = min(self.cursor, v.rank)
+            if self.loaded_gen == self.gen:
+                self.loaded_gen = self.gen - 1       # wake the loader to read it again
+            self.cond.notify_all()
 
     def _latest_release(self, slot):
         best = max(slot.overlaps, key=lambda q: q.release_seq)
@@ -926,7 +965,8 @@ class _Engine:
         off = None
         if borrow and not self.cuda and self.arena_host is not None:
             with self.cond:
-                off = self.alloc.alloc(slot.length)
+                off = self._evict_for(slot.length) if self.in_pass else \
+                    self.alloc.alloc(slot.length)
                 if off is not None:
                     self.touched = max(self.touched, self.alloc.high_water)
                     self._note_peak()

@@ -250,6 +250,14 @@ def test_data_dependent_calls_are_demand_misses(packs):
     assert got[1::2] == [0, 1, 1]
     assert m.stats()['demand_misses'] == 2
     m.close()
+    # Under a budget a miss takes arena space from prefetched units not yet in use.
+    budget = 300 << 10
+    m = load(pack.path, budget_mb=budget / MB)
+    for x, w in zip(xs + xs, want + want):
+        assert same(m(x), w)
+    st = m.stats()
+    assert st['demand_misses'] == 4 and st['peak_weight_bytes'] <= budget
+    m.close()
 
 
 def test_resident_units_tied_and_outside_uses(packs):

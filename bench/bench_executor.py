@@ -1,0 +1,216 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+Measure the executor's two speed claims in one run, on one machine, as medians.
+
+1. Fully streamed (the smallest arena), a pass should take at most 1.10x the pipeline bound:
+   each unit runs no earlier than the disk could have delivered its bytes (all units read back
+   to back in first-use order at the disk's measured O_DIRECT bandwidth) and no earlier than the
+   previous call finished, with the compute between calls taken from the same pass's own log.
+2. With the whole model as budget (everything resident), the overhead against the plain model
+   (built normally, weights in ordinary tensors) should stay under 2%.
+
+Usage: python bench/bench_executor.py [--models SPEC@HxW ...] [--device cpu|cuda]
+       [--staging copy|zero_copy] [--repeats N] [--json OUT.json]
+Prints a markdown table (the BENCHMARKS.md rows).
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+import statistics
+import sys
+import time
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from demand_layering_ros import direct_io, registry  # noqa: E402
+from demand_layering_ros import pack as P  # noqa: E402
+from demand_layering_ros.executor import load, load_resident, MB  # noqa: E402
+import torch  # noqa: E402
+
+DEFAULT_MODELS = ['darknet:yolov3-tiny@416x416', 'darknet:yolov2-tiny@416x416',
+                  'torchvision:retinanet_resnet50_fpn@320x320']
+
+
+def parse_model(text):
+    spec, _, size = text.partition('@')
+    return spec, size or None
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, x, device, warmup, repeats):
+    """Return per-pass seconds of fn(x) (after warm-up), synchronised on CUDA."""
+    out = []
+    with torch.no_grad():
+        for i in range(warmup + repeats):
+            sync(device)
+            t = time.perf_counter()
+            fn(x)
+            sync(device)
+            if i >= warmup:
+                out.append(time.perf_counter() - t)
+    return out
+
+
+def disk_bandwidth(pack, repeats=3, piece=8 * MB):
+    """Return the median O_DIRECT sequential read bandwidth (bytes/s) over the whole pack."""
+    buf = direct_io.aligned_empty(piece)
+    start, end = pack.units[0].offset, pack.units[-1].end
+    rates = []
+    with pack.reader() as reader:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            futures = []
+            for off in range(start, end, piece):
+                n = min(piece, end - off)
+                futures.append(reader.submit(off, n, buf[:n]))
+                if len(futures) >= 2:
+                    futures.pop(0).result()
+            for f in futures:
+                f.result()
+            rates.append((end - start) / (time.perf_counter() - t))
+        mode = reader.mode
+    return statistics.median(rates), mode
+
+
+def pipeline_bound(pack, calls, latency_s, bandwidth, resident=()):
+    """
+    Return (bound, serial) seconds for one pass from its own call log.
+
+    calls: [unit, start (s after the data was in), wait (s)] per call. Compute between calls is
+    the measured start-to-start gap minus the next call's wait; before the first call and after
+    the last one the pass's own head and tail are kept. bound: bytes arrive back to back in
+    first-use order at `bandwidth`; serial: every unit's read on the critical path.
+    """
+    if not calls:
+        return latency_s, latency_s
+    order, seen = [], set()
+    for u, _, _ in calls:
+        if u not in seen and u not in resident:
+            seen.add(u)
+            order.append(u)
+    arrival, cum = {}, 0
+    for u in order:
+        cum += pack.units[u].length
+        arrival[u] = cum / bandwidth
+    head = calls[0][1] - calls[0][2]
+    segs = [calls[i + 1][1] - calls[i + 1][2] - calls[i][1] for i in range(len(calls) - 1)]
+    segs.append(latency_s - calls[-1][1])
+    t = serial = head
+    started = set()
+    for (u, _, _), seg in zip(calls, segs):
+        if u in arrival and u not in started:
+            started.add(u)
+            t = max(t, arrival[u])
+            serial += pack.units[u].length / bandwidth
+        t += max(seg, 0.0)
+        serial += max(seg, 0.0)
+    return t, serial
+
+
+def bench_model(spec, size, args, device):
+    name = spec.split(':', 1)[1].replace('/', '_')
+    pack_dir = Path(args.pack_dir) / f'{name}-{size or "default"}'
+    if not (pack_dir / P.MANIFEST_FILE).exists():
+        P.write_pack(spec, pack_dir, seed=1, input_size=size, progress=False, verify=False)
+    pack = P.Pack.open(pack_dir)
+    total = sum(u.length for u in pack.units)
+    det = registry.build(spec, seed=1, input_size=size, device=str(device))
+    g = torch.Generator().manual_seed(0)
+    h, w = det.input_size or (416, 416)
+    img = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g).numpy()
+    x = det.preprocess([img])[0]
+    row = {'model': spec, 'input': f'{h}x{w}', 'device': str(device),
+           'weights_mb': total / MB}
+    # Plain model and the whole-model budget, interleaved so load drift hits both alike.
+    plain = det.model
+    whole = load(pack.path, device=device, budget_mb=total / MB, staging=args.staging)
+    resident = load_resident(pack.path, device=device)
+    runs = {'plain': [], 'whole': [], 'resident': []}
+    for _ in range(args.rounds):
+        runs['plain'] += timed(plain, x, device, 1, args.repeats)
+        runs['whole'] += timed(whole, x, device, 1, args.repeats)
+        runs['resident'] += timed(resident, x, device, 1, args.repeats)
+    whole.close()
+    del whole, resident, plain, det
+    for k, v in runs.items():
+        row[f'{k}_ms'] = statistics.median(v) * 1e3
+    row['overhead_pct'] = (row['whole_ms'] / row['plain_ms'] - 1) * 100
+    # Fully streamed, back to back: the disk bandwidth is measured in the same run.
+    bw, mode = disk_bandwidth(pack)
+    m = load(pack.path, device=device, staging=args.staging)
+    st = m.stats()
+    lat, bounds, serials, stalls = [], [], [], []
+    with torch.no_grad():
+        for i in range(1 + args.repeats * args.rounds):
+            m(x)
+            st = m.stats()
+            if i == 0:
+                continue
+            lat.append(st['latency_ms'] / 1e3)
+            b, s = pipeline_bound(pack, st['calls'], st['latency_ms'] / 1e3, bw)
+            bounds.append(b)
+            serials.append(s)
+            stalls.append(st['stall_ms'])
+    bw_after, _ = disk_bandwidth(pack)
+    m.close()
+    row.update({'arena_mb': st['arena_bytes'] / MB, 'peak_weight_mb': st['peak_weight_bytes'] / MB,
+                'disk_gbps': bw / 1e9, 'disk_gbps_after': bw_after / 1e9, 'io_mode': mode,
+                'streamed_ms': statistics.median(lat) * 1e3,
+                'bound_ms': statistics.median(bounds) * 1e3,
+                'serial_ms': statistics.median(serials) * 1e3,
+                'stall_ms': statistics.median(stalls),
+                'read_all_ms': total / bw * 1e3})
+    row['ratio'] = row['streamed_ms'] / row['bound_ms']
+    return row
+
+
+def table(rows):
+    head = ('| model | input | device | weights MB | arena MB | disk GB/s | plain ms | '
+            'whole-budget ms | overhead | read all ms | streamed ms | bound ms | ratio | '
+            'naive serial ms | stall ms |')
+    lines = [head, '|' + '---|' * 15]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['input']} | {r['device']} | {r['weights_mb']:.1f} | "
+            f"{r['arena_mb']:.1f} | {r['disk_gbps']:.2f} | {r['plain_ms']:.1f} | "
+            f"{r['whole_ms']:.1f} | {r['overhead_pct']:+.1f}% | {r['read_all_ms']:.0f} | "
+            f"{r['streamed_ms']:.1f} | {r['bound_ms']:.1f} | {r['ratio']:.3f} | "
+            f"{r['serial_ms']:.1f} | {r['stall_ms']:.1f} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    ap.add_argument('--models', nargs='+', default=DEFAULT_MODELS, metavar='SPEC@HxW')
+    ap.add_argument('--device', default='cpu')
+    ap.add_argument('--staging', default='copy', choices=['copy', 'zero_copy'])
+    ap.add_argument('--repeats', type=int, default=5, help='passes per round')
+    ap.add_argument('--rounds', type=int, default=2, help='interleaved rounds per mode')
+    ap.add_argument('--pack-dir', default=os.environ.get('DLR_BENCH_PACKS',
+                                                         '/tmp/dlr_bench_packs'))
+    ap.add_argument('--json', default=None, help='also write the rows as JSON')
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    rows = []
+    for text in args.models:
+        spec, size = parse_model(text)
+        row = bench_model(spec, size, args, device)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
