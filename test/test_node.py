@@ -470,9 +470,10 @@ def test_camera_faster_than_inference_gets_the_latest_frame(harness, photos):
     assert superseded >= received - published - 2
     # the newest frame was served: latest-frame-wins, not first-come-first-served
     assert after[-1].header.frame_id in ('fast29', 'fast28')
-    assert arrivals[-1][1] - last_sent < 2.5 * service + 1.0
+    assert arrivals[-1][1] - last_sent < 3 * service + 1.0
     latencies = stats['latencies'][len(before['latencies']):]
-    assert latencies and max(latencies) < 2.5 * service + 0.5, (latencies, service)
+    # a queue would make the last frame wait for all 30; latest-frame-wins bounds it by ~2
+    assert latencies and max(latencies) < 3 * service + 1.0, (latencies, service)
 
 
 def test_stale_frames_are_dropped_against_the_deadline(harness, photos):
