@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import gc
 import math
 import re
+import signal
 import threading
 import time
 from typing import Any, Optional, Tuple
@@ -1089,6 +1090,9 @@ def main(args=None):
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C under `ros2 launch` reaches the node twice (the terminal's process group and
+        # launch's own SIGINT): the second must not abort the release of the model's memory.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
