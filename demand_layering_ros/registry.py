@@ -39,7 +39,7 @@ def _entry_points():
 def families():
     """Return {family: 'module:function' or 'registered'} for every known family."""
     out = {ep.name: ep.value for ep in _entry_points()}
-    out.update({k: 'registered' for k in _registered})
+    out.update(dict.fromkeys(_registered, 'registered'))
     out.update(BUILTIN)
     return out
 
