@@ -95,6 +95,7 @@ def test_real_launch(tmp_path):
     except PackageNotFoundError:
         pytest.skip('demand_layering_ros is not installed in the ament index (colcon build)')
     import rclpy
+    from rclpy.executors import SingleThreadedExecutor
     from rcl_interfaces.srv import GetParameters
     from lifecycle_msgs.srv import GetState
 
@@ -111,17 +112,19 @@ def test_real_launch(tmp_path):
     rclpy.init(context=ctx, domain_id=DOMAIN)
     try:
         node = rclpy.create_node('launch_test', context=ctx)
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(node)
         end = time.monotonic() + 30
         while time.monotonic() < end and ('demand_layering_detector', '/lt') not in \
                 node.get_node_names_and_namespaces():
-            rclpy.spin_once(node, timeout_sec=0.2)
+            executor.spin_once(timeout_sec=0.2)
         assert ('demand_layering_detector', '/lt') in node.get_node_names_and_namespaces()
 
         def call(srv_type, name, request):
             cli = node.create_client(srv_type, name)
             assert cli.wait_for_service(timeout_sec=10)
             fut = cli.call_async(request)
-            rclpy.spin_until_future_complete(node, fut, timeout_sec=10)
+            executor.spin_until_future_complete(fut, timeout_sec=10)
             return fut.result()
         res = call(GetParameters, '/lt/demand_layering_detector/get_parameters',
                    GetParameters.Request(names=['image_topics', 'max_batch',
@@ -132,6 +135,7 @@ def test_real_launch(tmp_path):
         assert autostart.bool_value is False
         state = call(GetState, '/lt/demand_layering_detector/get_state', GetState.Request())
         assert state.current_state.label == 'unconfigured'
+        executor.shutdown()
         node.destroy_node()
     finally:
         ctx.try_shutdown()
