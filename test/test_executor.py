@@ -520,6 +520,17 @@ def test_detect_cli_with_pack_and_stats(packs, tmp_path, capsys):
 # ----------------------------------------------------------------------------- CUDA
 
 
+def max_diff(a, b):
+    """Largest absolute difference over nested float outputs."""
+    if isinstance(a, (list, tuple)):
+        return max([max_diff(x, y) for x, y in zip(a, b)] + [0.0])
+    if isinstance(a, dict):
+        return max([max_diff(a[k], b[k]) for k in a] + [0.0])
+    if isinstance(a, torch.Tensor) and a.is_floating_point() and a.shape == b.shape:
+        return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+    return 0.0 if same(a, b) else float('inf')
+
+
 @pytest.mark.skipif(not CUDA, reason='needs a CUDA device')
 @pytest.mark.parametrize('staging', ['copy', 'zero_copy'])
 def test_cuda_outputs_equal_resident(packs, staging):
@@ -527,12 +538,23 @@ def test_cuda_outputs_equal_resident(packs, staging):
         pack = packs(name)
         xs = [x.cuda() for x in inputs(name, pack)]
         want = reference(pack, xs, device='cuda')
-        for kw in ({}, {'budget_mb': (model_bytes(pack) // 2) / MB}):
+        total = model_bytes(pack)
+        for kw in ({}, {'budget_mb': total / 2 / MB}, {'budget_mb': total / MB},
+                   {'split_bytes': 1 << 20}):
             m = load(pack.path, device='cuda', staging=staging, **kw)
-            for x, w in zip(xs + xs, want + want):
-                assert same(m(x), w), (name, staging, kw)
             st = m.stats()
-            assert st['staging'] == staging and st['timeline']
+            for x, w in zip(xs + xs, want + want):
+                got = m(x)
+                if st['split_units']:
+                    # cuDNN/cuBLAS may pick another algorithm for a chunk: record how far off.
+                    diff = max_diff(got, w)
+                    print(f'{name} {staging} split {st["split_units"]}: max abs diff {diff:.3g}')
+                    assert diff < 1e-3
+                else:
+                    assert same(got, w), (name, staging, kw)
+            st = m.stats()
+            assert st['staging'] == staging and st['timeline'] and st['calls']
+            assert all(r['compute_start'] is not None for r in st['timeline'])
             if 'budget_mb' in kw and name != 'tiny':
                 assert st['peak_weight_bytes'] <= st['budget_bytes']
             m.close()
