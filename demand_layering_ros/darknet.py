@@ -141,6 +141,7 @@ def parse_cfg(path_or_text, path=None):
     else:
         text = str(path_or_text)
         path = path or '<cfg text>'
+    text = text.lstrip('\ufeff')
     sections = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = ''.join(raw.split())  # Darknet strips all whitespace, also inside a line

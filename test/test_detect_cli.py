@@ -196,3 +196,20 @@ def test_constructor_args_rebuild_darknet():
     assert again.input_size == (96, 128)
     x = det.example_input(batch=2)
     assert x.shape == (2, 3, 96, 128) and x.dtype == torch.float32
+
+
+def test_pack_gives_the_same_lines_as_the_model(capsys, tmp_path):
+    """`--pack` (demand-layered and resident) prints what `--model` prints."""
+    from demand_layering_ros.pack import write_pack
+    write_pack('darknet:yolov3-tiny', tmp_path / 'pack', seed=4, input_size=(96, 128),
+               progress=False)
+    photos = [str(assets.photo('dog')), str(assets.photo('kite'))]
+    common = ['--threshold', '0.005', *photos]
+    rc, direct, err = _run(capsys, '--model', 'darknet:yolov3-tiny', '--seed', '4',
+                           '--input-size', '96x128', *common)
+    assert rc == 0, err
+    assert any(line['detections'] for line in direct)
+    for extra in (['--budget-mb', '1'], ['--resident']):
+        rc, packed, err = _run(capsys, '--pack', str(tmp_path / 'pack'), *extra, *common)
+        assert rc == 0, err
+        assert packed == direct
