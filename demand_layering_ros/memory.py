@@ -273,15 +273,26 @@ class MemoryCgroup:
                 out[key] = int(value)
         return out
 
-    def rss_bytes(self, stat=None):
-        """Return anonymous memory charged now (v1 `rss`, v2 `anon`)."""
+    def shmem_bytes(self, stat=None):
+        """Return shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, tmpfs) charged now."""
         stat = self.stat() if stat is None else stat
-        return stat.get('rss' if self.version == 1 else 'anon', 0)
+        return stat.get('shmem', 0)
+
+    def rss_bytes(self, stat=None):
+        """
+        Return anonymous memory charged now, shared anonymous mappings included.
+
+        The kernel files shared anonymous memory (what `mmap.mmap(-1, n)` gives, e.g. the
+        reader's aligned buffers) under `cache`/`file`, but it is process memory, not a cached
+        copy of a file; here it counts as RSS (v1 `rss + shmem`, v2 `anon + shmem`).
+        """
+        stat = self.stat() if stat is None else stat
+        return stat.get('rss' if self.version == 1 else 'anon', 0) + self.shmem_bytes(stat)
 
     def cache_bytes(self, stat=None):
-        """Return page cache charged now (v1 `cache`, v2 `file`)."""
+        """Return page cache of files charged now (v1 `cache`, v2 `file`, less shmem)."""
         stat = self.stat() if stat is None else stat
-        return stat.get('cache' if self.version == 1 else 'file', 0)
+        return stat.get('cache' if self.version == 1 else 'file', 0) - self.shmem_bytes(stat)
 
     def oom_kills(self):
         """Return how many processes the OOM killer killed in this cgroup."""
@@ -337,8 +348,8 @@ class CgroupResult:
     timed_out: bool
     limit_bytes: object
     peak_bytes: int             # kernel-recorded peak charge: RSS + page cache + kernel
-    peak_rss_bytes: int         # sampled peak of anonymous memory in the cgroup
-    peak_cache_bytes: int       # sampled peak of page cache charged to the cgroup
+    peak_rss_bytes: int         # sampled peak of anonymous (incl. shared anonymous) memory
+    peak_cache_bytes: int       # sampled peak of file page cache charged to the cgroup
     cache_bytes: int            # page cache still charged when the command ended
     max_rss_bytes: int          # the command's own ru_maxrss
     wall_s: float
@@ -602,6 +613,7 @@ def own_cgroup_usage():
     """
     Return {'usage_bytes', 'rss_bytes', 'cache_bytes', 'limit_bytes'} of this process's cgroup.
 
+    rss_bytes includes shared anonymous memory; cache_bytes is file page cache only.
     For diagnostics: on a robot that starts the node under a limit, this is the figure the
     kernel's OOM killer watches. Returns None where no memory cgroup can be read.
     """
@@ -615,8 +627,8 @@ def own_cgroup_usage():
             stat = dict(line.split(' ', 1) for line in _read(v1 / 'memory.stat').splitlines())
             limit = int(_read(v1 / 'memory.limit_in_bytes'))
             return {'usage_bytes': int(_read(v1 / 'memory.usage_in_bytes')),
-                    'rss_bytes': int(stat.get('rss', 0)),
-                    'cache_bytes': int(stat.get('cache', 0)),
+                    'rss_bytes': int(stat.get('rss', 0)) + int(stat.get('shmem', 0)),
+                    'cache_bytes': int(stat.get('cache', 0)) - int(stat.get('shmem', 0)),
                     'limit_bytes': None if limit >= (1 << 62) else limit}
         mount = _v2_mount()
         if mount is not None and '' in own:
@@ -625,8 +637,8 @@ def own_cgroup_usage():
                 stat = dict(line.split(' ', 1) for line in _read(d / 'memory.stat').splitlines())
                 limit = _read(d / 'memory.max').strip()
                 return {'usage_bytes': int(_read(d / 'memory.current')),
-                        'rss_bytes': int(stat.get('anon', 0)),
-                        'cache_bytes': int(stat.get('file', 0)),
+                        'rss_bytes': int(stat.get('anon', 0)) + int(stat.get('shmem', 0)),
+                        'cache_bytes': int(stat.get('file', 0)) - int(stat.get('shmem', 0)),
                         'limit_bytes': None if limit == 'max' else int(limit)}
     except (OSError, ValueError):
         return None

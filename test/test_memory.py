@@ -113,6 +113,18 @@ def test_buffered_read_is_charged_as_page_cache_and_o_direct_is_not(cold_file):
     assert buffered.peak_bytes - direct.peak_bytes >= size * 0.8
 
 
+@needs_cgroups
+def test_shared_anonymous_memory_counts_as_rss_not_page_cache():
+    code = ('import mmap\n'
+            'm = mmap.mmap(-1, 64 << 20)\n'
+            "m.write(b'\\x01' * (64 << 20))\n"
+            "print('ok')\n")
+    res = memory.run_in_cgroup(_py(code), timeout=60)
+    assert res.ok, res.stderr[-2000:]
+    assert res.peak_rss_bytes >= 64 * MIB, res.summary()
+    assert res.peak_cache_bytes < 4 * MIB, res.summary()
+
+
 def test_file_cached_bytes_follows_reads_and_eviction(cold_file):
     size = cold_file.stat().st_size
     assert memory.file_cached_bytes(cold_file) < size // 10
