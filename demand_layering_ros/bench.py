@@ -51,7 +51,7 @@ MODELS = {
                                 'cuda': (480, 640)},
     'retinanet_resnet50_fpn': {'spec': 'torchvision:retinanet_resnet50_fpn', 'cpu': 192,
                                'cuda': (480, 640)},
-    'ssd300_vgg16': {'spec': 'torchvision:ssd300_vgg16', 'cpu': 160, 'cuda': 300},
+    'ssd300_vgg16': {'spec': 'torchvision:ssd300_vgg16', 'cpu': 300, 'cuda': 300},
     'ssdlite320_mobilenet_v3_large': {'spec': 'torchvision:ssdlite320_mobilenet_v3_large',
                                       'cpu': 192, 'cuda': 320},
     'fasterrcnn_mobilenet_v3_large_320_fpn': {
@@ -951,7 +951,7 @@ def run_all(args):
                             'reps': args.reps, 'budgets': args.budgets,
                             'configs': list(args.configs), 'drop_caches': args.drop_caches,
                             'threads': args.threads, 'profile_repeats': args.profile_repeats},
-               'models': {}}
+               'models': {}, 'machine': machine(args.device, [])}
     bar = tqdm(total=per_model * len(models), desc='bench', unit='step',
                disable=args.quiet)
 
@@ -1436,6 +1436,9 @@ def add_arguments(parser, command):
                         help='seconds one configuration may take (default 900)')
     parser.add_argument('--report-only', action='store_true',
                         help='only redraw plots and markdown from OUT/results.json')
+    parser.add_argument('--results', default=None,
+                        help='report from this results.json (e.g. from the GPU machine) '
+                             'instead of measuring; plots go to OUT')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
     parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     parser.set_defaults(bench_defaults=vars(parser.parse_args([])))
@@ -1453,8 +1456,6 @@ def _check(args):
         raise SystemExit('bench: --warmup and --budgets must be >= 0')
     args.configs = [c for c in ORDER if c in args.configs]
     args.input_size = registry.parse_input_size(args.input_size)
-    if args.section is None:
-        args.section = 'gpu' if args.device.startswith('cuda') else 'cpu'
 
 
 def run(args, command):
@@ -1463,15 +1464,17 @@ def run(args, command):
         return worker(args.worker)
     args.command_line = command_line(args)
     _check(args)
-    if args.report_only:
-        with open(Path(args.out) / 'results.json') as f:
+    if args.report_only or args.results:
+        with open(args.results or Path(args.out) / 'results.json') as f:
             results = json.load(f)
+        args.section = args.section or results.get('section') or 'cpu'
     else:
+        args.section = args.section or ('gpu' if args.device.startswith('cuda') else 'cpu')
         results = run_all(args)
     pngs = report(results, args)
     ok = sum(1 for m in results['models'].values() for c in (m.get('configs') or {}).values()
              if (c.get('summary') or {}).get('status') == 'ok')
-    print(json.dumps({'results': str(Path(args.out) / 'results.json'),
+    print(json.dumps({'results': str(args.results or Path(args.out) / 'results.json'),
                       'markdown': args.markdown, 'plots': [str(p) for p in pngs.values()],
                       'configurations_ok': ok, 'seconds': results.get('seconds')}))
     return 0 if ok else 1
