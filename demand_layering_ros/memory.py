@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -373,88 +374,178 @@ class CgroupResult:
                 f' {self.wall_s:.2f} s')
 
 
+class CgroupProcess:
+    """
+    A command running in its own fresh memory cgroup; `wait()` returns its CgroupResult.
+
+    Made by start_in_cgroup(). While it runs, `pid` and `cgroup` are available (to signal it,
+    talk to it, read its usage); a sampler thread records anonymous memory and page cache every
+    `sample_interval` seconds. Use as a context manager: leaving it kills whatever still runs
+    and removes the cgroup.
+    """
+
+    def __init__(self, argv, limit_bytes=None, env=None, cwd=None, input_data=None,
+                 sample_interval=0.01):
+        """Create the cgroup, start the command inside it and start sampling."""
+        self.argv = [os.fspath(a) for a in argv]
+        if not self.argv:
+            raise ValueError('start_in_cgroup: empty argv')
+        self.sample_interval = float(sample_interval)
+        self.cgroup = MemoryCgroup(limit_bytes)
+        self.samples = []
+        self.result = None
+        self._peak = [0, 0]            # rss, cache
+        self._stop = threading.Event()
+        try:
+            self._out = tempfile.TemporaryFile()
+            self._err = tempfile.TemporaryFile()
+            self._start(env, cwd, input_data)
+        except BaseException:
+            self._cleanup()
+            raise
+        self._sampler = threading.Thread(target=self._sample_loop, name='dlr-cgroup-sampler',
+                                         daemon=True)
+        self._sampler.start()
+
+    def _start(self, env, cwd, input_data):
+        r, w = os.pipe()
+        wrapper = [sys.executable, '-I', '-S', '-c', _WAIT_THEN_EXEC, str(r)] + self.argv
+        try:
+            self.proc = subprocess.Popen(
+                wrapper, stdin=subprocess.PIPE if input_data is not None else subprocess.DEVNULL,
+                stdout=self._out, stderr=self._err, env=env, cwd=cwd, pass_fds=(r,))
+        finally:
+            os.close(r)
+        try:
+            self.cgroup.add(self.proc.pid)
+            os.write(w, b'1')
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            os.close(w)
+        self.t0 = time.monotonic()
+        if input_data is not None:
+            try:
+                self.proc.stdin.write(input_data.encode() if isinstance(input_data, str)
+                                      else input_data)
+            except BrokenPipeError:
+                pass
+            self.proc.stdin.close()
+
+    @property
+    def pid(self):
+        """Return the command's process id."""
+        return self.proc.pid
+
+    def _sample(self):
+        try:
+            stat = self.cgroup.stat()
+            rss, cache = self.cgroup.rss_bytes(stat), self.cgroup.cache_bytes(stat)
+            usage = self.cgroup.usage_bytes()
+        except (OSError, CgroupError):
+            return
+        self.samples.append((time.monotonic() - self.t0, usage, rss, cache))
+        self._peak = [max(self._peak[0], rss), max(self._peak[1], cache)]
+
+    def _sample_loop(self):
+        while not self._stop.wait(self.sample_interval):
+            self._sample()
+
+    def send_signal(self, sig):
+        """Send a signal to the command (not to other processes in its cgroup)."""
+        if self.result is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout=None):
+        """Wait for the command (killing everything in the cgroup after `timeout` s)."""
+        if self.result is not None:
+            return self.result
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f'timeout must be > 0, got {timeout}')
+        timed_out = False
+        while True:
+            pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if timeout is not None and time.monotonic() - self.t0 > timeout:
+                timed_out = True
+                self.cgroup.kill_all()
+                _, status, rusage = os.wait4(self.proc.pid, 0)
+                break
+            time.sleep(min(self.sample_interval, 0.01))
+        wall = time.monotonic() - self.t0
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self._stop.set()
+        self._sampler.join()
+        cg = self.cgroup
+        cg.kill_all()           # stragglers the command left behind
+        self._sample()
+        stat = cg.stat()
+        cache_now = cg.cache_bytes(stat)
+        self._out.seek(0)
+        self._err.seek(0)
+        self.result = CgroupResult(
+            argv=self.argv, returncode=self.proc.returncode, oom_killed=cg.oom_kills() > 0,
+            timed_out=timed_out, limit_bytes=cg.limit_bytes, peak_bytes=cg.peak_bytes(),
+            peak_rss_bytes=self._peak[0], peak_cache_bytes=max(self._peak[1], cache_now),
+            cache_bytes=cache_now, max_rss_bytes=rusage.ru_maxrss * 1024, wall_s=wall,
+            stdout=self._out.read().decode(errors='replace'),
+            stderr=self._err.read().decode(errors='replace'), samples=self.samples)
+        self._cleanup()
+        return self.result
+
+    def _cleanup(self):
+        self._stop.set()
+        for f in (getattr(self, '_out', None), getattr(self, '_err', None)):
+            if f is not None:
+                f.close()
+        self.cgroup.close()
+
+    def __enter__(self):
+        """Return self."""
+        return self
+
+    def __exit__(self, *exc):
+        """Kill the command if it still runs, reap it and remove the cgroup."""
+        if self.result is None:
+            self.cgroup.kill_all()
+            try:
+                self.wait(timeout=30)
+            except (OSError, CgroupError):
+                self._cleanup()
+
+
+def start_in_cgroup(argv, limit_bytes=None, env=None, cwd=None, input_data=None,
+                    sample_interval=0.01):
+    """
+    Start `argv` in a fresh child memory cgroup (optional hard limit); return a CgroupProcess.
+
+    The child is in the cgroup before it executes the command (a tiny wrapper waits on a pipe
+    until the parent has moved it), so every byte it allocates or pulls into the page cache is
+    charged. `input_data` (bytes or str) is fed to its stdin. Raises CgroupError when cgroups
+    are unavailable (see cgroups_available).
+    """
+    return CgroupProcess(argv, limit_bytes, env=env, cwd=cwd, input_data=input_data,
+                         sample_interval=sample_interval)
+
+
 def run_in_cgroup(argv, limit_bytes=None, timeout=None, env=None, cwd=None, input_data=None,
                   sample_interval=0.01):
     """
     Run `argv` in a fresh child memory cgroup with an optional hard limit; return CgroupResult.
 
-    The child is in the cgroup before it executes the command (a tiny wrapper waits on a pipe
-    until the parent has moved it), so every byte it allocates or pulls into the page cache is
-    charged. `input_data` (bytes or str) is fed to its stdin. On timeout everything in the cgroup
-    is killed and `timed_out` is set. The cgroup is removed afterwards. Raises CgroupError when
-    cgroups are unavailable (see cgroups_available).
+    As start_in_cgroup(...).wait(timeout): on timeout everything in the cgroup is killed and
+    `timed_out` is set; the cgroup is removed afterwards.
     """
-    argv = [os.fspath(a) for a in argv]
     if not argv:
         raise ValueError('run_in_cgroup: empty argv')
     if timeout is not None and timeout <= 0:
         raise ValueError(f'run_in_cgroup: timeout must be > 0, got {timeout}')
-    with MemoryCgroup(limit_bytes) as cg, \
-            tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        r, w = os.pipe()
-        wrapper = [sys.executable, '-I', '-S', '-c', _WAIT_THEN_EXEC, str(r)] + argv
-        try:
-            proc = subprocess.Popen(wrapper, stdin=subprocess.PIPE if input_data is not None
-                                    else subprocess.DEVNULL, stdout=out, stderr=err,
-                                    env=env, cwd=cwd, pass_fds=(r,))
-        finally:
-            os.close(r)
-        try:
-            cg.add(proc.pid)
-            os.write(w, b'1')
-        except BaseException:
-            os.close(w)
-            proc.kill()
-            proc.wait()
-            raise
-        os.close(w)
-        t0 = time.monotonic()
-        if input_data is not None:
-            try:
-                proc.stdin.write(input_data.encode() if isinstance(input_data, str)
-                                 else input_data)
-            except BrokenPipeError:
-                pass
-            proc.stdin.close()
-        samples = []
-        peak_rss = peak_cache = 0
-        timed_out = False
-        status = rusage = None
-        while True:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            try:
-                stat = cg.stat()
-                rss, cache = cg.rss_bytes(stat), cg.cache_bytes(stat)
-                samples.append((time.monotonic() - t0, cg.usage_bytes(), rss, cache))
-                peak_rss, peak_cache = max(peak_rss, rss), max(peak_cache, cache)
-            except (OSError, CgroupError):
-                pass
-            if timeout is not None and time.monotonic() - t0 > timeout:
-                timed_out = True
-                cg.kill_all()
-                _, status, rusage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(sample_interval)
-        wall = time.monotonic() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        cg.kill_all()           # stragglers the command left behind
-        stat = cg.stat()
-        peak_rss = max(peak_rss, cg.rss_bytes(stat))
-        cache_now = cg.cache_bytes(stat)
-        peak_cache = max(peak_cache, cache_now)
-        oom = cg.oom_kills() > 0
-        peak = cg.peak_bytes()
-        out.seek(0)
-        err.seek(0)
-        return CgroupResult(
-            argv=argv, returncode=proc.returncode, oom_killed=oom, timed_out=timed_out,
-            limit_bytes=cg.limit_bytes, peak_bytes=peak, peak_rss_bytes=peak_rss,
-            peak_cache_bytes=peak_cache, cache_bytes=cache_now,
-            max_rss_bytes=rusage.ru_maxrss * 1024, wall_s=wall,
-            stdout=out.read().decode(errors='replace'),
-            stderr=err.read().decode(errors='replace'), samples=samples)
+    with start_in_cgroup(argv, limit_bytes, env=env, cwd=cwd, input_data=input_data,
+                         sample_interval=sample_interval) as proc:
+        return proc.wait(timeout)
 
 
 # --- page cache ---------------------------------------------------------------------------------

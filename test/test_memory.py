@@ -11,9 +11,11 @@ charged as page cache and an O_DIRECT read is not.
 
 import os
 from pathlib import Path
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 from demand_layering_ros import memory
 import pytest
@@ -156,6 +158,28 @@ def test_timeout_kills_everything_and_removes_the_cgroup(tmp_path):
         state = 'gone'
     assert state in ('gone', 'Z', 'X')
     assert set(os.listdir(AVAIL.parent)) == before
+
+
+@needs_cgroups
+def test_started_process_can_be_talked_to_and_signalled():
+    code = ('import signal, sys, time\n'
+            "bufs = [bytearray(b'\\x02') * (32 << 20)]\n"
+            "print('ready', flush=True)\n"
+            'try:\n'
+            '    time.sleep(60)\n'
+            'except KeyboardInterrupt:\n'
+            "    print('interrupted', flush=True)\n")
+    with memory.start_in_cgroup(_py(code), limit_bytes=256 * MIB) as proc:
+        assert proc.cgroup.pids() == [proc.pid]
+        deadline = time.monotonic() + 30
+        while proc.cgroup.rss_bytes() < 32 * MIB and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.cgroup.rss_bytes() >= 32 * MIB
+        proc.send_signal(signal.SIGINT)
+        res = proc.wait(timeout=30)
+    assert res.ok and 'interrupted' in res.stdout, res.summary() + res.stderr
+    assert res.peak_rss_bytes >= 32 * MIB and len(res.samples) > 0
+    assert not proc.cgroup.path.exists()
 
 
 @needs_cgroups
