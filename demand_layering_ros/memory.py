@@ -352,7 +352,7 @@ class CgroupResult:
     peak_rss_bytes: int         # sampled peak of anonymous (incl. shared anonymous) memory
     peak_cache_bytes: int       # sampled peak of file page cache charged to the cgroup
     cache_bytes: int            # page cache still charged when the command ended
-    max_rss_bytes: int          # the command's own ru_maxrss
+    max_rss_bytes: int          # the command's own ru_maxrss (0 if reaped elsewhere)
     wall_s: float
     stdout: str
     stderr: str
@@ -453,10 +453,20 @@ class CgroupProcess:
         while not self._stop.wait(self.sample_interval):
             self._sample()
 
+    def running(self):
+        """Return True while the command has not exited (does not reap it)."""
+        if self.result is not None:
+            return False
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return info is None
+
     def send_signal(self, sig):
         """Send a signal to the command (not to other processes in its cgroup)."""
-        if self.result is None:
-            self.proc.send_signal(sig)
+        if self.running():      # not Popen.send_signal: it would reap the process
+            os.kill(self.proc.pid, sig)
 
     def wait(self, timeout=None):
         """Wait for the command (killing everything in the cgroup after `timeout` s)."""
@@ -465,18 +475,23 @@ class CgroupProcess:
         if timeout is not None and timeout <= 0:
             raise ValueError(f'timeout must be > 0, got {timeout}')
         timed_out = False
-        while True:
-            pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if timeout is not None and time.monotonic() - self.t0 > timeout:
-                timed_out = True
-                self.cgroup.kill_all()
-                _, status, rusage = os.wait4(self.proc.pid, 0)
-                break
-            time.sleep(min(self.sample_interval, 0.01))
+        rusage = None
+        try:
+            while True:
+                pid, status, rusage = os.wait4(self.proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if timeout is not None and time.monotonic() - self.t0 > timeout:
+                    timed_out = True
+                    self.cgroup.kill_all()
+                    _, status, rusage = os.wait4(self.proc.pid, 0)
+                    break
+                time.sleep(min(self.sample_interval, 0.01))
+            self.proc.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:       # reaped elsewhere (e.g. Popen.poll on self.proc)
+            if self.proc.returncode is None:
+                raise
         wall = time.monotonic() - self.t0
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
         self._stop.set()
         self._sampler.join()
         cg = self.cgroup
@@ -490,7 +505,8 @@ class CgroupProcess:
             argv=self.argv, returncode=self.proc.returncode, oom_killed=cg.oom_kills() > 0,
             timed_out=timed_out, limit_bytes=cg.limit_bytes, peak_bytes=cg.peak_bytes(),
             peak_rss_bytes=self._peak[0], peak_cache_bytes=max(self._peak[1], cache_now),
-            cache_bytes=cache_now, max_rss_bytes=rusage.ru_maxrss * 1024, wall_s=wall,
+            cache_bytes=cache_now, wall_s=wall,
+            max_rss_bytes=rusage.ru_maxrss * 1024 if rusage is not None else 0,
             stdout=self._out.read().decode(errors='replace'),
             stderr=self._err.read().decode(errors='replace'), samples=self.samples)
         self._cleanup()

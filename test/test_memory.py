@@ -174,11 +174,11 @@ def test_started_process_can_be_talked_to_and_signalled():
         deadline = time.monotonic() + 30
         while proc.cgroup.rss_bytes() < 32 * MIB and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert proc.cgroup.rss_bytes() >= 32 * MIB
+        assert proc.cgroup.rss_bytes() >= 32 * MIB and proc.running()
         proc.send_signal(signal.SIGINT)
         res = proc.wait(timeout=30)
     assert res.ok and 'interrupted' in res.stdout, res.summary() + res.stderr
-    assert res.peak_rss_bytes >= 32 * MIB and len(res.samples) > 0
+    assert res.peak_rss_bytes >= 32 * MIB and len(res.samples) > 0 and not proc.running()
     assert not proc.cgroup.path.exists()
 
 

@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -433,6 +434,91 @@ def test_budget_holds_under_a_hard_limit_that_kills_the_resident_model(big_pack)
         'budget: imports-only peak MiB': round(base.peak_bytes / MIB, 1),
         'budget: resident peak MiB (no limit)': round(resident.peak_bytes / MIB, 1),
         'budget: resident under the limit': 'OOM-killed' if killed.oom_killed else 'survived',
+    })
+
+
+def _node_in_cgroup(pack, limit=None, plan_file=None, frames=2, timeout=180):
+    """
+    Run the detector node executable in a memory cgroup and send it `frames` frames over DDS.
+
+    Returns (CgroupResult, frames answered). The node is stopped with SIGINT once it answered
+    them all (or when it died, or after `timeout`).
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from vision_msgs.msg import Detection2DArray
+    domain = 100 + (os.getpid() * 17 + 3) % 100
+    args = [sys.executable, '-m', 'demand_layering_ros.node', '--ros-args',
+            '-p', f'pack_path:={pack.path}', '-p', "image_topics:=['/bud/image_raw']",
+            '-p', 'qos_reliability:=reliable']
+    if plan_file:
+        args += ['-p', f'plan_file:={plan_file}']
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS='2',
+               PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path))
+    memory.evict_file(pack.weights_path)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    client = rclpy.create_node('budget_client', context=ctx)
+    spinner = SingleThreadedExecutor(context=ctx)
+    spinner.add_node(client)
+    got = []
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    client.create_subscription(Detection2DArray, '/bud/detections', got.append, qos)
+    pub = client.create_publisher(Image, '/bud/image_raw', qos)
+    answered = 0
+    try:
+        with memory.start_in_cgroup(args, limit, env=env, cwd=str(ROOT)) as proc:
+            end = time.monotonic() + timeout
+            while answered < frames and proc.running() and time.monotonic() < end:
+                msg = Image(height=SIZE, width=SIZE, encoding='rgb8', step=SIZE * 3)
+                msg.data = bytes(SIZE * SIZE * 3)
+                msg.header.frame_id = f'b{answered}'
+                pub.publish(msg)
+                t = time.monotonic() + 2.0
+                while time.monotonic() < t and proc.running():
+                    spinner.spin_once(timeout_sec=0.05)
+                    if any(m.header.frame_id == f'b{answered}' for m in got):
+                        answered += 1
+                        break
+            proc.send_signal(signal.SIGINT)
+            res = proc.wait(timeout=60)
+    finally:
+        spinner.shutdown()
+        client.destroy_node()
+        ctx.try_shutdown()
+    return res, answered
+
+
+def test_node_budget_holds_under_a_hard_limit_that_kills_the_resident_node(big_pack, tmp_path):
+    avail = memory.cgroups_available()
+    if not avail:
+        pytest.skip(f'memory cgroups: {avail.reason}')
+    pytest.importorskip('demand_layering_ros.node')
+    probe = executor.load(big_pack.path)
+    weight_peak = probe.stats()['arena_bytes'] + probe.stats()['resident_bytes']
+    probe.close()
+    free, answered = _node_in_cgroup(big_pack)
+    assert answered == 2 and free.returncode == 0, f'{free.summary()}\n{free.stderr[-3000:]}'
+    margin = 48 * MIB
+    limit = free.peak_bytes + margin
+    # the resident node needs all weights where the streaming one needs its arena
+    assert limit < free.peak_bytes - weight_peak + big_pack.total_bytes - 64 * MIB
+
+    held, answered = _node_in_cgroup(big_pack, limit)
+    assert answered == 2 and held.returncode == 0 and not held.oom_killed, \
+        f'{held.summary()}\n{held.stderr[-3000:]}'
+    plan = tmp_path / 'resident.yaml'
+    plan.write_text(json.dumps({'resident_units': [u.name for u in big_pack.units],
+                                'arena_bytes': 0}))
+    killed, answered = _node_in_cgroup(big_pack, limit, plan_file=plan, frames=1, timeout=120)
+    assert killed.oom_killed and answered == 0, f'{killed.summary()}\n{killed.stderr[-3000:]}'
+    FIGURES.update({
+        'node budget: limit MiB': round(limit / MIB, 1),
+        'node budget: streamed node peak MiB (no limit)': round(free.peak_bytes / MIB, 1),
+        'node budget: streamed node peak MiB (under the limit)': round(held.peak_bytes / MIB, 1),
+        'node budget: resident node under the limit': 'OOM-killed',
     })
 
 
