@@ -85,7 +85,8 @@ def pipeline_bound(pack, calls, latency_s, bandwidth, resident=()):
     """
     Return (bound, serial) seconds for one pass from its own call log.
 
-    calls: [unit, start (s after the data was in), wait (s)] per call. Compute between calls is
+    calls: [unit, start (s after the data was in), wait (s), chunk] per call or chunk of a split
+    layer (a split unit counts as arriving whole at its first chunk). Compute between calls is
     the measured start-to-start gap minus the next call's wait; before the first call and after
     the last one the pass's own head and tail are kept. bound: bytes arrive back to back in
     first-use order at `bandwidth`; serial: every unit's read on the critical path.
@@ -93,7 +94,7 @@ def pipeline_bound(pack, calls, latency_s, bandwidth, resident=()):
     if not calls:
         return latency_s, latency_s
     order, seen = [], set()
-    for u, _, _ in calls:
+    for u, *_ in calls:
         if u not in seen and u not in resident:
             seen.add(u)
             order.append(u)
@@ -106,7 +107,7 @@ def pipeline_bound(pack, calls, latency_s, bandwidth, resident=()):
     segs.append(latency_s - calls[-1][1])
     t = serial = head
     started = set()
-    for (u, _, _), seg in zip(calls, segs):
+    for (u, *_), seg in zip(calls, segs):
         if u in arrival and u not in started:
             started.add(u)
             t = max(t, arrival[u])

@@ -37,6 +37,7 @@ import xxhash
 
 MB = 1 << 20                      # budget_mb and *_mb figures are MiB
 READER_THREADS = 2                # O_DIRECT worker threads per open pack file
+PIECE_BYTES = 4 * MB              # a slot's range is claimed and read piece by piece
 EMPTY, READING, READY, FAILED, DONE = 'empty', 'reading', 'ready', 'failed', 'done'
 PLAN_KEYS = ('resident_units', 'arena_bytes', 'split_bytes', 'prefetch_depth', 'staging',
              'predicted_latency_ms', 'predicted_peak_weight_mb')
@@ -150,6 +151,7 @@ class _Slot:
         self.rows = rows
         self.checksum = None            # expected digest for rest/chunk slots (unit: manifest)
         self.offset = None              # arena offset from the layout
+        self.pieces = [(0, length)]     # (offset in slot, bytes): claimed as they come free
         self.rank = None                # position in load order
         self.first_step = self.last_step = None
         self.overlaps = []              # slots whose arena ranges overlap this one (incl. self)
@@ -159,12 +161,24 @@ class _Slot:
 
     def reset(self):
         self.state = EMPTY
-        self.claimed = False            # holds its arena range (from claim to release)
+        self.claimed = False            # holds some of its arena range (claim to release)
+        self.got = []                   # indices of the pieces claimed so far
+        self.inflight = 0               # pieces claimed and not yet read and verified
+        self.pieces_done = 0
         self.error = None
         self.buf = None                 # the bytes the model uses (host or device)
         self.wait_event = None          # CUDA: copy stream waits for this before overwriting
         self.copy_event = None
         self.t = {}                     # read/copy/compute start/end (floats or CUDA events)
+
+    @property
+    def whole(self):
+        """Return True once every piece of the range is claimed."""
+        return len(self.got) == len(self.pieces)
+
+    def missing(self):
+        """Return the (offset in slot, bytes) pieces not claimed yet."""
+        return [p for i, p in enumerate(self.pieces) if i not in self.got]
 
 
 class _Unit:
@@ -533,8 +547,11 @@ class _Engine:
         capacity = layout.capacity if layout is not None else 0
         self.arena_bytes = capacity
         if slots:
+            direct = not self.cuda or self.staging == 'zero_copy'
             for s, off in zip(slots, layout.offsets):
                 s.offset = off
+                step = PIECE_BYTES if direct else s.length   # CUDA copy: the staging is whole
+                s.pieces = [(a, min(step, s.length - a)) for a in range(0, s.length, step)]
             order = load_order([Item(s.name, s.length, s.first_step, s.last_step)
                                 for s in slots])
             self.order = [slots[i] for i in order]
@@ -734,8 +751,15 @@ class _Engine:
 
     def _wait_reads(self):
         with self.cond:
-            while any(s.state == READING for s in self.slots):
+            while any(s.inflight for s in self.slots):
                 self.cond.wait(1.0)
+
+    def _unclaim(self, slot):
+        """Give back every piece a slot holds (lock held, no read in flight)."""
+        for i in slot.got:
+            self.alloc.free(slot.offset + slot.pieces[i][0])
+        slot.got, slot.claimed, slot.buf = [], False, None
+        self.cond.notify_all()
 
     # ------------------------------------------------------------------ loader thread
 
@@ -768,37 +792,46 @@ class _Engine:
                 self.cond.notify_all()
 
     def _walk(self):
-        """Claim and read slots from the cursor on; return False when told to hold or stop."""
+        """
+        Claim and read slots from the cursor on; return False when told to hold or stop.
+
+        A slot's range is claimed piece by piece as the pieces come free, and each piece is
+        read at once, so most of a large unit is read while the unit before it still runs.
+        """
         while True:
-            claimed = None
+            batch = None
             with self.cond:
                 r = self.cursor
                 if r >= len(self.order):
                     return True
                 slot = self.order[r]
-                while claimed is None:
+                while batch is None:
                     if self.stop or self.hold:
                         return False
                     if self.cursor != r:             # an eviction moved the cursor back
                         break
-                    if slot.state != EMPTY:          # done by a demand miss, or still held
-                        self.cursor = r + 1
+                    if slot.state not in (EMPTY, READING) or slot.whole:
+                        self.cursor = r + 1          # done by a miss, failed, or all claimed
                         break
                     depth = self.layout.prefetch_depth
-                    if ((depth is None or r < self.started + depth)
-                            and self.alloc.claim(slot.offset, slot.length)):
-                        slot.state = READING
-                        slot.claimed = True
-                        self.touched = max(self.touched, self.alloc.high_water)
-                        self._note_peak()
-                        if self.cuda:
-                            slot.wait_event = self._latest_release(slot)
-                        self.cursor = r + 1
-                        claimed = slot
-                        break
+                    if depth is None or r < self.started + depth:
+                        new = [i for i, (a, n) in enumerate(slot.pieces)
+                               if i not in slot.got and self.alloc.claim(slot.offset + a, n)]
+                        if new:
+                            slot.got += new
+                            slot.inflight += len(new)
+                            slot.state, slot.claimed = READING, True
+                            self.touched = max(self.touched, self.alloc.high_water)
+                            self._note_peak()
+                            if self.cuda:
+                                slot.wait_event = self._latest_release(slot)
+                            if slot.whole:
+                                self.cursor = r + 1
+                            batch = (slot, new)
+                            break
                     self.cond.wait()
-            if claimed is not None:
-                self._start_read(claimed)
+            if batch is not None:
+                self._start_read(*batch)
 
     def _evict_for(self, nbytes):
         """
@@ -813,15 +846,15 @@ class _Engine:
             if off is not None:
                 return off
             ahead = self.order[self.started:]
-            victims = [s for s in ahead if s.claimed and s.state == READY]
+            victims = [s for s in ahead if s.claimed and not s.inflight]
             if not victims:
-                if any(s.state == READING for s in ahead):
+                if any(s.inflight for s in ahead):
                     self.cond.wait()                 # reads finish without compute
                     continue
                 return None
             v = victims[-1]
-            self.alloc.free(v.offset)
-            v.claimed, v.buf, v.t = False, None, {}
+            self._unclaim(v)
+            v.t, v.error, v.pieces_done = {}, None, 0
             v.state = EMPTY
             self.cursor = min(self.cursor, v.rank)
             if self.loaded_gen == self.gen:
@@ -832,23 +865,52 @@ class _Engine:
         best = max(slot.overlaps, key=lambda q: q.release_seq)
         return best.release_event if best.release_seq >= 0 else None
 
-    def _start_read(self, slot):
-        verify = self._verifier(slot)
-        if not self.cuda:
-            dest = self.arena_host[slot.offset:slot.offset + slot.length]
-            fut = self.reader.submit(slot.file_offset, slot.length, dest, verify=verify)
-            fut.add_done_callback(functools.partial(self._read_done, slot, None))
-        elif self.staging == 'zero_copy':
-            if slot.wait_event is not None:
-                slot.wait_event.synchronize()     # the GPU is done with the old occupant
-            dest = self.arena_host[slot.offset:slot.offset + slot.length]
-            fut = self.reader.submit(slot.file_offset, slot.length, dest, verify=verify)
-            fut.add_done_callback(functools.partial(self._read_done, slot, None))
-        else:
+    def _start_read(self, slot, pieces):
+        """Submit the reads of newly claimed pieces (loader thread, lock not held)."""
+        if self.cuda and self.staging == 'copy':
             entry = self._staging_take(slot.length)
             dest = self.staging_buf[entry[0]:entry[0] + slot.length]
-            fut = self.reader.submit(slot.file_offset, slot.length, dest, verify=verify)
+            fut = self.reader.submit(slot.file_offset, slot.length, dest,
+                                     verify=self._verifier(slot))
             fut.add_done_callback(functools.partial(self._read_done, slot, entry))
+            return
+        if self.cuda and slot.wait_event is not None:
+            slot.wait_event.synchronize()         # zero-copy: the GPU is done with the range
+        for i in pieces:
+            a, n = slot.pieces[i]
+            dest = self.arena_host[slot.offset + a:slot.offset + a + n]
+            fut = self.reader.submit(slot.file_offset + a, n, dest)
+            fut.add_done_callback(functools.partial(self._piece_done, slot))
+
+    def _piece_done(self, slot, fut):
+        """Reader worker thread: one piece is in; the last one verifies the whole slot."""
+        err = fut.exception()
+        with self.cond:
+            start = slot.t.get('read_start')
+            slot.t['read_start'] = fut.t_start if start is None else min(start, fut.t_start)
+            slot.pieces_done += 1
+            last = slot.pieces_done == len(slot.pieces)
+            if err is not None and slot.error is None:
+                slot.error = err
+                slot.state = FAILED
+            if not last or slot.error is not None:
+                slot.inflight -= 1
+                self.cond.notify_all()
+                return
+        try:                                      # outside the lock: xxh3 releases the GIL
+            self._verifier(slot)(direct_io.as_memoryview(
+                self.arena_host[slot.offset:slot.offset + slot.length]))
+        except BaseException as e:  # noqa: B902 - reported to the forward pass
+            err = e
+        with self.cond:
+            slot.t['read_end'] = time.perf_counter()
+            if err is not None:
+                slot.state, slot.error = FAILED, err
+            else:
+                slot.buf = self.arena_dev[slot.offset:slot.offset + slot.length]
+                slot.state = READY
+            slot.inflight -= 1
+            self.cond.notify_all()
 
     def _staging_take(self, nbytes):
         """Take a staging range, recycling the oldest ones once their copies finished."""
@@ -903,6 +965,7 @@ class _Engine:
                 slot.t['copy_end'] = copy1
                 slot.buf = self.arena_dev[slot.offset:slot.offset + slot.length]
                 slot.state = READY
+            slot.inflight -= 1
             self.cond.notify_all()
 
     # ------------------------------------------------------------------ compute side
@@ -917,11 +980,12 @@ class _Engine:
             return False
         ranges = []
         for q in self.order[self.cursor:slot.rank + 1]:
-            if q.state != EMPTY:
+            if q.state not in (EMPTY, READING):
                 continue
-            if not self.alloc.is_free(q.offset, q.length):
-                return False
-            ranges.append((q.offset, q.offset + q.length))
+            for a, n in q.missing():
+                if not self.alloc.is_free(q.offset + a, n):
+                    return False
+                ranges.append((q.offset + a, q.offset + a + n))
         ranges.sort()
         return all(ranges[i][1] <= ranges[i + 1][0] for i in range(len(ranges) - 1))
 
@@ -938,8 +1002,8 @@ class _Engine:
                 if slot.rank + 1 > self.started:
                     self.started = slot.rank + 1
                     self.cond.notify_all()
-                if slot.state in (READING, READY) or (slot.state == EMPTY
-                                                      and self._can_wait(slot)):
+                if (slot.state == READY or (slot.state == READING and slot.whole)
+                        or (slot.state in (EMPTY, READING) and self._can_wait(slot))):
                     while slot.state in (EMPTY, READING):
                         if self.loader_error is not None:
                             raise ExecutorError(f'the loader thread failed: '
@@ -1009,22 +1073,15 @@ class _Engine:
     def _release(self, slot):
         """Give a slot's arena range back after its last use in this pass."""
         with self.cond:
-            while slot.state == READING:
+            while slot.inflight:
                 self.cond.wait()
-            if not slot.claimed:
-                slot.state = DONE                   # never read: the loader skips it
-                self.cond.notify_all()
-                return
             if self.cuda and slot.state == READY:
                 ev = torch.cuda.Event()
                 ev.record(torch.cuda.current_stream(self.device))
                 self.release_seq += 1
                 slot.release_event, slot.release_seq = ev, self.release_seq
-            slot.buf = None
-            slot.state = DONE
-            slot.claimed = False
-            self.alloc.free(slot.offset)
-            self.cond.notify_all()
+            slot.state = DONE                       # unread ones are skipped by the loader
+            self._unclaim(slot)
 
     def _set(self, slot, buf):
         for ref in slot.tensors:
@@ -1065,16 +1122,22 @@ class _Engine:
                     self._set(unit.main, buf)
                 unit.loaded = True
             unit.active += 1
-        if self.timeline_on and self.in_pass:
-            t1 = time.perf_counter()
+        if self.timeline_on:
             if 'compute_start' not in unit.t:
                 self._stamp(unit.t, 'compute_start')
-            if self.cuda:
-                start = torch.cuda.Event(enable_timing=True)
-                start.record(torch.cuda.current_stream(self.device))
-            else:
-                start = t1
-            self.call_log.append((unit.index, start, t1 - t0))   # per call: start, wait
+            self._log_call(unit, t0, None)
+
+    def _log_call(self, unit, t0, chunk):
+        """Log a call (or a split layer's chunk): unit, start once its data is in, wait."""
+        if not (self.timeline_on and self.in_pass):
+            return
+        t1 = time.perf_counter()
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            start.record(torch.cuda.current_stream(self.device))
+        else:
+            start = t1
+        self.call_log.append((unit.index, start, t1 - t0, chunk))
 
     def _post(self, unit, module, args, output):
         self._stamp(unit.t, 'compute_end')
@@ -1094,8 +1157,10 @@ class _Engine:
         """Compute a split Conv2d/Linear chunk by chunk of output channels/features."""
         bias = module.bias
         outs = []
-        for slot in unit.chunks:
+        for j, slot in enumerate(unit.chunks):
+            t0 = time.perf_counter()
             buf, lease = self._acquire(slot, borrow=True)
+            self._log_call(unit, t0, j)
             w = slot.tensors[0].view(buf)
             r0, r1 = slot.rows
             b = bias[r0:r1] if bias is not None else None
@@ -1106,14 +1171,9 @@ class _Engine:
                 outs.append(F.linear(x, w, b))
             self._stamp(slot.t, 'compute_end')
             del w
-            if lease is None:
-                self._release(slot)
-            else:
+            if lease is not None:
                 self._return(lease)
-                with self.cond:
-                    if slot.state == EMPTY and self.in_pass:
-                        slot.state = DONE
-                        self.cond.notify_all()
+            self._release(slot)
             del buf
         return torch.cat(outs, dim=1 if isinstance(module, nn.Conv2d) else -1)
 
@@ -1154,15 +1214,13 @@ class _Engine:
                 self.cond.wait()
         self._wait_reads()
         timeline = self._timeline() if self.timeline_on else []
-        calls = [[u, self._when(start), wait] for u, start, wait in self.call_log]
+        calls = [[u, self._when(start), wait, chunk] for u, start, wait, chunk in self.call_log]
         if self.cuda and self.timeline_on:
             self._ref_clock()                # before the next pass's copies are queued
         with self.cond:
             for s in self.slots:
                 if s.claimed:
-                    s.buf = None
-                    s.claimed = False
-                    self.alloc.free(s.offset)
+                    self._unclaim(s)
             for u in self.units:
                 if u.loaded and not u.resident:
                     self._unset_locked(u)
