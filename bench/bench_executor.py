@@ -117,6 +117,13 @@ def pipeline_bound(pack, calls, latency_s, bandwidth, resident=()):
     return t, serial
 
 
+STREAM_CONFIGS = {
+    # name: load() options on top of the pack; all are "fully streamed" (nothing resident)
+    'smallest arena': {},
+    'smallest arena, 4 MiB split': {'split_bytes': 4 * MB},
+}
+
+
 def bench_model(spec, size, args, device):
     name = spec.split(':', 1)[1].replace('/', '_')
     pack_dir = Path(args.pack_dir) / f'{name}-{size or "default"}'
@@ -129,8 +136,8 @@ def bench_model(spec, size, args, device):
     h, w = det.input_size or (416, 416)
     img = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g).numpy()
     x = det.preprocess([img])[0]
-    row = {'model': spec, 'input': f'{h}x{w}', 'device': str(device),
-           'weights_mb': total / MB}
+    row = {'model': spec, 'input': f'{h}x{w}', 'device': str(device), 'weights_mb': total / MB,
+           'largest_unit_mb': max(u.length for u in pack.units) / MB}
     # Plain model and the whole-model budget, interleaved so load drift hits both alike.
     plain = det.model
     whole = load(pack.path, device=device, budget_mb=total / MB, staging=args.staging)
@@ -145,48 +152,54 @@ def bench_model(spec, size, args, device):
     for k, v in runs.items():
         row[f'{k}_ms'] = statistics.median(v) * 1e3
     row['overhead_pct'] = (row['whole_ms'] / row['plain_ms'] - 1) * 100
-    # Fully streamed, back to back: the disk bandwidth is measured in the same run.
+    # Fully streamed, back to back; the disk bandwidth is measured in the same run.
     bw, mode = disk_bandwidth(pack)
-    m = load(pack.path, device=device, staging=args.staging)
-    st = m.stats()
-    lat, bounds, serials, stalls = [], [], [], []
+    models = {k: load(pack.path, device=device, staging=args.staging, **v)
+              for k, v in STREAM_CONFIGS.items()}
+    samples = {k: [] for k in models}
     with torch.no_grad():
-        for i in range(1 + args.repeats * args.rounds):
-            m(x)
-            st = m.stats()
-            if i == 0:
-                continue
-            lat.append(st['latency_ms'] / 1e3)
-            b, s = pipeline_bound(pack, st['calls'], st['latency_ms'] / 1e3, bw)
-            bounds.append(b)
-            serials.append(s)
-            stalls.append(st['stall_ms'])
+        for m in models.values():
+            m(x)                                  # first pass: the head is read cold
+        for _ in range(args.repeats * args.rounds):
+            for k, m in models.items():
+                m(x)
+                st = m.stats()
+                b, s = pipeline_bound(pack, st['calls'], st['latency_ms'] / 1e3, bw)
+                samples[k].append((st['latency_ms'], b * 1e3, s * 1e3, st['stall_ms']))
     bw_after, _ = disk_bandwidth(pack)
-    m.close()
-    row.update({'arena_mb': st['arena_bytes'] / MB, 'peak_weight_mb': st['peak_weight_bytes'] / MB,
-                'disk_gbps': bw / 1e9, 'disk_gbps_after': bw_after / 1e9, 'io_mode': mode,
-                'streamed_ms': statistics.median(lat) * 1e3,
-                'bound_ms': statistics.median(bounds) * 1e3,
-                'serial_ms': statistics.median(serials) * 1e3,
-                'stall_ms': statistics.median(stalls),
-                'read_all_ms': total / bw * 1e3})
-    row['ratio'] = row['streamed_ms'] / row['bound_ms']
+    row.update({'disk_gbps': bw / 1e9, 'disk_gbps_after': bw_after / 1e9, 'io_mode': mode,
+                'read_all_ms': total / bw * 1e3, 'streamed': {}})
+    for k, m in models.items():
+        st = m.stats()
+        med = [statistics.median(v[i] for v in samples[k]) for i in range(4)]
+        row['streamed'][k] = {'arena_mb': st['arena_bytes'] / MB,
+                              'peak_weight_mb': st['peak_weight_bytes'] / MB,
+                              'split_units': len(st['split_units']),
+                              'latency_ms': med[0], 'bound_ms': med[1], 'serial_ms': med[2],
+                              'stall_ms': med[3], 'ratio': med[0] / med[1]}
+        m.close()
     return row
 
 
-def table(rows):
-    head = ('| model | input | device | weights MB | arena MB | disk GB/s | plain ms | '
-            'whole-budget ms | overhead | read all ms | streamed ms | bound ms | ratio | '
-            'naive serial ms | stall ms |')
-    lines = [head, '|' + '---|' * 15]
+def tables(rows):
+    """Return two markdown tables: overhead, and streaming against the bound."""
+    out = ['| model | input | device | weights MB | plain ms | from pack ms | whole-budget ms | '
+           'overhead |', '|' + '---|' * 8]
     for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['input']} | {r['device']} | {r['weights_mb']:.1f} | "
-            f"{r['arena_mb']:.1f} | {r['disk_gbps']:.2f} | {r['plain_ms']:.1f} | "
-            f"{r['whole_ms']:.1f} | {r['overhead_pct']:+.1f}% | {r['read_all_ms']:.0f} | "
-            f"{r['streamed_ms']:.1f} | {r['bound_ms']:.1f} | {r['ratio']:.3f} | "
-            f"{r['serial_ms']:.1f} | {r['stall_ms']:.1f} |")
-    return '\n'.join(lines)
+        out.append(f"| {r['model']} | {r['input']} | {r['device']} | {r['weights_mb']:.1f} | "
+                   f"{r['plain_ms']:.1f} | {r['resident_ms']:.1f} | {r['whole_ms']:.1f} | "
+                   f"{r['overhead_pct']:+.1f}% |")
+    out += ['', '| model | input | device | arena | arena MB | largest unit MB | disk GB/s | '
+            'read all ms | streamed ms | bound ms | ratio | naive serial ms | stall ms |',
+            '|' + '---|' * 13]
+    for r in rows:
+        for k, v in r['streamed'].items():
+            out.append(f"| {r['model']} | {r['input']} | {r['device']} | {k} | "
+                       f"{v['arena_mb']:.1f} | {r['largest_unit_mb']:.1f} | "
+                       f"{r['disk_gbps']:.2f} | {r['read_all_ms']:.0f} | "
+                       f"{v['latency_ms']:.1f} | {v['bound_ms']:.1f} | {v['ratio']:.3f} | "
+                       f"{v['serial_ms']:.1f} | {v['stall_ms']:.1f} |")
+    return '\n'.join(out)
 
 
 def main(argv=None):
@@ -207,7 +220,7 @@ def main(argv=None):
         row = bench_model(spec, size, args, device)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    print(table(rows))
+    print(tables(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + '\n')
     return 0
