@@ -206,11 +206,13 @@ class Schedule:
 
 class ExecutorSlots:
     """
-    The executor's own slot construction over the pack's model skeleton (no weights, no I/O).
+    The executor's slot construction over the pack's model skeleton (no weights, no I/O).
 
     Calling it with (resident units, split_bytes) gives the Streams the executor would stream,
-    so the planner's prediction replays exactly what the executor does: which units split into
-    chunks, each slot's bytes and lifetime, and the load order.
+    so the planner replays what the executor does: which units split into chunks, each slot's
+    bytes and lifetime, and the load order. The executor's own `_make_slots` runs once per
+    split size (every unit streamed) to get each unit's slots; a resident set then only drops
+    units and re-numbers the steps, the way `_make_slots` does (a test checks the two agree).
     """
 
     def __init__(self, pack, executor):
@@ -220,33 +222,72 @@ class ExecutorSlots:
         self.engine.reader.close()          # slot construction reads nothing
         self.engine.sync_reader.close()
         self.calls = len(pack.call_order)
+        self.units = [(u.index, u.first_call, u.last_call) for u in pack.units if u.calls]
+        self._templates = {}
         self._cache = {}
+
+    def template(self, split_bytes):
+        """Return {unit: (main (name, bytes) or None, [chunk (name, bytes)], call pos)}."""
+        split_bytes = int(split_bytes or 0)
+        if split_bytes not in self._templates:
+            e = self.engine
+            e._make_slots(set(), split_bytes or None)
+            out = {}
+            for u in e.units:
+                if not u.info.calls:
+                    continue
+                main = (u.main.name, u.main.length) if u.main is not None else None
+                chunks = [(c.name, c.length) for c in u.chunks]
+                pos = e.call_modules.index(u.split[1]) if u.chunks else None
+                out[u.index] = (main, chunks, pos)
+            self._templates[split_bytes] = out
+        return self._templates[split_bytes]
 
     def __call__(self, resident, split_bytes=0):
         """Return the Streams for a resident set (unit indices) and split size."""
         key = (frozenset(resident), int(split_bytes or 0))
-        if key in self._cache:
-            return self._cache[key]
-        e = self.engine
-        slots = e._make_slots(set(resident), split_bytes or None)
+        st = self._cache.get(key)
+        if st is not None:
+            return st
+        tpl = self.template(split_bytes)
         span = [1] * self.calls
-        for u in e.units:
-            if u.chunks:
-                span[e.call_modules.index(u.split[1])] = len(u.chunks)
-        step_call, share, first = [], [], []
+        for u, (_, chunks, pos) in tpl.items():
+            if chunks and u not in resident:
+                span[pos] = len(chunks)
+        start = [0] * (self.calls + 1)
+        for p in range(self.calls):
+            start[p + 1] = start[p] + span[p]
+        items, owners = [], []
+        for u, first, last in self.units:
+            if u in resident:
+                continue
+            main, chunks, pos = tpl[u]
+            if main is not None:
+                f, la = start[first], start[last + 1] - 1
+                if chunks:                    # the rest lives across all chunk steps
+                    f, la = min(f, start[pos]), max(la, start[pos + 1] - 1)
+                items.append(arena.Item(main[0], main[1], f, la))
+                owners.append(u)
+            for j, (name, nbytes) in enumerate(chunks):
+                items.append(arena.Item(name, nbytes, start[pos] + j, start[pos] + j))
+                owners.append(u)
+        step_call, share, first_of = [], [], []
         for p in range(self.calls):
             for j in range(span[p]):
                 step_call.append(p)
                 share.append(1.0 / span[p])
-                first.append(j == 0)
-        st = Streams(items=[arena.Item(s.name, s.length, s.first_step, s.last_step)
-                            for s in slots],
-                     owners=[s.unit.index for s in slots],
-                     step_call=step_call, step_share=share, step_first=first)
+                first_of.append(j == 0)
+        st = Streams(items=items, owners=owners, step_call=step_call, step_share=share,
+                     step_first=first_of)
         if len(self._cache) > 4096:
             self._cache.clear()
         self._cache[key] = st
         return st
+
+    def executor_items(self, resident, split_bytes=0):
+        """Return the executor's own (name, bytes, first_step, last_step) list (for tests)."""
+        slots = self.engine._make_slots(set(resident), split_bytes or None)
+        return [(s.name, s.length, s.first_step, s.last_step) for s in slots]
 
     def split_candidates(self):
         """Return split sizes worth trying: halvings of the largest splittable weight."""
@@ -258,7 +299,7 @@ class ExecutorSlots:
                 largest = max(largest, sp[1].nbytes)
         out = []
         s = largest // 2
-        while s >= 256 << 10 and len(out) < 5:
+        while s >= 256 << 10 and len(out) < 4:
             out.append(arena.align_up(s))
             s //= 2
         return tuple(out)
@@ -336,7 +377,9 @@ class Timing:
     the previous call and call c (it can overlap the wait for c's weights); tail: work after
     the last call. read: O_DIRECT Transfer; copy: host-to-device Transfer (None: no copy
     stage); slot_overhead: the executor's own cost per slot it hands to the model; kind:
-    'cpu', 'cuda' (discrete GPU) or 'unified' (integrated GPU: no copy stage).
+    'cpu', 'cuda' (discrete GPU) or 'unified' (integrated GPU: no copy stage); piece_bytes:
+    the executor claims and reads a slot in pieces of this size (None: whole slots, as on a
+    discrete GPU's staging path); verify_ms_per_byte: checksum time after a slot's last read.
     """
 
     busy: list
@@ -347,6 +390,8 @@ class Timing:
     slot_overhead: float = 0.0
     kind: str = 'cpu'
     resident_latency: float = None
+    piece_bytes: int = None
+    verify_ms_per_byte: float = 0.0
 
     @classmethod
     def from_profile(cls, prof, sched, device=None):
@@ -374,11 +419,15 @@ class Timing:
         kind = prof.get('device_kind', 'cpu')
         copy = Transfer([(p['request_bytes'], p['seconds']) for p in h2d]) \
             if kind == 'cuda' and h2d else None
+        ex = prof.get('executor') or {}
+        piece = ex.get('piece_bytes') if kind != 'cuda' else None
+        check = (prof.get('checksum') or {}).get('bytes_per_s')
         return cls(busy=[float(x) for x in busy], gap=[float(x) for x in gap],
                    tail=float(steps.get('tail_ms', 0.0)), read=read, copy=copy,
-                   slot_overhead=float((prof.get('executor') or {}).get(
-                       'overhead_ms_per_slot', 0.0)),
-                   kind=kind, resident_latency=prof.get('resident_latency_ms'))
+                   slot_overhead=float(ex.get('overhead_ms_per_slot', 0.0)),
+                   kind=kind, resident_latency=prof.get('resident_latency_ms'),
+                   piece_bytes=int(piece) if piece else None,
+                   verify_ms_per_byte=1e3 / float(check) if check else 0.0)
 
     def floor(self):
         """Return the simulated latency with every unit resident."""
@@ -415,27 +464,40 @@ class Sim:
     reads: list = field(default_factory=list)     # per slot: (owner unit, start, end) ms
 
 
-def _release_steps(items, order, offsets, alignment=arena.PAGE):
-    """
-    Return, per load position, the step after which the item's arena range is free.
+def _pieces(nbytes, piece_bytes):
+    """Return the (offset, bytes) pieces the executor claims a slot's range in."""
+    if not piece_bytes or nbytes <= piece_bytes:
+        return [(0, nbytes)]
+    return [(a, min(piece_bytes, nbytes - a)) for a in range(0, nbytes, piece_bytes)]
 
-    That is the largest last_step of the earlier-placed items overlapping its range (-1: none).
-    An interval map over the arena keeps, for each range, the last item placed there.
+
+def _release_steps(items, order, offsets, piece_bytes=None, alignment=arena.PAGE):
+    """
+    Return, per load position, per piece of the slot, the step after which the piece is free.
+
+    That is the largest last_step of the earlier-placed items overlapping the piece's range
+    (-1: none). An interval map over the arena keeps, for each range, the last item placed.
     """
     starts, ends, owner_last = [], [], []      # disjoint segments, sorted by start
     out = []
-    for i in order:
-        it = items[i]
-        lo = offsets[i]
-        hi = lo + max(arena.align_up(it.nbytes, alignment), alignment)
+
+    def query(lo, hi):
         j = bisect_right(starts, lo) - 1
         if j < 0 or ends[j] <= lo:
             j += 1
-        worst = -1
-        k = j
+        worst, k = -1, j
         while k < len(starts) and starts[k] < hi:
             worst = max(worst, owner_last[k])
             k += 1
+        return worst, j, k
+
+    for i in order:
+        it = items[i]
+        lo = offsets[i]
+        size = max(arena.align_up(it.nbytes, alignment), alignment)
+        hi = lo + size
+        out.append([query(lo + a, lo + a + n)[0] for a, n in _pieces(size, piece_bytes)])
+        _, j, k = query(lo, hi)
         new_s, new_e, new_l = [], [], []
         if j < k and starts[j] < lo:
             new_s.append(starts[j])
@@ -449,7 +511,6 @@ def _release_steps(items, order, offsets, alignment=arena.PAGE):
             new_e.append(ends[k - 1])
             new_l.append(owner_last[k - 1])
         starts[j:k], ends[j:k], owner_last[j:k] = new_s, new_e, new_l
-        out.append(worst)
     return out
 
 
@@ -457,14 +518,16 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
     """
     Replay one pass of the executor with plan `cfg`; return a Sim (times in ms from pass start).
 
-    Loader: takes slots in load order; slot k is claimed once (a) slot k-1 was claimed,
-    (b) every earlier slot overlapping its arena range was released (after the step that used
-    it last), (c) compute has acquired slot k - depth. Reader: one in-order server, a request
-    taking the back-to-back time when queued behind another and the one-at-a-time time when
-    the disk was idle (pinned host units skip it); on a discrete GPU a copy stage follows.
-    Compute: step s starts when step s-1 is done plus the weight-free gap, and its slots are
-    in; acquiring a slot costs the executor's per-slot overhead. `head_start_ms` lets the
-    loader start that long before the pass (idle time between frames).
+    Loader: takes slots in load order. It may claim a slot once the slot before it is wholly
+    claimed and compute has acquired slot k - depth; it then claims the slot's range piece by
+    piece (timing.piece_bytes; whole slots when None) as each piece's range is released by the
+    earlier slot that used it last, and submits each piece's read at once. Reader: one in-order
+    server; a read takes the back-to-back time when queued behind another and the one-at-a-
+    time time when the disk was idle (pinned host units skip it). A slot is usable once all its
+    pieces are in and its checksum is verified, then, on a discrete GPU, copied. Compute: step
+    s starts when step s-1 is done plus the weight-free gap, and its slots are in; acquiring a
+    slot costs the executor's per-slot overhead. `head_start_ms` lets the loader start that
+    long before the pass (idle time between frames).
     Raises arena.ArenaTooSmall when the arena cannot hold the pass.
     """
     st = streams or sched.streams(cfg.resident, cfg.split_bytes)
@@ -473,7 +536,9 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
         layout = arena.plan_layout(items, cfg.arena_bytes, cfg.prefetch_depth)
     order = arena.load_order(items)
     n, steps = len(items), st.steps
-    rel = _release_steps(items, order, layout.offsets)
+    piece_bytes = timing.piece_bytes
+    rel = _release_steps(items, order, layout.offsets, piece_bytes)
+    last_rel = [max(r) for r in rel]
     depth = cfg.prefetch_depth
     gate = [items[order[k - depth]].first_step if depth is not None and k >= depth else -1
             for k in range(n)]
@@ -484,9 +549,8 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
     start_w = [0.0] * steps
     ready = [None] * n            # load position -> time the slot is usable
     rows = [None] * n
-    t_claim = -head_start_ms
-    t_read = -head_start_ms
-    t_copy = -head_start_ms
+    t0 = -head_start_ms
+    t_whole = t_read = t_copy = t0
     read_busy = 0.0
     k = 0
     stall = 0.0
@@ -495,33 +559,35 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
     for pos, i in enumerate(order):
         need_pos.setdefault(items[i].first_step, []).append(pos)
     oh = timing.slot_overhead
-    read, copy = timing.read, timing.copy
+    read, copy, verify = timing.read, timing.copy, timing.verify_ms_per_byte
     for s in range(steps):
         base[s] = (end[s - 1] if s else 0.0) + gap[s]
-        while k < n and rel[k] < s and gate[k] <= s:
-            t = t_claim
-            if rel[k] >= 0:
-                t = max(t, end[rel[k]])
-            if gate[k] >= 0:
-                t = max(t, base[gate[k]])
-            t_claim = t
-            owner = owners[order[k]]
-            nbytes = items[order[k]].nbytes
-            if owner in cfg.pinned:
-                r0 = r1 = t
+        while k < n and last_rel[k] < s and gate[k] <= s:
+            i = order[k]
+            nbytes = items[i].nbytes
+            t = t_whole if gate[k] < 0 else max(t_whole, base[gate[k]])
+            claims = sorted((max(t, end[r]) if r >= 0 else t, pn)
+                            for r, (_, pn) in zip(rel[k], _pieces(
+                                max(arena.align_up(nbytes), arena.PAGE), piece_bytes)))
+            t_whole = claims[-1][0]
+            if owners[i] in cfg.pinned:
+                r0 = r1 = t_whole
             else:
-                r0 = max(t, t_read)
-                r1 = r0 + 1e3 * (read.seconds_queued(nbytes) if t < t_read
-                                 else read.seconds(nbytes))
-                t_read = r1
-                read_busy += r1 - r0
+                r0 = None
+                for c, pn in claims:
+                    a = max(c, t_read)
+                    dur = 1e3 * (read.seconds_queued(pn) if c < t_read else read.seconds(pn))
+                    t_read = a + dur
+                    read_busy += dur
+                    r0 = a if r0 is None else r0
+                r1 = t_read + verify * nbytes
             c0 = c1 = r1
             if copy is not None:
                 c0 = max(r1, t_copy)
                 c1 = c0 + 1e3 * copy.seconds(nbytes)
                 t_copy = c1
             ready[k] = c1
-            rows[k] = (order[k], r0, r1, c0, c1)
+            rows[k] = (i, r0, r1, c0, c1)
             k += 1
         need = base[s]
         acquired = 0
@@ -618,11 +684,17 @@ class Search:
         self.pinned = frozenset(pinned)
         self._evals = {}
         self._min = {}
+        self._streams = {}
         self.evaluations = 0
 
     def streams(self, resident):
-        """Return the executor's slots for a resident set at this split size."""
-        return self.sched.streams(resident, self.split)
+        """Return the executor's slots for a resident set at this split size (cached)."""
+        st = self._streams.get(resident)
+        if st is None:
+            if len(self._streams) > 4096:
+                self._streams.clear()
+            st = self._streams[resident] = self.sched.streams(resident, self.split)
+        return st
 
     def items(self, resident):
         """Return the arena items for a resident set."""
@@ -678,43 +750,87 @@ class Search:
         self._evals[key] = best
         return best
 
-    def min_arena(self, resident):
-        """Return the smallest arena (over prefetch depths) that holds the pass."""
-        if resident not in self._min:
-            items = self.items(resident)
-            layout = arena.min_layout(items, prefetch_depths=self.depths) if items else None
-            self._min[resident] = layout.capacity if layout else 0
+    def min_arena(self, resident, hint=None):
+        """
+        Return the smallest arena (over prefetch depths) that holds the pass.
+
+        Like arena.min_layout, a binary search per depth between the live-set lower bound and
+        a feasible size; `hint` (a size known or likely to be feasible, e.g. the arena of a
+        smaller resident set) narrows it. First-fit feasibility is close to monotone.
+        """
+        if resident in self._min:
+            return self._min[resident]
+        items = self.items(resident)
+        if not items:
+            self._min[resident] = 0
+            return 0
+        page = arena.PAGE
+        lo = arena.live_lower_bound(items) // page
+        top = self.streamed_bytes(resident) // page
+        best = None
+        for d in self.depths:
+            hi = top if best is None else best - 1
+            if hint is not None and lo <= hint // page < hi and self._fits(items, hint, d):
+                hi = hint // page
+            if hi < lo or not self._fits(items, hi * page, d):
+                continue
+            a, b = lo, hi
+            if self._fits(items, a * page, d):
+                b = a
+            while b - a > 1:
+                mid = (a + b) // 2
+                if self._fits(items, mid * page, d):
+                    b = mid
+                else:
+                    a = mid
+            best = b
+            if best == lo:
+                break
+        self._min[resident] = best * page
         return self._min[resident]
+
+    @staticmethod
+    def _fits(items, capacity, depth):
+        try:
+            arena.plan_layout(items, capacity, depth)
+        except arena.ArenaTooSmall:
+            return False
+        return True
 
     def resident_point(self):
         """Return the fully resident Point."""
         return self.evaluate(self.sched.resident_all(), 0)
 
-    def greedy_path(self, candidates=6):
+    def greedy_path(self, candidates=6, max_rounds=None, rounds_hint=64):
         """
-        Grow the resident set one unit at a time, each time by the best stall saved per byte.
+        Grow the resident set from the units that must stay, by the best stall saved per byte.
 
-        Start from the units that must stay resident. Each round simulates the current set at its
-        smallest arena, estimates for every streamed unit the stall its residency would save
-        (its read time, bounded by the stall left after its read began) per byte, simulates the
-        `candidates` best estimates exactly and keeps the one with the most latency saved per
-        byte of memory added. Stops when the stall is gone or everything is resident.
+        Each round simulates the current set at its smallest arena, estimates for every streamed
+        unit the stall its residency would save (its read time, bounded by the stall left after
+        its read began) per byte, simulates the `candidates` best estimates exactly and adds the
+        one with the most latency saved per byte of memory added (with many units, the few best
+        at once, so about `rounds_hint` rounds reach full residency). Stops when what is left of
+        the stall is negligible, everything is resident, or after `max_rounds`.
         Returns [(resident set, Point at its smallest arena)].
         """
         sched = self.sched
         resident = frozenset(sched.forced)
         floor = self.resident_point().latency
+        tolerance = max(0.005, 1e-4 * floor)
+        batch = max(1, math.ceil(len(sched.called) / rounds_hint))
         path = []
+        a = None
         while True:
-            a = self.min_arena(resident)
+            a = self.min_arena(resident, hint=a)
             point = self.evaluate(resident, a)
             path.append((resident, point))
             streamed = [u for u in sched.called if u not in resident]
-            if not streamed or point.latency <= floor + 1e-6:
+            if (not streamed or point.latency <= floor + tolerance
+                    or (max_rounds is not None and len(path) > max_rounds)):
                 break
             est = self._estimates(point, streamed)
-            ranked = sorted(streamed, key=lambda u: -est[u])[:candidates]
-            best, best_score = None, None
+            ranked = sorted(streamed, key=lambda u: -est[u])[:max(candidates, batch)]
+            scored = []
             for u in ranked:
                 r2 = resident | {u}
                 if not self.items(r2):
@@ -727,13 +843,10 @@ class Search:
                 if p2 is None:
                     continue
                 saved = point.latency - p2.latency
-                added = max(mem2 - point.memory, arena.PAGE)
-                score = saved / added
-                if best is None or score > best_score:
-                    best, best_score = u, score
-            if best is None or best_score <= 0:
-                best = ranked[0]
-            resident = resident | {best}
+                scored.append((saved / max(mem2 - point.memory, arena.PAGE), u))
+            scored.sort(reverse=True)
+            chosen = [u for score, u in scored[:batch] if score > 0] or [ranked[0]]
+            resident = resident | set(chosen)
         return path
 
     def _estimates(self, point, streamed):
@@ -785,6 +898,51 @@ class Search:
                 a = mid
         return best
 
+    def _neighbours(self, resident, moves=8):
+        """Yield resident sets one unit away: the largest few dropped, the largest few added."""
+        size = self.sched.lengths
+        for u in sorted(resident - self.sched.forced, key=lambda u: -size[u])[:moves]:
+            yield resident - {u}
+        streamed = sorted((u for u in self.sched.called if u not in resident),
+                          key=lambda u: -self.sched.lengths[u])
+        for u in streamed[:moves]:
+            yield resident | {u}
+
+    def polish_deadline(self, point, deadline_ms, rounds=4):
+        """Improve a plan meeting the deadline by one-unit moves while memory drops."""
+        fixed = self.sched.extra_bytes
+        for _ in range(rounds):
+            better = None
+            for r2 in self._neighbours(point.cfg.resident):
+                room = point.memory - self.sched.bytes_of(r2) - fixed
+                if room < 0 or (self.items(r2) and room < self.lower_bound(r2)):
+                    continue
+                p = self.smallest_arena_meeting(r2, deadline_ms, hi=room)
+                if p is not None and p.memory < (better or point).memory:
+                    better = p
+            if better is None:
+                return point
+            point = better
+        return point
+
+    def polish_budget(self, point, budget_bytes, rounds=4):
+        """Improve a plan within the budget by one-unit moves while latency drops."""
+        fixed = self.sched.extra_bytes
+        for _ in range(rounds):
+            better = None
+            for r2 in self._neighbours(point.cfg.resident):
+                room = budget_bytes - self.sched.bytes_of(r2) - fixed
+                if room < 0 or (self.items(r2) and room < self.min_arena(r2)):
+                    continue
+                p = self.evaluate(r2, min(room, self.streamed_bytes(r2)))
+                if p is not None and p.memory <= budget_bytes and \
+                        p.latency < (better or point).latency - 1e-9:
+                    better = p
+            if better is None:
+                return point
+            point = better
+        return point
+
     def sweep(self, resident, n=8):
         """Return Points at n arena sizes from the smallest to holding every streamed slot."""
         if not self.items(resident):
@@ -816,6 +974,11 @@ def _mb(nbytes):
     return None if nbytes is None else round(nbytes / MB, 3)
 
 
+def _ms_up(ms, digits=4):
+    """Return milliseconds rounded up, so a stated latency works as a deadline."""
+    return None if ms is None else math.ceil(ms * 10 ** digits - 1e-9) / 10 ** digits
+
+
 def _mb_up(nbytes):
     """Return MiB rounded up to 0.001, so a stated peak is never below the true bytes."""
     return None if nbytes is None else math.ceil(nbytes * 1000 / MB) / 1000
@@ -840,7 +1003,8 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
     smallest budget that meets the deadline and the best latency within the budget.
     host_budget_mb: on a discrete GPU, pinned host memory for a middle tier (units copied from
     host instead of read from disk) when the executor supports one; 0 disables it.
-    splits: split sizes to try (default: no split plus halvings of the largest layer).
+    splits: split sizes to try (default: no split, and the halvings of the largest layer that
+    the profile found bit-exact on its device).
     """
     sched = Schedule.from_pack(pack)
     prof = load_profile(profile) if not isinstance(profile, dict) else profile
@@ -852,10 +1016,13 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
             raise ValueError(f'plan: {name} must be a positive number, got {v!r}')
     pinned = _pinned_tier(sched, timing, host_budget_mb)
     t0 = time.perf_counter()
-    split_sizes = [0] + list(sched.split_candidates if splits is None else splits)
+    if splits is None:
+        exact = prof.get('split_exact') or {}
+        splits = [sp for sp in sched.split_candidates if exact.get(str(sp))]
+    split_sizes = [0] + list(splits)
     searches = [Search(sched, timing, split_bytes=sp, frame_period_ms=frame_period_ms,
                        pinned=pinned) for sp in dict.fromkeys(split_sizes)]
-    paths = [(se, se.greedy_path()) for se in searches]
+    paths = [(se, se.greedy_path(max_rounds=None if se.split == 0 else 24)) for se in searches]
     full = searches[0].resident_point()
     curve = [full]
     for se, path in paths:
@@ -869,6 +1036,7 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
 
     def best_under_deadline(deadline):
         best = full if full.latency <= deadline else None
+        owner = searches[0]
         for se, path in paths:
             for resident, _ in path:
                 fixed = sched.bytes_of(resident) + sched.extra_bytes
@@ -877,8 +1045,8 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
                 hi = None if best is None else best.memory - fixed
                 p = se.smallest_arena_meeting(resident, deadline, hi=hi)
                 if p is not None and (best is None or p.memory < best.memory):
-                    best = p
-        return best
+                    best, owner = p, se
+        return owner.polish_deadline(best, deadline) if best is not None else None
 
     def best_within_budget(budget_bytes):
         best = full if full.memory <= budget_bytes else None
@@ -892,6 +1060,8 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
                 if p is not None and p.memory <= budget_bytes and (
                         best is None or (p.latency, p.memory) < (best.latency, best.memory)):
                     best, owner = p, se
+        if best is not None:
+            best = owner.polish_budget(best, budget_bytes)
         if best is not None and best.sim.arena_bytes:
             # the same latency with less arena: shrink while the prediction holds
             tight = owner.smallest_arena_meeting(best.cfg.resident, best.latency * 1.001 + 1e-3,
@@ -907,9 +1077,9 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
                 f'deadline {deadline_ms:g} ms cannot be met: the fastest plan is predicted at '
                 f'{fastest.latency:.3f} ms ({_mb(fastest.memory)} MB of weights)',
                 deadline_ms=deadline_ms, min_budget_mb=None,
-                best_latency_ms=round(fastest.latency, 3),
+                best_latency_ms=_ms_up(fastest.latency),
                 min_memory_mb=_mb_up(min_point.memory),
-                fastest_latency_ms=round(fastest.latency, 3))
+                fastest_latency_ms=_ms_up(fastest.latency))
     elif budget is not None:
         chosen = best_within_budget(budget)
         if chosen is None or (deadline_ms is not None and chosen.latency > deadline_ms):
@@ -931,9 +1101,9 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
             raise PlanInfeasible(
                 ' '.join(msg), budget_mb=budget_mb, deadline_ms=deadline_ms,
                 min_budget_mb=min_budget,
-                best_latency_ms=round(chosen.latency, 3) if chosen is not None else None,
+                best_latency_ms=_ms_up(chosen.latency) if chosen is not None else None,
                 min_memory_mb=_mb_up(min_point.memory),
-                fastest_latency_ms=round(fastest.latency, 3))
+                fastest_latency_ms=_ms_up(fastest.latency))
     else:
         chosen = min_point
     curve.append(chosen)
@@ -1001,7 +1171,7 @@ def _plan_dict(sched, prof, timing, chosen, full, min_point, curve, search, requ
         'arena_bytes': int(chosen.sim.arena_bytes),
         'split_bytes': int(chosen.cfg.split_bytes or 0),
         'prefetch_depth': chosen.cfg.prefetch_depth,
-        'predicted_latency_ms': round(chosen.latency, 4),
+        'predicted_latency_ms': _ms_up(chosen.latency),
         'predicted_peak_weight_mb': _mb_up(chosen.memory),
         'predicted_peak_weight_bytes': int(chosen.memory),
         'predicted_stall_ms': round(chosen.sim.stall_ms, 4),
@@ -1253,10 +1423,6 @@ def _disk_points(pack, sizes, threads, budget_s=0.4, progress=None):
     lo = pack.data_offset
     span = pack.file_size - lo
     points = []
-
-    def verify(mv):                   # the executor checks every read's digest in the reader
-        direct_io.checksum(mv)
-
     with pack.reader(threads=threads) as reader:
         buf = direct_io.aligned_empty(max(sizes))
         for size in sizes:
@@ -1269,14 +1435,14 @@ def _disk_points(pack, sizes, threads, budget_s=0.4, progress=None):
             while k < 64 and (k < 3 or time.perf_counter() - t0 < budget_s / 2):
                 off = lo + (k * 7919 % slots) * size
                 t = time.perf_counter()
-                reader.read_into(off, size, buf, verify=verify)
+                reader.read_into(off, size, buf)
                 isolated.append(time.perf_counter() - t)
                 k += 1
             # back to back (what a reader running ahead sees)
             n = max(3, min(256, int(k * 1.5)))
             t = time.perf_counter()
-            futs = [reader.submit(lo + ((k + j) * 7919 % slots) * size, size, buf,
-                                  verify=verify) for j in range(n)]
+            futs = [reader.submit(lo + ((k + j) * 7919 % slots) * size, size, buf)
+                    for j in range(n)]
             for f in futs:
                 f.result()
             streamed = (time.perf_counter() - t) / n
@@ -1334,7 +1500,68 @@ def _executor_overhead(pack, sched, device, model, x, repeats, disk, progress=No
     total = max(_median(diffs), 0.0)
     return {'overhead_ms_per_slot': round(total / len(st.items), 6),
             'overhead_ms': round(total, 4), 'slots': len(st.items),
+            'piece_bytes': getattr(executor, 'PIECE_BYTES', None),
             'stall_ms_median': round(_median(stalls), 4)}
+
+
+def _checksum_speed(nbytes=16 << 20, repeats=5):
+    """Measure the executor's slot checksum (xxh3_64 over host memory) in bytes per second."""
+    from demand_layering_ros import direct_io
+    buf = direct_io.aligned_empty(nbytes)
+    buf.fill_(7)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        direct_io.checksum(buf)
+        times.append(time.perf_counter() - t)
+    return {'algorithm': direct_io.CHECKSUM_ALGORITHM,
+            'bytes_per_s': round(nbytes / _median(times))}
+
+
+def _split_exactness(pack, sched, device, model, progress=None):
+    """
+    Check, per candidate split size, that the executor's chunked layers give bit-exact outputs.
+
+    Computing a layer by chunks of output channels can pick other kernels than the whole layer
+    (a different blocking or algorithm) and change the last bits; a plan uses only split sizes
+    whose outputs were torch.equal to the resident model's here, on a seeded random image.
+    """
+    import numpy as np
+    import torch
+    from demand_layering_ros import executor
+    out = {}
+    if not sched.split_candidates:
+        return out
+    det = pack.build_detector(device=device, meta=True)
+    h, w = det.input_size or (416, 416)
+    img = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    x = det.preprocess([img])[0]
+    with torch.no_grad():
+        want = model(x)
+    for split in sched.split_candidates:
+        dl = executor.load(pack.path, device=device,
+                           plan={'resident_units': [], 'arena_bytes': None,
+                                 'split_bytes': split, 'prefetch_depth': None})
+        try:
+            with torch.no_grad():
+                got = dl(x)
+            out[str(split)] = _equal(got, want)
+        finally:
+            dl.close()
+        if progress is not None:
+            progress.update(1)
+    return out
+
+
+def _equal(a, b):
+    import torch
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    return a == b
 
 
 def _h2d_points(sizes, device, progress=None):
@@ -1382,7 +1609,7 @@ def _sync(device):
 
 
 def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_sizes=DISK_SIZES,
-            reader_threads=None, activation=True, executor_overhead=True):
+            reader_threads=None, activation=True, executor_overhead=True, check_splits=True):
     """
     Measure, on this machine, what a plan's latency and memory depend on; return PROFILE dict.
 
@@ -1405,7 +1632,8 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     sizes = [s for s in disk_sizes if s <= max(pack.file_size - pack.data_offset, 0)] or \
         [direct_io_page()]
     total = warmup + repeats + len(sizes) + (len(H2D_SIZES) if cuda else 0) + 1 + \
-        (repeats + 1 if executor_overhead else 0)
+        (repeats + 1 if executor_overhead else 0) + \
+        (len(sched.split_candidates) if check_splits else 0)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -1466,10 +1694,13 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         if bar is not None:
             bar.update(1)
         disk = _disk_points(pack, sizes, threads, progress=bar)
-        overhead = None
+        overhead, exact = None, {}
         if executor_overhead and sched.slot_builder is not None:
             overhead = _executor_overhead(pack, sched, device, model, x, repeats, disk,
                                           progress=bar)
+        if check_splits and sched.slot_builder is not None:
+            exact = _split_exactness(pack, sched, device, model, progress=bar)
+        checksum = _checksum_speed()
         del model, det
         h2d = _h2d_points(H2D_SIZES, device, progress=bar) if cuda else None
     finally:
@@ -1506,6 +1737,8 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         'disk': disk,
         'h2d': h2d,
         'executor': overhead,
+        'checksum': checksum,
+        'split_exact': exact,
         'seconds': round(time.perf_counter() - t_start, 2),
     }
 
