@@ -49,6 +49,25 @@ class ExecutorError(RuntimeError):
     """The executor cannot run as configured (bad plan, bad option, broken pipeline)."""
 
 
+class UnitReadError(OSError):
+    """Reading a unit from the pack failed (I/O error, short file); names pack, unit, offset."""
+
+    def __init__(self, err, pack, unit, offset):
+        """Wrap the reader's error with the unit it was reading."""
+        super().__init__(getattr(err, 'errno', None) or 5,
+                         f'pack {pack}: unit {unit!r}, offset {offset}: read failed: {err}')
+        self.pack, self.unit, self.offset = str(pack), unit, offset
+
+
+def _named(err, pack, unit, offset):
+    """Return the exception to raise for a failed read: PackErrors already name the unit."""
+    if isinstance(err, (PackError, UnitReadError)) or not isinstance(err, OSError):
+        return err
+    e = UnitReadError(err, pack, unit, offset)
+    e.__cause__ = err
+    return e
+
+
 # ----------------------------------------------------------------------------- plans
 
 
@@ -86,6 +105,30 @@ def read_plan(plan):
     if staging is not None and staging not in STAGINGS:
         raise ExecutorError(f'{where}: staging must be one of {STAGINGS}, got {staging!r}')
     return plan
+
+
+def check_options(device='cpu', staging='copy', threads=READER_THREADS, split_bytes=None,
+                  prefetch_depth=None, staging_bytes=None):
+    """Validate load() options before anything is opened; return the torch.device."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ExecutorError(f'device {device!r} is not a torch device: {e}') from None
+    if dev.type not in ('cpu', 'cuda'):
+        raise ExecutorError(f'device {device!r}: only cpu and cuda are supported')
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ExecutorError(f'device {device!r}: CUDA is not available on this machine')
+    if staging not in STAGINGS:
+        raise ExecutorError(f'staging must be one of {STAGINGS}, got {staging!r}')
+    for name, value, low in (('threads', threads, 1), ('split_bytes', split_bytes, 0),
+                             ('prefetch_depth', prefetch_depth, 0),
+                             ('staging_bytes', staging_bytes, 0)):
+        if value is None and name != 'threads':
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ExecutorError(f'{name} must be an integer >= {low}'
+                                f'{" or None" if name != "threads" else ""}, got {value!r}')
+    return dev
 
 
 # ----------------------------------------------------------------------------- bookkeeping
@@ -253,22 +296,16 @@ class _Engine:
                  split_bytes=None, prefetch_depth=None, staging_bytes=None):
         self.pack = pack
         self.model = model
-        self.device = torch.device(device)
+        self.device = check_options(device=device, staging=staging, threads=threads,
+                                    split_bytes=split_bytes, prefetch_depth=prefetch_depth,
+                                    staging_bytes=staging_bytes)
         if self.device.type == 'cuda' and self.device.index is None:
             self.device = torch.device('cuda', torch.cuda.current_device())
         self.cuda = self.device.type == 'cuda'
-        if self.device.type not in ('cpu', 'cuda'):
-            raise ExecutorError(f'device {device}: only cpu and cuda are supported')
-        if staging not in STAGINGS:
-            raise ExecutorError(f'staging must be one of {STAGINGS}, got {staging!r}')
         self.opts = {'staging': staging, 'split_bytes': split_bytes,
                      'prefetch_depth': prefetch_depth, 'staging_bytes': staging_bytes}
         self.timeline_on = timeline
         self.sync = sync
-        reader_kw = {'threads': threads, 'direct': direct, 'fault_injector': fault_injector,
-                     'throttle_bytes_per_s': throttle_bytes_per_s}
-        self.reader = pack.reader(**reader_kw)
-        self.sync_reader = pack.reader(**reader_kw)       # misses, residents, load-time checks
         self.cond = threading.Condition()
         self.pass_lock = threading.Lock()
         self.closed = False
@@ -281,6 +318,14 @@ class _Engine:
         self.peak = 0
         self.transient_bytes = 0
         self._build_units()
+        reader_kw = {'threads': threads, 'direct': direct, 'fault_injector': fault_injector,
+                     'throttle_bytes_per_s': throttle_bytes_per_s}
+        self.reader = pack.reader(**reader_kw)
+        try:
+            self.sync_reader = pack.reader(**reader_kw)   # misses, residents, load-time checks
+        except BaseException:
+            self.reader.close()
+            raise
 
     # ------------------------------------------------------------------ structure
 
@@ -620,8 +665,11 @@ class _Engine:
                 futures.append(self.pack.read_unit(self.sync_reader, u.info,
                                                    host[pos:pos + u.info.length]))
                 pos += u.info.length
-            for f in futures:
-                f.result()
+            for u, f in zip(units, futures):
+                try:
+                    f.result()
+                except OSError as e:
+                    raise _named(e, self.pack.path, u.name, u.info.offset) from e
             buf = host.to(self.device) if self.cuda else host
             del host
             self.resident_buf = buf
@@ -663,7 +711,10 @@ class _Engine:
             h = xxhash.xxh3_64()
             for off in range(info.offset, info.end, piece):
                 n = min(piece, info.end - off)
-                self.sync_reader.read_into(off, n, scratch[:n])
+                try:
+                    self.sync_reader.read_into(off, n, scratch[:n])
+                except OSError as e:
+                    raise _named(e, self.pack.path, info.name, off) from e
                 h.update(direct_io.as_memoryview(scratch[:n]))
             if h.hexdigest() != info.checksum:
                 raise PackError(f'checksum mismatch over [{info.offset}, {info.end}) '
@@ -867,20 +918,31 @@ class _Engine:
 
     def _start_read(self, slot, pieces):
         """Submit the reads of newly claimed pieces (loader thread, lock not held)."""
-        if self.cuda and self.staging == 'copy':
-            entry = self._staging_take(slot.length)
-            dest = self.staging_buf[entry[0]:entry[0] + slot.length]
-            fut = self.reader.submit(slot.file_offset, slot.length, dest,
-                                     verify=self._verifier(slot))
-            fut.add_done_callback(functools.partial(self._read_done, slot, entry))
-            return
-        if self.cuda and slot.wait_event is not None:
-            slot.wait_event.synchronize()         # zero-copy: the GPU is done with the range
-        for i in pieces:
-            a, n = slot.pieces[i]
-            dest = self.arena_host[slot.offset + a:slot.offset + a + n]
-            fut = self.reader.submit(slot.file_offset + a, n, dest)
-            fut.add_done_callback(functools.partial(self._piece_done, slot))
+        submitted = 0
+        try:
+            if self.cuda and self.staging == 'copy':
+                entry = self._staging_take(slot.length)
+                dest = self.staging_buf[entry[0]:entry[0] + slot.length]
+                fut = self.reader.submit(slot.file_offset, slot.length, dest,
+                                         verify=self._verifier(slot))
+                submitted = 1
+                fut.add_done_callback(functools.partial(self._read_done, slot, entry))
+                return
+            if self.cuda and slot.wait_event is not None:
+                slot.wait_event.synchronize()     # zero-copy: the GPU is done with the range
+            for i in pieces:
+                a, n = slot.pieces[i]
+                dest = self.arena_host[slot.offset + a:slot.offset + a + n]
+                fut = self.reader.submit(slot.file_offset + a, n, dest)
+                submitted += 1
+                fut.add_done_callback(functools.partial(self._piece_done, slot))
+        except BaseException as e:  # noqa: B902 - e.g. the reader shut down at exit
+            with self.cond:
+                slot.inflight -= len(pieces) - submitted   # no callback will come for these
+                if slot.error is None:
+                    slot.state, slot.error = FAILED, e
+                self.cond.notify_all()
+            raise
 
     def _piece_done(self, slot, fut):
         """Reader worker thread: one piece is in; the last one verifies the whole slot."""
@@ -1014,7 +1076,8 @@ class _Engine:
                                 f'(state {slot.state}, loader at {self.cursor}/'
                                 f'{len(self.order)}, {self.alloc.used} arena bytes in use)')
                     if slot.state == FAILED:
-                        raise slot.error
+                        raise _named(slot.error, self.pack.path, slot.unit.name,
+                                     slot.file_offset)
                     self.last_stall += time.perf_counter() - t0
                     if self.cuda and slot.copy_event is not None:
                         torch.cuda.current_stream(self.device).wait_event(slot.copy_event)
@@ -1048,9 +1111,9 @@ class _Engine:
         try:
             self.sync_reader.submit(slot.file_offset, slot.length, buf,
                                     verify=self._verifier(slot)).result()
-        except BaseException:
+        except BaseException as e:
             self._return(lease)
-            raise
+            raise _named(e, self.pack.path, slot.unit.name, slot.file_offset) from e
         if self.cuda:
             buf = buf.to(self.device)
         with self.cond:
@@ -1317,6 +1380,11 @@ class DemandLayeredModel(nn.Module):
     def __init__(self, pack, device='cpu', budget_mb=None, plan=None, staging='copy', **opts):
         """Open the pack, build the skeleton on 'meta' and configure the pipeline."""
         super().__init__()
+        check_options(device=device, staging=staging, **{
+            k: v for k, v in opts.items() if k in ('threads', 'split_bytes', 'prefetch_depth',
+                                                   'staging_bytes')})
+        budget_bytes = self._budget_bytes(budget_mb)
+        plan = read_plan(plan)
         pack = pack if isinstance(pack, Pack) else Pack.open(pack)
         template = pack.build_detector(device=device, meta=True)
         self.module = template.model
@@ -1326,7 +1394,7 @@ class DemandLayeredModel(nn.Module):
         self._engine = _Engine(pack, self.module, device, staging=staging, **opts)
         self._finalizer = weakref.finalize(self, self._engine.close)
         try:
-            self._engine.configure(self._budget_bytes(budget_mb), plan)
+            self._engine.configure(budget_bytes, plan)
         except BaseException:
             self._finalizer()
             raise
@@ -1336,7 +1404,7 @@ class DemandLayeredModel(nn.Module):
         if budget_mb is None:
             return None
         if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) \
-                or not budget_mb > 0:
+                or not 0 < budget_mb < float('inf'):
             raise ExecutorError(f'budget_mb must be a positive number, got {budget_mb!r}')
         return int(budget_mb * MB)
 
