@@ -1244,7 +1244,7 @@ class _Engine:
 
     def run(self, fn, args, kwargs):
         """Run one forward pass of `fn` with the pipeline."""
-        if self.closed:
+        if self.closed or not self.configured:
             raise ExecutorError('the demand-layered model is closed')
         with self.pass_lock:
             self._begin_pass()
@@ -1485,12 +1485,28 @@ class DemandLayeredModel(nn.Module):
         }
 
     def reconfigure(self, budget_mb=None, plan=None):
-        """Between frames: rebuild residents and arena for a new budget or plan."""
+        """
+        Between frames: rebuild residents and arena for a new budget or plan.
+
+        A budget or plan that cannot work is refused with the same errors as load(), and the
+        model keeps running with its previous configuration.
+        """
+        budget_bytes = self._budget_bytes(budget_mb)
+        plan = read_plan(plan)
         e = self._engine
         with e.pass_lock:
+            if e.closed:
+                raise ExecutorError('the demand-layered model is closed')
+            old = (e.budget_bytes, e.plan_in, e.peak)
             e.teardown()
-            e.peak = 0
-            e.configure(self._budget_bytes(budget_mb), plan)
+            try:
+                e.peak = 0
+                e.configure(budget_bytes, plan)
+            except BaseException:
+                e.teardown()
+                e.configure(old[0], old[1])
+                e.peak = old[2]
+                raise
 
     def close(self):
         """Stop the loader, close the pack files and free all weight memory."""

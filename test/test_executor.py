@@ -328,6 +328,9 @@ def test_plans_dict_and_yaml_and_reconfigure(packs, tmp_path):
     assert same(m(xs[0]), want[0]) and m.stats()['resident_bytes'] == 0
     with pytest.raises(ExecutorError, match='no_such_unit'):
         m.reconfigure(plan={'resident_units': ['no_such_unit']})
+    with pytest.raises(ArenaTooSmall, match='budget 0.01 MB'):
+        m.reconfigure(budget_mb=0.01)
+    assert same(m(xs[0]), want[0]) and m.stats()['resident_bytes'] == 0   # the last config
     m.close()
     with pytest.raises(ExecutorError, match='arena_bytes'):
         load(pack.path, plan={'arena_bytes': -1})
