@@ -453,6 +453,14 @@ class CgroupProcess:
         while not self._stop.wait(self.sample_interval):
             self._sample()
 
+    def output_so_far(self):
+        """Return (stdout, stderr) written so far (without disturbing the command's writes)."""
+        out = []
+        for f in (self._out, self._err):
+            size = os.fstat(f.fileno()).st_size
+            out.append(os.pread(f.fileno(), size, 0).decode(errors='replace'))
+        return tuple(out)
+
     def running(self):
         """Return True while the command has not exited (does not reap it)."""
         if self.result is not None:
