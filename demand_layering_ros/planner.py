@@ -227,7 +227,13 @@ class ExecutorSlots:
         self._cache = {}
 
     def template(self, split_bytes):
-        """Return {unit: (main (name, bytes) or None, [chunk (name, bytes)], call pos)}."""
+        """
+        Return {unit: (main, chunks, call pos, module, rows)} for one split size.
+
+        main: (name, bytes) of the unit's (rest) slot or None; chunks: [(name, bytes)] of a
+        split weight; call pos: the split module's call position; module: its name; rows:
+        [(r0, r1)] output rows per chunk.
+        """
         split_bytes = int(split_bytes or 0)
         if split_bytes not in self._templates:
             e = self.engine
@@ -239,7 +245,8 @@ class ExecutorSlots:
                 main = (u.main.name, u.main.length) if u.main is not None else None
                 chunks = [(c.name, c.length) for c in u.chunks]
                 pos = e.call_modules.index(u.split[1]) if u.chunks else None
-                out[u.index] = (main, chunks, pos)
+                module = u.split[1] if u.chunks else None
+                out[u.index] = (main, chunks, pos, module, [c.rows for c in u.chunks])
             self._templates[split_bytes] = out
         return self._templates[split_bytes]
 
@@ -251,7 +258,7 @@ class ExecutorSlots:
             return st
         tpl = self.template(split_bytes)
         span = [1] * self.calls
-        for u, (_, chunks, pos) in tpl.items():
+        for u, (_, chunks, pos, _, _) in tpl.items():
             if chunks and u not in resident:
                 span[pos] = len(chunks)
         start = [0] * (self.calls + 1)
@@ -261,7 +268,7 @@ class ExecutorSlots:
         for u, first, last in self.units:
             if u in resident:
                 continue
-            main, chunks, pos = tpl[u]
+            main, chunks, pos = tpl[u][:3]
             if main is not None:
                 f, la = start[first], start[last + 1] - 1
                 if chunks:                    # the rest lives across all chunk steps
@@ -379,7 +386,8 @@ class Timing:
     stage); slot_overhead: the executor's own cost per slot it hands to the model; kind:
     'cpu', 'cuda' (discrete GPU) or 'unified' (integrated GPU: no copy stage); piece_bytes:
     the executor claims and reads a slot in pieces of this size (None: whole slots, as on a
-    discrete GPU's staging path); verify_ms_per_byte: checksum time after a slot's last read.
+    discrete GPU's staging path); verify_ms_per_byte: checksum time after a slot's last read;
+    split_cost: {(split_bytes, unit): time of the chunked call / time of the whole call}.
     """
 
     busy: list
@@ -392,6 +400,7 @@ class Timing:
     resident_latency: float = None
     piece_bytes: int = None
     verify_ms_per_byte: float = 0.0
+    split_cost: dict = field(default_factory=dict)
 
     @classmethod
     def from_profile(cls, prof, sched, device=None):
@@ -427,7 +436,10 @@ class Timing:
                    slot_overhead=float(ex.get('overhead_ms_per_slot', 0.0)),
                    kind=kind, resident_latency=prof.get('resident_latency_ms'),
                    piece_bytes=int(piece) if piece else None,
-                   verify_ms_per_byte=1e3 / float(check) if check else 0.0)
+                   verify_ms_per_byte=1e3 / float(check) if check else 0.0,
+                   split_cost={(int(sp), int(u)): float(r)
+                               for sp, per in (prof.get('split_cost') or {}).items()
+                               for u, r in per.items()})
 
     def floor(self):
         """Return the simulated latency with every unit resident."""
@@ -543,6 +555,10 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
     gate = [items[order[k - depth]].first_step if depth is not None and k >= depth else -1
             for k in range(n)]
     busy = [timing.busy[c] * f for c, f in zip(st.step_call, st.step_share)]
+    if cfg.split_bytes and timing.split_cost:       # a chunked call costs more than whole
+        for j, (c, f) in enumerate(zip(st.step_call, st.step_share)):
+            if f < 1.0:
+                busy[j] *= timing.split_cost.get((cfg.split_bytes, sched.call_order[c]), 1.0)
     gap = [timing.gap[c] if first else 0.0 for c, first in zip(st.step_call, st.step_first)]
     base = [0.0] * steps          # when step s asks for its slots (pre-hook)
     end = [0.0] * steps
@@ -1553,6 +1569,74 @@ def _split_exactness(pack, sched, device, model, progress=None):
     return out
 
 
+def _split_costs(model, x, sched, splits, device, repeats=5, progress=None):
+    """
+    Time each split layer computed by chunks (as the executor does) against the whole layer.
+
+    Chunks of output rows run one convolution (or linear) each and are concatenated; smaller
+    kernels use the machine less well, so a split plan's compute is slower. Returns
+    {split: {unit: chunked time / whole time}} from the layer's real input in one pass.
+    """
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+    modules = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        modules.setdefault(name, m)
+    wanted = {}
+    for sp in splits:
+        for u, (_, chunks, _, module, rows) in sched.slot_builder.template(sp).items():
+            if chunks:
+                wanted.setdefault(module, []).append((sp, u, rows))
+    if not wanted:
+        return {}
+    inputs = {}
+
+    def grab(name):
+        def pre(module, args):
+            inputs.setdefault(name, args[0])
+        return pre
+
+    hooks = [modules[name].register_forward_pre_hook(grab(name)) for name in wanted]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def clock(fn):
+        times = []
+        for i in range(repeats + 1):
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            if i:
+                times.append(time.perf_counter() - t)
+        return _median(times)
+
+    out = {}
+    with torch.no_grad():
+        for name, uses in wanted.items():
+            mod, xin = modules[name], inputs[name]
+            conv = isinstance(mod, nn.Conv2d)
+
+            def part(r0, r1, mod=mod, xin=xin, conv=conv):
+                b = mod.bias[r0:r1] if mod.bias is not None else None
+                w = mod.weight[r0:r1]
+                return mod._conv_forward(xin, w, b) if conv else F.linear(xin, w, b)
+
+            whole = clock(lambda: part(0, mod.weight.shape[0]))
+            for sp, u, rows in uses:
+                chunked = clock(lambda: torch.cat([part(a, b) for a, b in rows],
+                                                  dim=1 if conv else -1))
+                out.setdefault(str(sp), {})[str(u)] = round(chunked / whole, 4) if whole else 1.0
+            if progress is not None:
+                progress.update(1)
+    return out
+
+
 def _equal(a, b):
     import torch
     if isinstance(a, (list, tuple)):
@@ -1676,6 +1760,13 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         tail = _median([t for _, _, t in splits])
         hooked = _median([tot for _, tot in passes])
         resident_ms = _median(plain)
+        # Per-call medians of a noisy machine sum to less than a typical pass (delays are
+        # skewed); scale them so the calls of one pass add up to the median unhooked pass.
+        total = sum(busy) + sum(gap) + tail
+        scale = resident_ms / total if total > 0 else 1.0
+        busy = [b * scale for b in busy]
+        gap = [g * scale for g in gap]
+        tail *= scale
         act = None
         if activation:
             if cuda:
@@ -1698,8 +1789,11 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         if executor_overhead and sched.slot_builder is not None:
             overhead = _executor_overhead(pack, sched, device, model, x, repeats, disk,
                                           progress=bar)
+        split_cost = {}
         if check_splits and sched.slot_builder is not None:
             exact = _split_exactness(pack, sched, device, model, progress=bar)
+            split_cost = _split_costs(model, x, sched, [sp for sp in sched.split_candidates
+                                                        if exact.get(str(sp))], device)
         checksum = _checksum_speed()
         del model, det
         h2d = _h2d_points(H2D_SIZES, device, progress=bar) if cuda else None
@@ -1726,6 +1820,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         'resident_latency_ms': round(resident_ms, 4),
         'resident_latency_all_ms': [round(v, 4) for v in plain],
         'hooked_latency_ms': round(hooked, 4),
+        'steps_scale': round(scale, 5),
         'activation_peak_bytes': act,
         'activation_peak_mb': _mb(act),
         'weight_bytes': sum(pack.units[u].length for u in sched.called),
@@ -1739,6 +1834,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         'executor': overhead,
         'checksum': checksum,
         'split_exact': exact,
+        'split_cost': split_cost,
         'seconds': round(time.perf_counter() - t_start, 2),
     }
 
