@@ -437,7 +437,7 @@ class Timing:
                    kind=kind, resident_latency=prof.get('resident_latency_ms'),
                    piece_bytes=int(piece) if piece else None,
                    verify_ms_per_byte=1e3 / float(check) if check else 0.0,
-                   split_cost={(int(sp), int(u)): float(r)
+                   split_cost={(int(sp), int(u)): max(1.0, float(r))   # never faster
                                for sp, per in (prof.get('split_cost') or {}).items()
                                for u, r in per.items()})
 
@@ -1507,8 +1507,9 @@ def _executor_overhead(pack, sched, device, model, x, repeats, disk, progress=No
                 _sync(device)
                 t_res = time.perf_counter() - t
                 if r:
-                    diffs.append(1e3 * (t_dl - t_res))
-                    stalls.append(dl.stats()['stall_ms'])
+                    stall = dl.stats()['stall_ms']     # a read the settling did not finish
+                    diffs.append(1e3 * (t_dl - t_res) - stall)
+                    stalls.append(stall)
                 if progress is not None:
                     progress.update(1)
     finally:
@@ -1569,7 +1570,7 @@ def _split_exactness(pack, sched, device, model, progress=None):
     return out
 
 
-def _split_costs(model, x, sched, splits, device, repeats=5, progress=None):
+def _split_costs(model, x, sched, splits, device, repeats=7, progress=None):
     """
     Time each split layer computed by chunks (as the executor does) against the whole layer.
 
@@ -1606,15 +1607,16 @@ def _split_costs(model, x, sched, splits, device, repeats=5, progress=None):
             h.remove()
 
     def clock(fn):
-        times = []
-        for i in range(repeats + 1):
-            _sync(device)
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            if i:
-                times.append(time.perf_counter() - t)
-        return _median(times)
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t
+
+    def ratio(whole, chunked):
+        """Return the median chunked/whole time of alternating runs (load drift cancels)."""
+        whole(), chunked()
+        return _median([clock(chunked) / max(clock(whole), 1e-9) for _ in range(repeats)])
 
     out = {}
     with torch.no_grad():
@@ -1627,11 +1629,11 @@ def _split_costs(model, x, sched, splits, device, repeats=5, progress=None):
                 w = mod.weight[r0:r1]
                 return mod._conv_forward(xin, w, b) if conv else F.linear(xin, w, b)
 
-            whole = clock(lambda: part(0, mod.weight.shape[0]))
+            rows_all = mod.weight.shape[0]
             for sp, u, rows in uses:
-                chunked = clock(lambda: torch.cat([part(a, b) for a, b in rows],
-                                                  dim=1 if conv else -1))
-                out.setdefault(str(sp), {})[str(u)] = round(chunked / whole, 4) if whole else 1.0
+                r = ratio(lambda: part(0, rows_all),
+                          lambda: torch.cat([part(a, b) for a, b in rows], dim=1 if conv else -1))
+                out.setdefault(str(sp), {})[str(u)] = round(r, 4)
             if progress is not None:
                 progress.update(1)
     return out
@@ -1793,7 +1795,8 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         if check_splits and sched.slot_builder is not None:
             exact = _split_exactness(pack, sched, device, model, progress=bar)
             split_cost = _split_costs(model, x, sched, [sp for sp in sched.split_candidates
-                                                        if exact.get(str(sp))], device)
+                                                        if exact.get(str(sp))], device,
+                                      repeats=max(3, min(7, repeats)))
         checksum = _checksum_speed()
         del model, det
         h2d = _h2d_points(H2D_SIZES, device, progress=bar) if cuda else None
@@ -1977,10 +1980,11 @@ def run(args, command):
         else:
             rows = predict(pack_dir, prof, result, frame_period_ms=args.frame_period_ms,
                            timeline=True).timeline
+        measured = f', measured {stats["latency_ms"]:.1f} ms' if stats else ''
         pictures['timeline'] = str(plots.timeline(
             rows, f'{stem}_timeline.png',
-            title=f'{result["model"]} — {source} pass, predicted '
-                  f'{result["predicted_latency_ms"]:.1f} ms'))
+            title=f'{pack_dir.name} ({result["model"]}): {source} pass, predicted '
+                  f'{result["predicted_latency_ms"]:.1f} ms{measured}'))
     print(json.dumps({'plan': str(out), 'predicted_latency_ms': result['predicted_latency_ms'],
                       'predicted_peak_weight_mb': result['predicted_peak_weight_mb'],
                       'fully_resident_mb': result['fully_resident']['weight_mb'],

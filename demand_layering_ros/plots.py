@@ -74,8 +74,8 @@ def tradeoff(plan, path, title=None):
         ax.axhline(req['deadline_ms'], color='#999999', ls=':', lw=1, label='deadline')
     ax.set_xlabel('peak weight memory (MB)')
     ax.set_ylabel('predicted latency per frame (ms)')
-    ax.set_title(title or f'{plan.get("model", "")} on {plan.get("device", "")}: '
-                          'memory vs delay')
+    name = Path(str(plan.get('pack') or '')).name or plan.get('model', '')
+    ax.set_title(title or f'{name} on {plan.get("device", "")}: memory vs delay')
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc='upper right')
     fig.tight_layout()
