@@ -11,8 +11,10 @@ Measure the executor's two speed claims in one run, on one machine, as medians.
    (built normally, weights in ordinary tensors) should stay under 2%.
 
 Usage: python bench/bench_executor.py [--models SPEC@HxW ...] [--device cpu|cuda]
-       [--staging copy|zero_copy] [--repeats N] [--json OUT.json]
-Prints a markdown table (the BENCHMARKS.md rows).
+       [--staging copy|zero_copy] [--threads N] [--repeats N] [--json OUT.json]
+Prints two markdown tables (the BENCHMARKS.md rows). On a shared CPU machine use --threads 1:
+two OpenMP threads on two busy cores stall at every barrier and make wall times swing 5x, and
+with one thread the overhead is also reported in the compute thread's own CPU time.
 """
 
 import argparse
@@ -46,17 +48,25 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed(fn, x, device, warmup, repeats):
-    """Return per-pass seconds of fn(x) (after warm-up), synchronised on CUDA."""
+def timed(fn, x, device, warmup, repeats, cpu=None):
+    """
+    Return per-pass seconds of fn(x) (after warm-up), synchronised on CUDA.
+
+    cpu: a list that also gets the calling thread's CPU seconds per pass; with one torch
+    thread on the CPU that is the compute itself, unaffected by other processes' load.
+    """
     out = []
     with torch.no_grad():
         for i in range(warmup + repeats):
             sync(device)
+            c = time.thread_time()
             t = time.perf_counter()
             fn(x)
             sync(device)
             if i >= warmup:
                 out.append(time.perf_counter() - t)
+                if cpu is not None:
+                    cpu.append(time.thread_time() - c)
     return out
 
 
@@ -138,20 +148,32 @@ def bench_model(spec, size, args, device):
     x = det.preprocess([img])[0]
     row = {'model': spec, 'input': f'{h}x{w}', 'device': str(device), 'weights_mb': total / MB,
            'largest_unit_mb': max(u.length for u in pack.units) / MB}
-    # Plain model and the whole-model budget, interleaved so load drift hits both alike.
+    # Plain model and the whole-model budget, alternated pass by pass so that load from
+    # other processes hits both alike; the overhead is the median of the per-pair ratios.
     plain = det.model
     whole = load(pack.path, device=device, budget_mb=total / MB, staging=args.staging)
     resident = load_resident(pack.path, device=device)
     runs = {'plain': [], 'whole': [], 'resident': []}
-    for _ in range(args.rounds):
-        runs['plain'] += timed(plain, x, device, 1, args.repeats)
-        runs['whole'] += timed(whole, x, device, 1, args.repeats)
-        runs['resident'] += timed(resident, x, device, 1, args.repeats)
+    cpu = {k: [] for k in runs}
+    timed(plain, x, device, 1, 0)
+    timed(whole, x, device, 1, 0)
+    timed(resident, x, device, 1, 0)
+    for _ in range(args.repeats * args.rounds):
+        runs['plain'] += timed(plain, x, device, 0, 1, cpu['plain'])
+        runs['whole'] += timed(whole, x, device, 0, 1, cpu['whole'])
+        runs['resident'] += timed(resident, x, device, 0, 1, cpu['resident'])
     whole.close()
     del whole, resident, plain, det
     for k, v in runs.items():
         row[f'{k}_ms'] = statistics.median(v) * 1e3
-    row['overhead_pct'] = (row['whole_ms'] / row['plain_ms'] - 1) * 100
+        row[f'{k}_min_ms'] = min(v) * 1e3
+    pairs = [w / p for w, p in zip(runs['whole'], runs['plain'])]
+    row['overhead_pct'] = (statistics.median(pairs) - 1) * 100
+    row['overhead_min_pct'] = (row['whole_min_ms'] / row['plain_min_ms'] - 1) * 100
+    if device.type == 'cpu' and torch.get_num_threads() == 1:
+        row['plain_cpu_ms'] = statistics.median(cpu['plain']) * 1e3
+        row['whole_cpu_ms'] = statistics.median(cpu['whole']) * 1e3
+        row['overhead_cpu_pct'] = (row['whole_cpu_ms'] / row['plain_cpu_ms'] - 1) * 100
     # Fully streamed, back to back; the disk bandwidth is measured in the same run.
     bw, mode = disk_bandwidth(pack)
     models = {k: load(pack.path, device=device, staging=args.staging, **v)
@@ -172,25 +194,34 @@ def bench_model(spec, size, args, device):
     for k, m in models.items():
         st = m.stats()
         med = [statistics.median(v[i] for v in samples[k]) for i in range(4)]
+        # Each pass has its own bound (from its own compute): the ratio is taken per pass.
+        ratios = [v[0] / v[1] for v in samples[k]]
         row['streamed'][k] = {'arena_mb': st['arena_bytes'] / MB,
                               'peak_weight_mb': st['peak_weight_bytes'] / MB,
                               'split_units': len(st['split_units']),
                               'latency_ms': med[0], 'bound_ms': med[1], 'serial_ms': med[2],
-                              'stall_ms': med[3], 'ratio': med[0] / med[1]}
+                              'stall_ms': med[3], 'ratio': statistics.median(ratios),
+                              'ratio_max': max(ratios), 'latency_min_ms': min(v[0] for v in
+                                                                              samples[k])}
         m.close()
     return row
 
 
 def tables(rows):
     """Return two markdown tables: overhead, and streaming against the bound."""
-    out = ['| model | input | device | weights MB | plain ms | from pack ms | whole-budget ms | '
-           'overhead |', '|' + '---|' * 8]
+    out = ['| model | input | device | weights MB | plain ms (min) | from pack ms (min) | '
+           'whole-budget ms (min) | overhead (median of pairs; of mins) | overhead, thread CPU '
+           'time |', '|' + '---|' * 9]
     for r in rows:
+        cpu = (f"{r['overhead_cpu_pct']:+.1f}% ({r['plain_cpu_ms']:.1f} vs "
+               f"{r['whole_cpu_ms']:.1f} ms)" if 'overhead_cpu_pct' in r else '-')
         out.append(f"| {r['model']} | {r['input']} | {r['device']} | {r['weights_mb']:.1f} | "
-                   f"{r['plain_ms']:.1f} | {r['resident_ms']:.1f} | {r['whole_ms']:.1f} | "
-                   f"{r['overhead_pct']:+.1f}% |")
+                   f"{r['plain_ms']:.1f} ({r['plain_min_ms']:.1f}) | {r['resident_ms']:.1f} "
+                   f"({r['resident_min_ms']:.1f}) | {r['whole_ms']:.1f} ({r['whole_min_ms']:.1f})"
+                   f" | {r['overhead_pct']:+.1f}%; {r['overhead_min_pct']:+.1f}% | {cpu} |")
     out += ['', '| model | input | device | arena | arena MB | largest unit MB | disk GB/s | '
-            'read all ms | streamed ms | bound ms | ratio | naive serial ms | stall ms |',
+            'read all ms | streamed ms | bound ms | ratio (per pass) | naive serial ms | '
+            'stall ms |',
             '|' + '---|' * 13]
     for r in rows:
         for k, v in r['streamed'].items():
@@ -212,8 +243,11 @@ def main(argv=None):
     ap.add_argument('--pack-dir', default=os.environ.get('DLR_BENCH_PACKS',
                                                          '/tmp/dlr_bench_packs'))
     ap.add_argument('--json', default=None, help='also write the rows as JSON')
+    ap.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
     args = ap.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = []
     for text in args.models:
         spec, size = parse_model(text)
