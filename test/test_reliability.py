@@ -66,6 +66,10 @@ def _resources():
     return threading.active_count(), memory.open_fd_count()
 
 
+def _thread_names():
+    return sorted(t.name for t in threading.enumerate())
+
+
 def _unit_at(pack, offset):
     for u in pack.units:
         if u.offset <= offset < u.end:
@@ -147,6 +151,7 @@ def test_read_error_in_each_unit_fails_that_frame_then_recovers(tiny):
         fds = memory.open_fd_count()
         # loader thread + two readers (streaming, and demand misses) of 2 lazily started workers
         max_threads = before[0] + 1 + 2 * 2
+        names_before = _thread_names()
         for unit in pack.units:
             inj.arm(lambda off, n, u=unit: u.offset <= off < u.end)
             err = _until_error(model, x, expected)
@@ -157,7 +162,8 @@ def test_read_error_in_each_unit_fails_that_frame_then_recovers(tiny):
             inj.disarm()
             assert _equal(model(x), expected), f'wrong output after a fault in {unit.name}'
             _figure('frames recovered after a fault')
-            assert threading.active_count() <= max_threads and memory.open_fd_count() == fds
+            assert threading.active_count() <= max_threads, (names_before, _thread_names())
+            assert memory.open_fd_count() == fds
         # a fault in the middle of the pass, whatever unit that is
         inj.arm(_after(len(pack.units) // 2))
         err = _until_error(model, x, expected)
@@ -167,7 +173,8 @@ def test_read_error_in_each_unit_fails_that_frame_then_recovers(tiny):
         for _ in range(3):
             assert _equal(model(x), expected)
         assert model.stats()['arena_committed_bytes'] == committed
-        assert threading.active_count() <= max_threads and memory.open_fd_count() == fds
+        assert threading.active_count() <= max_threads, (names_before, _thread_names())
+        assert memory.open_fd_count() == fds
     finally:
         model.close()
     assert _resources() == before
@@ -524,24 +531,23 @@ def test_node_budget_holds_under_a_hard_limit_that_kills_the_resident_node(big_p
 
 # ------------------------------------------------------------------------------ security
 
-EVIL = r"""
-import sys, torch
-class Evil:
+class _Evil:
+    """Unpickling this creates the file `path` (what an attacker's payload would run)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
     def __reduce__(self):
-        return (open, (sys.argv[2], 'w'))
-torch.save({'conv.weight': Evil()}, sys.argv[1])
-"""
+        return (open, (self.path, 'w'))
 
 
 @pytest.fixture()
 def evil(tmp_path):
     """Write a .pt 'weights' file whose unpickling creates a marker file."""
     path, marker = tmp_path / 'weights.pt', tmp_path / 'PWNED'
-    subprocess.run([sys.executable, '-c', EVIL, str(path), str(marker)], check=True,
-                   cwd=str(tmp_path))
+    torch.save({'conv.weight': _Evil(marker)}, path)      # saving runs nothing
     # the payload is live: an unsafe load does run it (so the test below can fail)
-    subprocess.run([sys.executable, '-c', 'import sys, torch; torch.load(sys.argv[1], '
-                    'weights_only=False)', str(path)], cwd=str(tmp_path))
+    torch.load(path, weights_only=False)
     assert marker.exists(), 'the pickle payload did not work; the test would prove nothing'
     marker.unlink()
     return path, marker
