@@ -82,7 +82,8 @@ def test_allocation_under_the_limit_survives_with_its_real_peak():
     assert f'allocated {200 * MIB}' in res.stdout
     # 200 MiB of data plus an interpreter: the cgroup saw all of it and not much more.
     assert 200 * MIB <= res.peak_bytes < 260 * MIB, res.summary()
-    assert 200 * MIB <= res.max_rss_bytes < 260 * MIB, res.max_rss_bytes
+    # ru_maxrss also counts the pre-exec image forked from this (large) process: a floor only
+    assert res.max_rss_bytes >= 200 * MIB, res.max_rss_bytes
     assert res.peak_rss_bytes <= res.peak_bytes, res.summary()
     assert res.limit_bytes == 400 * MIB
 
