@@ -352,8 +352,7 @@ class CgroupResult:
     peak_rss_bytes: int         # sampled peak of anonymous (incl. shared anonymous) memory
     peak_cache_bytes: int       # sampled peak of file page cache charged to the cgroup
     cache_bytes: int            # page cache still charged when the command ended
-    max_rss_bytes: int          # ru_maxrss of the command's pid (0 if reaped elsewhere); it
-                                # includes the image forked from the caller before exec
+    max_rss_bytes: int          # ru_maxrss of the pid, forked pre-exec image included
     wall_s: float
     stdout: str
     stderr: str
