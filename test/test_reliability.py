@@ -463,7 +463,8 @@ def _node_in_cgroup(pack, limit=None, plan_file=None, frames=2, timeout=180):
     if plan_file:
         args += ['-p', f'plan_file:={plan_file}']
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS='2',
-               PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path))
+               PYTHONPATH=os.pathsep.join(
+                   p for p in (str(ROOT), os.environ.get('PYTHONPATH')) if p))
     memory.evict_file(pack.weights_path)
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain)
