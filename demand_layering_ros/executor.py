@@ -1075,13 +1075,18 @@ class _Engine:
                                 f'waited {WAIT_TIMEOUT_S:.0f} s for unit {slot.name} '
                                 f'(state {slot.state}, loader at {self.cursor}/'
                                 f'{len(self.order)}, {self.alloc.used} arena bytes in use)')
-                    if slot.state == FAILED:
+                    if slot.state != FAILED:
+                        self.last_stall += time.perf_counter() - t0
+                        if self.cuda and slot.copy_event is not None:
+                            torch.cuda.current_stream(self.device).wait_event(slot.copy_event)
+                        return slot.buf, None
+                    started = slot.t.get('read_start')
+                    if started is None or started >= self.t0:
                         raise _named(slot.error, self.pack.path, slot.unit.name,
                                      slot.file_offset)
-                    self.last_stall += time.perf_counter() - t0
-                    if self.cuda and slot.copy_event is not None:
-                        torch.cuda.current_stream(self.device).wait_event(slot.copy_event)
-                    return slot.buf, None
+                    # The read failed ahead of this pass (read-ahead after the last frame):
+                    # the storage may be healthy again, so read once more, on demand, rather
+                    # than fail this frame on an old error.
         return self._miss(slot, t0, borrow)
 
     def _miss(self, slot, t0, borrow):

@@ -546,9 +546,20 @@ def test_storage_error_names_the_unit_and_the_node_recovers(harness, photos):
         f.write(bytes([original[0] ^ 0xFF]))    # one flipped byte on "disk"
     try:
         n = harness.node.camera_stats()['/cam0']['drops']['error']
-        bad = harness.publish('/cam0/image_raw', photos['dog'], frame_id='corrupt_pack')
-        wait_for(lambda: harness.node.camera_stats()['/cam0']['drops']['error'] > n, 30,
-                 'frame failed on the corrupt unit')
+
+        def failed():
+            return harness.node.camera_stats()['/cam0']['drops']['error'] > n
+        for attempt in range(3):
+            bad = harness.publish('/cam0/image_raw', photos['dog'],
+                                  frame_id=f'corrupt_pack{attempt}')
+            wait_for(lambda: failed() or any(m.header.stamp == bad.stamp for m in out0), 30,
+                     'the frame either failed or was served')
+            if failed():
+                break
+            # The executor reads ahead: bytes read before the damage are good bytes, and
+            # that frame must still be right.
+            assert_dog_jpg(detections_for(out0, bad))
+        assert failed(), 'three frames after the damage and no checksum error'
         assert unit.name in harness.node.camera_stats()['/cam0']['last_error']
 
         def model_status():
