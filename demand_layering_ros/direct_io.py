@@ -169,7 +169,7 @@ class Reader:
       submit(offset, length, dest, verify=None, expected_checksum=None, checksum_error=None)
         -> ReadFuture (non-blocking; requests are served in submission order, each split into
         chunk_bytes pieces spread over the threads). expected_checksum (xxh3_64 hex) is checked
-        while the chunks land; `verify(memoryview)` runs in the verify thread after all data arrived.
+        while the chunks land; `verify(memoryview)` runs in the verify thread once all data is in.
         A failed read, a checksum mismatch or a verify exception becomes the future's exception.
       bytes_read, seconds: bytes delivered and wall seconds during which any read was in flight.
       throttle_bytes_per_s: cap the aggregate rate (simulates a slow disk in tests).

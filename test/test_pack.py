@@ -458,6 +458,7 @@ class Outer(nn.Module):
 
 
 class Wrap(nn.Module):
+
     def __init__(self):
         super().__init__()
         self.outer = Outer()
