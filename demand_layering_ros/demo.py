@@ -12,7 +12,6 @@ images and a pipeline timeline PNG go into the output folder.
 """
 
 import json
-import os
 from pathlib import Path
 import signal
 import subprocess
@@ -142,8 +141,8 @@ class Listener:
         if self.verbose:
             text = ', '.join(f'{n} {s:.2f}' for n, s, _ in found) or '(nothing)'
             stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            print(f'[{self.phase}] camera {msg.header.frame_id} frame {self.count:4d} '
-                  f't={stamp:.2f}: {text}', flush=True)
+            print(f'[{self.phase}] {DETECTIONS_TOPIC} frame {self.count:4d} '
+                  f'(stamp {stamp:.2f}): {text}', flush=True)
         with self.lock:
             rgb = self.frames.get(self._key(msg.header.stamp))
         if rgb is not None:
@@ -175,22 +174,12 @@ def _node_command(params_file, overrides):
     return cmd
 
 
-def _stop(proc, timeout=15.0):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _wait_for(predicate, timeout, proc=None):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
             return True
-        if proc is not None and proc.poll() is not None:
+        if proc is not None and not proc.running():
             return False
         time.sleep(0.1)
     return False
@@ -200,35 +189,28 @@ def run_phase(ros_node, phase, params_file, overrides, photos, args, out_dir, ve
     """Run one detector node + camera for `args.duration` seconds; return its measurements."""
     from demand_layering_ros import memory
     listener = Listener(ros_node, phase, out_dir, verbose=verbose)
-    cache0 = memory.page_cache_bytes()
     log_path = Path(out_dir) / f'node_{phase}.log'
-    cgroup = memory.MemoryCgroup(name=f'dlr-demo-{phase}-{os.getpid()}') \
-        if memory.cgroups_available() else None
-    with open(log_path, 'w') as log:
-        node_proc = subprocess.Popen(_node_command(params_file, overrides), stdout=log,
-                                     stderr=subprocess.STDOUT, cwd=str(ROOT))
-        if cgroup is not None:
-            cgroup.add(node_proc.pid)
-        try:
-            ready = _wait_for(lambda: any(k.endswith(': model') and v.get('state') == 'active'
-                                          for k, v in listener.diagnostics.items()),
-                              120.0, node_proc)
-            if not ready:
-                raise RuntimeError(f'the detector node did not become active; see {log_path}')
-            cam = subprocess.Popen(
-                [sys.executable, '-m', 'demand_layering_ros', 'camera', '--images', *photos,
-                 '--rate', str(args.rate), '--topic', CAMERA_TOPIC, '--loop', '--quiet',
-                 '--count', str(int(args.duration * args.rate)), '--wait-subscribers', '10'],
-                cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            cam_out, _ = cam.communicate(timeout=args.duration + 60)
-            time.sleep(2.5)      # last frames, and one more diagnostics message
-            diag = dict(listener.diagnostics)
-        finally:
-            _stop(node_proc)
-            peak = cgroup.peak_bytes() if cgroup is not None else None
-            cache = cgroup.cache_bytes() if cgroup is not None else None
-            if cgroup is not None:
-                cgroup.close()
+    # The node runs in its own memory cgroup from its first byte: the peak counts its RSS and
+    # every page it pulls into the page cache (cgroup v1 charges page cache to the reader).
+    node_proc = memory.start_in_cgroup(_node_command(params_file, overrides), cwd=str(ROOT))
+    try:
+        ready = _wait_for(lambda: any(k.endswith(': model') and v.get('state') == 'active'
+                                      for k, v in listener.diagnostics.items()),
+                          120.0, node_proc)
+        if not ready:
+            raise RuntimeError(f'the detector node did not become active; see {log_path}')
+        cam = subprocess.Popen(
+            [sys.executable, '-m', 'demand_layering_ros', 'camera', '--images', *photos,
+             '--rate', str(args.rate), '--topic', CAMERA_TOPIC, '--loop', '--quiet',
+             '--count', str(int(args.duration * args.rate)), '--wait-subscribers', '10'],
+            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cam_out, _ = cam.communicate(timeout=args.duration + 60)
+        time.sleep(2.5)      # the last frames, and one more diagnostics message
+        diag = dict(listener.diagnostics)
+    finally:
+        node_proc.send_signal(signal.SIGINT)
+        result = node_proc.wait(timeout=30)
+        log_path.write_text(result.stdout + result.stderr)
     for sub in listener.subs:
         ros_node.destroy_subscription(sub)
     cams = {k: v for k, v in diag.items() if ': camera' in k}
@@ -243,11 +225,18 @@ def run_phase(ros_node, phase, params_file, overrides, photos, args, out_dir, ve
         'deadline_misses': int(cam.get('deadline_misses', 0)),
         'peak_weight_mb': float(model.get('peak_weight_mb', 'nan')),
         'io_mode': model.get('io_mode', ''),
-        'process_peak_mb': peak / MIB if peak is not None else float('nan'),
-        'cgroup_page_cache_mb': cache / MIB if cache is not None else float('nan'),
-        'page_cache_growth_mb': (memory.page_cache_bytes() - cache0) / MIB,
+        'process_peak_mb': result.peak_bytes / MIB,
+        'cgroup_page_cache_mb': result.peak_cache_bytes / MIB,
         'detections_received': listener.count,
     }
+
+
+def resident_plan(pk, path):
+    """Write a plan that keeps every unit resident: the plain model, as the baseline."""
+    import yaml
+    plan = {'resident_units': [u.name for u in pk.units], 'arena_bytes': 0}
+    Path(path).write_text(yaml.safe_dump(plan))
+    return str(path)
 
 
 def timeline_png(pack_dir, budget_mb, photos, path):
@@ -274,8 +263,7 @@ def summary_table(rows, pack_mb):
               ('deadline misses', 'deadline_misses', '{:d}'),
               ('peak weight memory (MiB)', 'peak_weight_mb', '{:.1f}'),
               ('process peak incl. page cache (MiB)', 'process_peak_mb', '{:.1f}'),
-              ('page cache in node cgroup (MiB)', 'cgroup_page_cache_mb', '{:.1f}'),
-              ('system page cache growth (MiB)', 'page_cache_growth_mb', '{:+.1f}'),
+              ('page cache growth charged to the node (MiB)', 'cgroup_page_cache_mb', '{:.1f}'),
               ('I/O mode', 'io_mode', '{}')]
     head = ['', *[r['phase'] for r in rows]]
     lines = [head]
@@ -305,7 +293,8 @@ def run(args, command=None):
               'device': 'cpu', 'publish_debug_image': 'false'}
     phases = []
     if not args.skip_resident:
-        phases.append(('resident', dict(common, memory_budget_mb=f'{pack_mb * 2 + 64:.1f}')))
+        phases.append(('resident', dict(common, memory_budget_mb='0.0', plan_file=resident_plan(
+            pk, out_dir / 'PLAN_resident.yaml'))))
     phases.append(('layered', dict(common, memory_budget_mb=f'{float(budget):.1f}')))
     rclpy.init()
     ros_node = rclpy.create_node('demand_layering_demo')
@@ -316,9 +305,10 @@ def run(args, command=None):
     rows = []
     try:
         for phase, overrides in phases:
-            print(f'[demo] phase {phase}: detector node with budget '
-                  f'{overrides["memory_budget_mb"]} MiB, camera at {args.rate:g} fps for '
-                  f'{args.duration:g} s', flush=True)
+            how = ('every unit resident (the plain model)' if phase == 'resident' else
+                   f'memory_budget_mb {overrides["memory_budget_mb"]} (0 = the smallest arena)')
+            print(f'[demo] phase {phase}: detector node with {how}; camera at {args.rate:g} fps '
+                  f'for {args.duration:g} s', flush=True)
             rows.append(run_phase(ros_node, phase, args.params_file, overrides, photos, args,
                                   out_dir, verbose=(phase == 'layered')))
     finally:
