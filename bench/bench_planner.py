@@ -92,17 +92,28 @@ def measure(pack, plan, x, device, resident, repeats, block=3):
 
 
 def measure_framed(pack, plan, x, device, resident, repeats, period_ms):
-    """Run a plan at a frame period (the loader preloads while idle); medians as `measure`."""
+    """
+    Run a plan at a frame period (the loader preloads while idle); medians as `measure`.
+
+    The resident model runs at the same period in between, so its median (the drift
+    reference) also comes from passes that follow idle time.
+    """
     m = load(pack.path, device=device, plan=plan)
+
+    def framed(fn):
+        start = time.perf_counter()
+        ms = timed(fn, x, device)
+        time.sleep(max(0.0, period_ms / 1e3 - (time.perf_counter() - start)))
+        return ms
+
     try:
-        lat, stall = [], []
-        timed(m, x, device)
+        lat, res, stall = [], [], []
+        framed(m)
         for _ in range(repeats):
-            start = time.perf_counter()
-            lat.append(timed(m, x, device))
+            lat.append(framed(m))
             stall.append(m.stats()['stall_ms'])
-            time.sleep(max(0.0, period_ms / 1e3 - (time.perf_counter() - start)))
-        res = [timed(resident, x, device) for _ in range(3)]
+            res.append(framed(resident))
+            framed(m)                             # the pass after the resident one: untimed
         st = m.stats()
     finally:
         m.close()

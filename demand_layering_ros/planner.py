@@ -383,7 +383,8 @@ class Timing:
     busy[c]: the time call c runs with its weights in place; gap[c]: weight-free work between
     the previous call and call c (it can overlap the wait for c's weights); tail: work after
     the last call. read: O_DIRECT Transfer; copy: host-to-device Transfer (None: no copy
-    stage); slot_overhead: the executor's own cost per slot it hands to the model; kind:
+    stage); slot_overhead / pass_overhead: the executor's own cost per slot it hands to the
+    model and per pass (when anything is streamed); kind:
     'cpu', 'cuda' (discrete GPU) or 'unified' (integrated GPU: no copy stage); piece_bytes:
     the executor claims and reads a slot in pieces of this size (None: whole slots, as on a
     discrete GPU's staging path); verify_ms_per_byte: checksum time after a slot's last read;
@@ -396,6 +397,7 @@ class Timing:
     read: Transfer
     copy: Transfer = None
     slot_overhead: float = 0.0
+    pass_overhead: float = 0.0
     kind: str = 'cpu'
     resident_latency: float = None
     piece_bytes: int = None
@@ -434,6 +436,7 @@ class Timing:
         return cls(busy=[float(x) for x in busy], gap=[float(x) for x in gap],
                    tail=float(steps.get('tail_ms', 0.0)), read=read, copy=copy,
                    slot_overhead=float(ex.get('overhead_ms_per_slot', 0.0)),
+                   pass_overhead=float(ex.get('overhead_ms_per_pass', 0.0)),
                    kind=kind, resident_latency=prof.get('resident_latency_ms'),
                    piece_bytes=int(piece) if piece else None,
                    verify_ms_per_byte=1e3 / float(check) if check else 0.0,
@@ -617,7 +620,7 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
         step_stall[s] = need - base[s]
         stall += step_stall[s]
         end[s] = need + busy[s] + oh * acquired
-    latency = (end[-1] if steps else 0.0) + timing.tail
+    latency = (end[-1] if steps else 0.0) + timing.tail + (timing.pass_overhead if n else 0.0)
     resident_bytes = sched.bytes_of(cfg.resident) + sched.extra_bytes
     sim = Sim(latency_ms=latency, stall_ms=stall, resident_bytes=resident_bytes,
               arena_bytes=layout.capacity, peak_weight_bytes=resident_bytes + layout.capacity,
@@ -1206,7 +1209,8 @@ def _plan_dict(sched, prof, timing, chosen, full, min_point, curve, search, requ
         'search': search,
         'profile': {'machine': prof.get('machine', {}),
                     'read_mb_per_s': round(timing.read.rate(1 << 24) / MB, 1),
-                    'slot_overhead_ms': timing.slot_overhead},
+                    'slot_overhead_ms': timing.slot_overhead,
+                    'pass_overhead_ms': timing.pass_overhead},
         'alternatives': alts,
     }
 
@@ -1454,14 +1458,17 @@ def _disk_points(pack, sizes, threads, budget_s=0.4, progress=None):
                 reader.read_into(off, size, buf)
                 isolated.append(time.perf_counter() - t)
                 k += 1
-            # back to back (what a reader running ahead sees)
-            n = max(3, min(256, int(k * 1.5)))
-            t = time.perf_counter()
-            futs = [reader.submit(lo + ((k + j) * 7919 % slots) * size, size, buf)
-                    for j in range(n)]
-            for f in futs:
-                f.result()
-            streamed = (time.perf_counter() - t) / n
+            # back to back (what a reader running ahead sees); median of three batches
+            n = max(3, min(128, k))
+            batches = []
+            for b in range(3):
+                t = time.perf_counter()
+                futs = [reader.submit(lo + ((k + b * n + j) * 7919 % slots) * size, size, buf)
+                        for j in range(n)]
+                for f in futs:
+                    f.result()
+                batches.append((time.perf_counter() - t) / n)
+            streamed = _median(batches)
             points.append({'request_bytes': size, 'seconds': _median(isolated),
                            'seconds_streamed': streamed,
                            'mb_per_s': round(size / _median(isolated) / MB, 1),
@@ -1472,53 +1479,104 @@ def _disk_points(pack, sizes, threads, budget_s=0.4, progress=None):
     return {'mode': mode, 'fallback_reason': reason, 'threads': threads, 'points': points}
 
 
-def _executor_overhead(pack, sched, device, model, x, repeats, disk, progress=None):
-    """
-    Measure the executor's own cost per slot it hands over: stall-free passes vs resident.
+CALIBRATION_FAMILY = 'dlr-calibration'
 
-    The executor streams every unit through an arena that holds them all; before each timed
-    pass the loader is given time to read everything, so the pass waits for no read and what
-    it takes beyond the resident model (timed alternately) is the executor's bookkeeping.
+
+def _calibration_family():
+    """Register (once) a model family of N conv+batch-norm blocks on a 4x4 input."""
+    import torch
+    from torch import nn
+    from demand_layering_ros import registry
+    from demand_layering_ros.detector import Detector
+
+    class Blocks(Detector):
+        kind = 'classifier'
+
+        def example_input(self, batch=1):
+            return torch.ones(batch, 128, 4, 4, device=self.device)
+
+        def postprocess(self, outputs, meta, **kwargs):
+            return outputs
+
+    def build(arg, weights=None, seed=None, input_size=None, device='cpu', meta=False,
+              **kwargs):
+        def make():   # 128x128 convs (64 KiB) stay units of their own, each with its BN
+            return nn.Sequential(*[nn.Sequential(nn.Conv2d(128, 128, 1), nn.BatchNorm2d(128))
+                                   for _ in range(int(arg))]).eval()
+        if meta:
+            with torch.device('meta'):
+                model = make()
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0 if seed is None else seed)
+                model = make().to(device)
+        return Blocks('calibration', f'{CALIBRATION_FAMILY}:{arg}', model, ['x'],
+                      input_size=(4, 4), build_args={'spec': f'{CALIBRATION_FAMILY}:{arg}'},
+                      device=device)
+
+    if CALIBRATION_FAMILY not in registry.families():
+        registry.register(CALIBRATION_FAMILY, build)
+
+
+def _executor_overhead(device, blocks=64, repeats=15, progress=None):
     """
+    Measure the executor's own costs: per pass, and per slot it hands to the model.
+
+    A pass of `blocks` small conv+batch-norm units (tens of microseconds of compute each, about
+    as many tensors per unit as a real conv layer) runs through an arena that holds all of it,
+    once with every unit streamed and once with a quarter streamed; before each timed pass the
+    loader has time to read everything, so no pass waits for a read. Against the same model
+    fully resident (timed alternately) the two give the cost per streamed slot (the slope) and
+    per pass (the rest). On a real model these would drown in its run-to-run noise.
+    """
+    import tempfile
     import torch
     from demand_layering_ros import executor
-    st = sched.streams(frozenset(sched.forced), 0)
-    if not st.items:
-        return None
-    read = Transfer([(p['request_bytes'], p['seconds']) for p in disk['points']])
-    settle = 1.5 * sum(read.seconds(it.nbytes) for it in st.items) + 0.05
-    staging = 'zero_copy' if device.startswith('cuda') and machine_info(device).get(
-        'integrated') else 'copy'
-    dl = executor.load(pack.path, device=device,
-                       plan={'resident_units': [], 'arena_bytes': st.total_bytes, 'split_bytes': 0,
-                             'prefetch_depth': None, 'staging': staging})
-    diffs, stalls = [], []
-    try:
-        with torch.no_grad():
-            for r in range(repeats + 1):
-                time.sleep(settle)
-                _sync(device)
-                t = time.perf_counter()
-                dl(x)
-                _sync(device)
-                t_dl = time.perf_counter() - t
-                t = time.perf_counter()
-                model(x)
-                _sync(device)
-                t_res = time.perf_counter() - t
-                if r:
-                    stall = dl.stats()['stall_ms']     # a read the settling did not finish
-                    diffs.append(1e3 * (t_dl - t_res) - stall)
-                    stalls.append(stall)
-                if progress is not None:
-                    progress.update(1)
-    finally:
-        dl.close()
-    total = max(_median(diffs), 0.0)
-    return {'overhead_ms_per_slot': round(total / len(st.items), 6),
-            'overhead_ms': round(total, 4), 'slots': len(st.items),
-            'piece_bytes': getattr(executor, 'PIECE_BYTES', None),
-            'stall_ms_median': round(_median(stalls), 4)}
+    from demand_layering_ros import pack as P
+    from demand_layering_ros import registry
+    _calibration_family()
+    det = registry.build(f'{CALIBRATION_FAMILY}:{blocks}', seed=0)
+    x = det.example_input(1)
+    with tempfile.TemporaryDirectory(prefix='dlr-calibration-') as tmp:
+        pk = P.write_pack_from_module(det.model, x, tmp, {'spec': det.spec}, progress=False)
+        names = [u.name for u in pk.units]
+        few = len(names) // 4
+        res = executor.load_resident(pk.path, device=device)
+        dls = {n: executor.load(pk.path, device=device,
+                                plan={'resident_units': names[:len(names) - n],
+                                      'arena_bytes': sum(u.length for u in pk.units),
+                                      'split_bytes': 0, 'prefetch_depth': None})
+               for n in (len(names), few)}
+        xd = x.to(device)
+        diffs = {n: [] for n in dls}
+        try:
+            with torch.no_grad():
+                for r in range(repeats + 2):
+                    for n, dl in dls.items():
+                        time.sleep(0.01)             # the loader reads the whole pass
+                        _sync(device)
+                        t = time.perf_counter()
+                        dl(xd)
+                        _sync(device)
+                        t_dl = time.perf_counter() - t
+                        t = time.perf_counter()
+                        res(xd)
+                        _sync(device)
+                        t_res = time.perf_counter() - t
+                        if r >= 2:
+                            diffs[n].append(1e3 * (t_dl - t_res) - dl.stats()['stall_ms'])
+        finally:
+            for dl in dls.values():
+                dl.close()
+    if progress is not None:
+        progress.update(1)
+    many, some = _median(diffs[len(names)]), _median(diffs[few])
+    per_slot = max((many - some) / (len(names) - few), 0.0)
+    per_pass = max(some - per_slot * few, 0.0)
+    return {'overhead_ms_per_slot': round(per_slot, 6), 'overhead_ms_per_pass': round(per_pass, 4),
+            'calibration': {'slots': [len(names), few], 'overhead_ms': [round(many, 4),
+                                                                        round(some, 4)]},
+            'piece_bytes': getattr(executor, 'PIECE_BYTES', None)}
 
 
 def _checksum_speed(nbytes=16 << 20, repeats=5):
@@ -1718,7 +1776,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     sizes = [s for s in disk_sizes if s <= max(pack.file_size - pack.data_offset, 0)] or \
         [direct_io_page()]
     total = warmup + repeats + len(sizes) + (len(H2D_SIZES) if cuda else 0) + 1 + \
-        (repeats + 1 if executor_overhead else 0) + \
+        (1 if executor_overhead else 0) + \
         (len(sched.split_candidates) if check_splits else 0)
     bar = None
     if progress:
@@ -1789,8 +1847,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         disk = _disk_points(pack, sizes, threads, progress=bar)
         overhead, exact = None, {}
         if executor_overhead and sched.slot_builder is not None:
-            overhead = _executor_overhead(pack, sched, device, model, x, repeats, disk,
-                                          progress=bar)
+            overhead = _executor_overhead(device, progress=bar)
         split_cost = {}
         if check_splits and sched.slot_builder is not None:
             exact = _split_exactness(pack, sched, device, model, progress=bar)

@@ -292,7 +292,8 @@ def test_profile_measures_every_call_and_the_disk(tiny_pack, tiny_profile):
     sizes = [p['request_bytes'] for p in prof['disk']['points']]
     assert sizes == sorted(sizes) and all(p['seconds'] > 0 for p in prof['disk']['points'])
     assert prof['resident_latency_ms'] > 0 and prof['activation_peak_bytes'] > 0
-    assert prof['executor']['slots'] == len(tiny_pack.units)
+    assert prof['executor']['overhead_ms_per_slot'] >= 0
+    assert prof['executor']['overhead_ms_per_pass'] >= 0
     assert prof['checksum']['bytes_per_s'] > 0
     sched = planner.Schedule.from_pack(tiny_pack)
     assert sorted(prof['split_exact']) == sorted(str(s) for s in sched.split_candidates)
