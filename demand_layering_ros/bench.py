@@ -253,7 +253,7 @@ def naive_plan(pk):
 
 def _plan_key(plan):
     return (tuple(sorted(plan.get('resident_units') or [])), int(plan.get('arena_bytes') or 0),
-            plan.get('prefetch_depth'))
+            plan.get('prefetch_depth'), int(plan.get('split_bytes') or 0))
 
 
 def make_plans(pk, prof, n_budgets):
@@ -341,12 +341,18 @@ def prepare_model(key, src, work, device, configs, n_budgets, repeats, log):
             'real_weights': src['real_weights'], 'errors': {}}
     pack_dir = d / 'pack'
     t0 = time.perf_counter()
-    if not _pack_matches(pack_dir, src):
+    pk = None
+    if _pack_matches(pack_dir, src):
+        try:
+            pk = packmod.Pack.open(pack_dir)
+        except packmod.PackError as e:
+            log(f'{key}: rewriting the pack ({e})')
+    if pk is None:
         shutil.rmtree(pack_dir, ignore_errors=True)
+        shutil.rmtree(d / 'accelerate', ignore_errors=True)     # made from the old pack
         log(f'{key}: writing pack')
-        packmod.write_pack(src['spec'], pack_dir, weights=src['weights'], seed=0,
-                           input_size=src['input_size'], progress=False)
-    pk = packmod.Pack.open(pack_dir)
+        pk = packmod.write_pack(src['spec'], pack_dir, weights=src['weights'], seed=0,
+                                input_size=src['input_size'], progress=False)
     info['pack'] = str(pack_dir)
     info['pack_seconds'] = round(time.perf_counter() - t0, 2)
     s = pk.summary()
@@ -375,12 +381,9 @@ def prepare_model(key, src, work, device, configs, n_budgets, repeats, log):
             info['errors']['naive'] = f'naive plan: {e!r}'
         prof_path = d / f'profile-{device.split(":")[0]}.json'
         try:
-            if prof_path.is_file() and _profile_fresh(prof_path, pk):
-                prof = planner.load_profile(prof_path)
-            else:
-                log(f'{key}: profiling')
-                prof = planner.profile(pack_dir, device=device, repeats=repeats, progress=False)
-                planner.write_json(prof, prof_path)
+            log(f'{key}: profiling')
+            prof = planner.profile(pack_dir, device=device, repeats=repeats, progress=False)
+            planner.write_json(prof, prof_path)
             info['profile'] = str(prof_path)
             info['resident_profile_ms'] = prof.get('resident_latency_ms')
             log(f'{key}: planning')
@@ -391,16 +394,6 @@ def prepare_model(key, src, work, device, configs, n_budgets, repeats, log):
             for c in DL_KINDS:
                 info['errors'][c] = f'profile/plan: {e!r}'
     return info
-
-
-def _profile_fresh(path, pk):
-    try:
-        with open(path) as f:
-            prof = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return prof.get('pack', {}).get('file_size') == pk.file_size and \
-        prof.get('steps', {}).get('unit') == list(pk.call_order)
 
 
 # ----------------------------------------------------------------------------- one measured run
@@ -417,22 +410,31 @@ def _set_tensor(model, name, tensor, param):
 
 
 def _skeleton_with_buffers(pk, device):
-    """Return (detector, model): the model on 'meta' with only its buffers materialised."""
+    """
+    Return (detector, model): the model on 'meta' with only its buffers materialised.
+
+    The buffers (batch-norm statistics, a few KB) are read with pread and then dropped from the
+    page cache, so the accelerate configurations start from the same cold cache as the others.
+    """
     import torch
+    from demand_layering_ros.pack import dtype_of
     det = pk.build_detector(device=device, meta=True)
     model = det.model
-    with open(pk.weights_path, 'rb') as f:
+    fd = os.open(pk.weights_path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)        # no readahead
         for u in pk.units:
             for t in u.tensors:
                 if t.kind != 'buffer':
                     continue
-                f.seek(t.offset)
-                raw = bytearray(f.read(t.nbytes))
-                from demand_layering_ros.pack import dtype_of
+                raw = bytearray(os.pread(fd, t.nbytes, t.offset))
                 v = torch.frombuffer(raw, dtype=torch.uint8).view(dtype_of(t.dtype))
                 v = v.reshape(t.shape).to(device)
                 for name in [t.name] + list(t.aliases):
                     _set_tensor(model, name, v, param=False)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
     for name, v in pk.extra_buffers().items():
         _set_tensor(model, name, v.to(device), param=False)
     return det, model.eval()
@@ -543,6 +545,7 @@ def worker(job_path):
             limit = base['usage_bytes'] + int(job['limit_above_base'])
             result['limit_bytes'] = _limit_own_cgroup(limit)
         io0 = read_bytes_self()
+        load0 = os.getloadavg()[0]
         result['import_seconds'] = round(time.perf_counter() - t_start, 3)
         t = time.perf_counter()
         model, x, weight_bytes, extra = _build_runner(job, pk)
@@ -566,6 +569,7 @@ def worker(job_path):
                     if hasattr(model, 'stats'):
                         stalls.append(round(model.stats()['stall_ms'] or 0.0, 4))
         io3 = read_bytes_self()
+        result['load_average'] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         end = _cgroup_now() if job.get('cgroup') else None
         result['latencies_ms'] = lat
         if hasattr(model, 'stats'):
@@ -734,6 +738,9 @@ def _summary(runs, info, config, bw, prof):
     s['read_mb_load'] = _mb(worst('read_bytes_load'), 2)
     if ok[0].get('limit_bytes'):
         s['limit_mb'] = _mb(ok[0]['limit_bytes'])
+    loads = [v for r in ok for v in r.get('load_average') or []]
+    if loads:
+        s['load_average_max'] = max(loads)
     stalls = [v for r in ok for v in r.get('stall_ms') or []]
     if stalls:
         s['stall_ms'] = round(statistics.median(stalls), 3)
@@ -1063,6 +1070,12 @@ def _grid(n, plt, w=3.2, h=2.6):
     return fig, list(axes.flat)
 
 
+def _log_if_spread(ax, values, ratio=8.0):
+    values = [v for v in values if v and v > 0]
+    if values and max(values) / min(values) > ratio:
+        ax.set_yscale('log')
+
+
 def _points(model):
     for name, c in (model.get('configs') or {}).items():
         s = c.get('summary') or {}
@@ -1087,6 +1100,7 @@ def plot_latency_memory(results, path):
             h = ax.scatter([x], [s['median_ms']], marker=marker, color=colour, s=46,
                            edgecolors='black', linewidths=0.4, zorder=3)
             seen.setdefault(kind, h)
+        _log_if_spread(ax, [s['median_ms'] for _, _, s in _points(m)])
         ax.set_title(m['key'], fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
@@ -1127,6 +1141,8 @@ def plot_tradeoff(results, path):
             h = ax.scatter([s['peak_weight_mb']], [s['median_ms']], marker=marker, color=colour,
                            s=46, edgecolors='black', linewidths=0.4, zorder=3)
             seen.setdefault(kind, h)
+        _log_if_spread(ax, [s['median_ms'] for _, k, s in _points(m) if k != 'mmap']
+                       + [a['latency_ms'] for a in front])
         ax.set_title(m['key'], fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
@@ -1299,6 +1315,9 @@ def markdown(results, figures):
              f'({st.get("reps")} repetitions × {st.get("passes_per_rep")}, each after '
              f'{st.get("warmup")} warm-up passes), batch 1, fp32, seeded random weights except '
              'yolov3-tiny (real COCO weights); input sizes per model below.',
+             '- **Knobs**: `--models`, `--configs`, `--passes`, `--reps`, `--budgets`, '
+             '`--input-size`, `--threads` (`python -m demand_layering_ros bench --help`); '
+             '`--results` redraws this section from a results.json measured elsewhere.',
              '', _METHOD, '']
     table, avg = goals_table(results)
     lines += ['### Goals', '', table, '']
@@ -1316,13 +1335,24 @@ def markdown(results, figures):
                   f'{"x".join(str(v) for v in size) if size else "default"}, '
                   f'{_f(model.get("weights_mb"))} MB of weights in {model.get("units")} units '
                   f'(largest {_f(model.get("largest_unit_mb"))} MB), disk '
-                  f'{_f(model.get("disk_mb_per_s"), 0)} MB/s in this run.', '',
+                  f'{_f(model.get("disk_mb_per_s"), 0)} MB/s in this run{_load_note(model)}.',
+                  '',
                   model_table(model), '']
     if figures:
         lines += ['### Plots', '']
         for name, rel in figures.items():
             lines += [f'![{name}]({rel})', '']
     return '\n'.join(lines).rstrip() + '\n'
+
+
+def _load_note(model):
+    loads = [(c.get('summary') or {}).get('load_average_max')
+             for c in (model.get('configs') or {}).values()]
+    loads = [v for v in loads if v is not None]
+    if not loads:
+        return ''
+    return (f'; 1-minute load average during its runs up to {max(loads):.1f} (other work on '
+            'the machine slows the configurations it overlaps)')
 
 
 _METHOD = """\
@@ -1406,8 +1436,8 @@ def add_arguments(parser, command):
     parser.add_argument('--reps', type=int, default=2,
                         help='repetitions; odd ones run the configurations in reverse order '
                              '(default 2)')
-    parser.add_argument('--budgets', type=int, default=2,
-                        help='budgets between the smallest and the <= 1 ms plan (default 2)')
+    parser.add_argument('--budgets', type=int, default=1,
+                        help='budgets between the smallest and the <= 1 ms plan (default 1)')
     parser.add_argument('--profile-repeats', type=int, default=3,
                         help="timed passes of the planner's profile (default 3)")
     parser.add_argument('--device', default='cpu', help='cpu or cuda (default cpu)')
