@@ -1071,9 +1071,17 @@ def _grid(n, plt, w=3.2, h=2.6):
 
 
 def _log_if_spread(ax, values, ratio=8.0):
+    from matplotlib.ticker import FuncFormatter
     values = [v for v in values if v and v > 0]
     if values and max(values) / min(values) > ratio:
         ax.set_yscale('log')
+
+        def label(v, _):
+            lead = round(v / 10 ** math.floor(math.log10(v))) if v > 0 else 0
+            return f'{v:g}' if lead in (1, 2, 5) else ''
+
+        ax.yaxis.set_major_formatter(FuncFormatter(label))
+        ax.yaxis.set_minor_formatter(FuncFormatter(label))
 
 
 def _points(model):
