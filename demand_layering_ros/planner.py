@@ -384,7 +384,10 @@ class Timing:
     the previous call and call c (it can overlap the wait for c's weights); tail: work after
     the last call. read: O_DIRECT Transfer; copy: host-to-device Transfer (None: no copy
     stage); slot_overhead / pass_overhead: the executor's own cost per slot it hands to the
-    model and per pass (when anything is streamed); kind:
+    model and per pass (when anything is streamed); handoff: the delay from a release to the
+    loader claiming the freed range (thread wake-ups); contention / read_slowdown: how many
+    times slower compute runs while the reader reads and verifies, and reads while compute
+    runs; kind:
     'cpu', 'cuda' (discrete GPU) or 'unified' (integrated GPU: no copy stage); piece_bytes:
     the executor claims and reads a slot in pieces of this size (None: whole slots, as on a
     discrete GPU's staging path); verify_ms_per_byte: checksum time after a slot's last read;
@@ -398,6 +401,9 @@ class Timing:
     copy: Transfer = None
     slot_overhead: float = 0.0
     pass_overhead: float = 0.0
+    handoff: float = 0.0
+    contention: float = 1.0
+    read_slowdown: float = 1.0
     kind: str = 'cpu'
     resident_latency: float = None
     piece_bytes: int = None
@@ -431,12 +437,16 @@ class Timing:
         copy = Transfer([(p['request_bytes'], p['seconds']) for p in h2d]) \
             if kind == 'cuda' and h2d else None
         ex = prof.get('executor') or {}
+        mutual = prof.get('contention') or {}
         piece = ex.get('piece_bytes') if kind != 'cuda' else None
         check = (prof.get('checksum') or {}).get('bytes_per_s')
         return cls(busy=[float(x) for x in busy], gap=[float(x) for x in gap],
                    tail=float(steps.get('tail_ms', 0.0)), read=read, copy=copy,
                    slot_overhead=float(ex.get('overhead_ms_per_slot', 0.0)),
                    pass_overhead=float(ex.get('overhead_ms_per_pass', 0.0)),
+                   handoff=float(ex.get('handoff_ms', 0.0)),
+                   contention=max(1.0, float(mutual.get('compute_slowdown', 1.0))),
+                   read_slowdown=max(1.0, float(mutual.get('read_slowdown', 1.0))),
                    kind=kind, resident_latency=prof.get('resident_latency_ms'),
                    piece_bytes=int(piece) if piece else None,
                    verify_ms_per_byte=1e3 / float(check) if check else 0.0,
@@ -484,6 +494,53 @@ def _pieces(nbytes, piece_bytes):
     if not piece_bytes or nbytes <= piece_bytes:
         return [(0, nbytes)]
     return [(a, min(piece_bytes, nbytes - a)) for a in range(0, nbytes, piece_bytes)]
+
+
+class _ReaderBusy:
+    """
+    The times the reader is busy (reading or verifying), and compute slowed down by it.
+
+    Intervals arrive in time order; `advance(t, work)` returns when `work` ms of compute that
+    starts at t ends if it runs `factor` times slower while the reader is busy (the measured
+    contention of reads and checksums with compute for cores and memory bandwidth).
+    """
+
+    def __init__(self, factor):
+        """Start with no busy time."""
+        self.factor = factor
+        self.spans = []
+        self.j = 0
+
+    def add(self, a, b):
+        """Record that the reader is busy over [a, b) (a at or after earlier starts)."""
+        if self.factor == 1.0 or b <= a:
+            return
+        if self.spans and a <= self.spans[-1][1]:
+            self.spans[-1][1] = max(self.spans[-1][1], b)
+        else:
+            self.spans.append([a, b])
+
+    def advance(self, t, work):
+        """Return the end of `work` ms of compute starting at t."""
+        if self.factor == 1.0:
+            return t + work
+        spans, c = self.spans, self.factor
+        while self.j < len(spans) and spans[self.j][1] <= t:
+            self.j += 1
+        j = self.j
+        while work > 1e-12:
+            if j >= len(spans) or spans[j][0] >= t + work:
+                return t + work
+            a, b = spans[j]
+            if a > t:
+                work -= a - t
+                t = a
+            if work * c <= b - t:
+                return t + work * c
+            work -= (b - t) / c
+            t = b
+            j += 1
+        return t
 
 
 def _release_steps(items, order, offsets, piece_bytes=None, alignment=arena.PAGE):
@@ -536,7 +593,8 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
     Loader: takes slots in load order. It may claim a slot once the slot before it is wholly
     claimed and compute has acquired slot k - depth; it then claims the slot's range piece by
     piece (timing.piece_bytes; whole slots when None) as each piece's range is released by the
-    earlier slot that used it last, and submits each piece's read at once. Reader: one in-order
+    earlier slot that used it last (plus timing.handoff, the threads' wake-up), and submits
+    each piece's read at once. Reader: one in-order
     server; a read takes the back-to-back time when queued behind another and the one-at-a-
     time time when the disk was idle (pinned host units skip it). A slot is usable once all its
     pieces are in and its checksum is verified, then, on a discrete GPU, copied. Compute: step
@@ -577,15 +635,17 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
     need_pos = {}                 # step -> load positions first used there
     for pos, i in enumerate(order):
         need_pos.setdefault(items[i].first_step, []).append(pos)
-    oh = timing.slot_overhead
+    oh, handoff = timing.slot_overhead, timing.handoff
     read, copy, verify = timing.read, timing.copy, timing.verify_ms_per_byte
+    busy_reader = _ReaderBusy(timing.contention)
+    slow = 1e3 * timing.read_slowdown
     for s in range(steps):
-        base[s] = (end[s - 1] if s else 0.0) + gap[s]
+        base[s] = busy_reader.advance(end[s - 1] if s else 0.0, gap[s])
         while k < n and last_rel[k] < s and gate[k] <= s:
             i = order[k]
             nbytes = items[i].nbytes
             t = t_whole if gate[k] < 0 else max(t_whole, base[gate[k]])
-            claims = sorted((max(t, end[r]) if r >= 0 else t, pn)
+            claims = sorted((max(t, end[r] + handoff) if r >= 0 else t, pn)
                             for r, (_, pn) in zip(rel[k], _pieces(
                                 max(arena.align_up(nbytes), arena.PAGE), piece_bytes)))
             t_whole = claims[-1][0]
@@ -595,11 +655,13 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
                 r0 = None
                 for c, pn in claims:
                     a = max(c, t_read)
-                    dur = 1e3 * (read.seconds_queued(pn) if c < t_read else read.seconds(pn))
+                    dur = slow * (read.seconds_queued(pn) if c < t_read else read.seconds(pn))
                     t_read = a + dur
                     read_busy += dur
                     r0 = a if r0 is None else r0
+                    busy_reader.add(a, t_read)
                 r1 = t_read + verify * nbytes
+                busy_reader.add(t_read, r1)
             c0 = c1 = r1
             if copy is not None:
                 c0 = max(r1, t_copy)
@@ -619,8 +681,9 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
         start_w[s] = need
         step_stall[s] = need - base[s]
         stall += step_stall[s]
-        end[s] = need + busy[s] + oh * acquired
-    latency = (end[-1] if steps else 0.0) + timing.tail + (timing.pass_overhead if n else 0.0)
+        end[s] = busy_reader.advance(need, busy[s] + oh * acquired)
+    latency = busy_reader.advance(end[-1] if steps else 0.0, timing.tail) + (
+        timing.pass_overhead if n else 0.0)
     resident_bytes = sched.bytes_of(cfg.resident) + sched.extra_bytes
     sim = Sim(latency_ms=latency, stall_ms=stall, resident_bytes=resident_bytes,
               arena_bytes=layout.capacity, peak_weight_bytes=resident_bytes + layout.capacity,
@@ -1518,7 +1581,7 @@ def _calibration_family():
         registry.register(CALIBRATION_FAMILY, build)
 
 
-def _executor_overhead(device, blocks=64, repeats=15, progress=None):
+def _executor_overhead(device, blocks=64, repeats=15, progress=None, disk=None):
     """
     Measure the executor's own costs: per pass, and per slot it hands to the model.
 
@@ -1527,7 +1590,10 @@ def _executor_overhead(device, blocks=64, repeats=15, progress=None):
     once with every unit streamed and once with a quarter streamed; before each timed pass the
     loader has time to read everything, so no pass waits for a read. Against the same model
     fully resident (timed alternately) the two give the cost per streamed slot (the slope) and
-    per pass (the rest). On a real model these would drown in its run-to-run noise.
+    per pass (the rest). On a real model these would drown in its run-to-run noise. With `disk`
+    (the profile's read times) a third run streams everything through the smallest arena, so
+    each read waits for the release of the unit before it; the delay that makes the planner's
+    own simulation of that pass match its measured time is the release-to-claim hand-off.
     """
     import tempfile
     import torch
@@ -1547,8 +1613,14 @@ def _executor_overhead(device, blocks=64, repeats=15, progress=None):
                                       'arena_bytes': sum(u.length for u in pk.units),
                                       'split_bytes': 0, 'prefetch_depth': None})
                for n in (len(names), few)}
+        tight = None
+        if disk:
+            tight = executor.load(pk.path, device=device,
+                                  plan={'resident_units': [], 'arena_bytes': None,
+                                        'split_bytes': 0, 'prefetch_depth': None})
         xd = x.to(device)
         diffs = {n: [] for n in dls}
+        res_ms, tight_ms = [], []
         try:
             with torch.no_grad():
                 for r in range(repeats + 2):
@@ -1565,18 +1637,138 @@ def _executor_overhead(device, blocks=64, repeats=15, progress=None):
                         t_res = time.perf_counter() - t
                         if r >= 2:
                             diffs[n].append(1e3 * (t_dl - t_res) - dl.stats()['stall_ms'])
+                            res_ms.append(1e3 * t_res)
+                    if tight is not None:
+                        tight(xd)                    # back to back: no idle head start
+                        _sync(device)
+                        t = time.perf_counter()
+                        tight(xd)
+                        _sync(device)
+                        if r >= 2:
+                            tight_ms.append(1e3 * (time.perf_counter() - t))
+            many, some = _median(diffs[len(names)]), _median(diffs[few])
+            per_slot = max((many - some) / (len(names) - few), 0.0)
+            per_pass = max(some - per_slot * few, 0.0)
+            out = {'overhead_ms_per_slot': round(per_slot, 6),
+                   'overhead_ms_per_pass': round(per_pass, 4),
+                   'calibration': {'slots': [len(names), few],
+                                   'overhead_ms': [round(many, 4), round(some, 4)]},
+                   'piece_bytes': getattr(executor, 'PIECE_BYTES', None)}
+            if tight is not None:
+                out['handoff_ms'] = _fit_handoff(pk, device, disk, out, _median(res_ms),
+                                                 _median(tight_ms), tight.plan()['arena_bytes'])
+                out['calibration']['tight_ms'] = round(_median(tight_ms), 4)
         finally:
             for dl in dls.values():
                 dl.close()
+            if tight is not None:
+                tight.close()
     if progress is not None:
         progress.update(1)
-    many, some = _median(diffs[len(names)]), _median(diffs[few])
-    per_slot = max((many - some) / (len(names) - few), 0.0)
-    per_pass = max(some - per_slot * few, 0.0)
-    return {'overhead_ms_per_slot': round(per_slot, 6), 'overhead_ms_per_pass': round(per_pass, 4),
-            'calibration': {'slots': [len(names), few], 'overhead_ms': [round(many, 4),
-                                                                        round(some, 4)]},
-            'piece_bytes': getattr(executor, 'PIECE_BYTES', None)}
+    return out
+
+
+def _fit_handoff(pk, device, disk, executor_costs, resident_ms, measured_ms, arena_bytes):
+    """Return the hand-off delay (ms) at which the simulated tight pass takes `measured_ms`."""
+    sched = Schedule.from_pack(pk)
+    n = sched.steps
+    prof = {'format': PROFILE_FORMAT, 'device': str(device).split(':')[0],
+            'device_kind': 'cpu' if not str(device).startswith('cuda') else 'cuda',
+            'steps': {'unit': list(sched.call_order), 'busy_ms': [resident_ms / n] * n,
+                      'gap_ms': [0.0] * n, 'tail_ms': 0.0},
+            'disk': disk, 'executor': dict(executor_costs)}
+    timing = Timing.from_profile(prof, sched)
+    cfg = Config(frozenset(), arena_bytes)
+
+    def latency(h):
+        timing.handoff = h
+        return simulate(sched, timing, cfg).latency_ms
+
+    lo, hi = 0.0, 5.0
+    if latency(lo) >= measured_ms:
+        return 0.0
+    if latency(hi) <= measured_ms:
+        return hi
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if latency(mid) < measured_ms:
+            lo = mid
+        else:
+            hi = mid
+    return round((lo + hi) / 2, 5)
+
+
+def _read_contention(pack, model, x, device, repeats, threads, progress=None):
+    """
+    Measure how reading and computing at once slow each other down.
+
+    The resident model runs alone and while a background loop reads the pack (O_DIRECT, the
+    executor's reader threads and checksum, requests of the pack's median unit size), and the
+    loop also runs alone for as long; alternately, `repeats` times. The ratios of the medians
+    are the factors the simulation slows compute by while the reader is busy, and reads by
+    (they compete for the cores, the memory bandwidth and the interpreter lock).
+    """
+    import threading
+    import torch
+    from demand_layering_ros import direct_io
+    span = (pack.file_size - pack.data_offset) // direct_io.PAGE * direct_io.PAGE
+    sizes = sorted(u.length for u in pack.units if u.calls)
+    step = max(direct_io.PAGE, min(sizes[len(sizes) // 2] if sizes else span, span))
+    stop = threading.Event()
+    errors = []
+
+    def reads(times):
+        try:
+            buf = direct_io.aligned_empty(step)
+            with pack.reader(threads=threads) as reader:
+                off = 0
+                while not stop.is_set():
+                    if off + step > span:
+                        off = 0
+                    t = time.perf_counter()
+                    reader.submit(pack.data_offset + off, step, buf,
+                                  verify=direct_io.checksum).result()
+                    times.append(time.perf_counter() - t)
+                    off += step
+        except Exception as e:  # reported below; the measurement is then skipped
+            errors.append(e)
+
+    def run():
+        _sync(device)
+        t = time.perf_counter()
+        with torch.no_grad():
+            model(x)
+        _sync(device)
+        return time.perf_counter() - t
+
+    def with_reads(work, times):
+        stop.clear()
+        th = threading.Thread(target=reads, args=(times,), name='dlr-profile-reads',
+                              daemon=True)
+        th.start()
+        time.sleep(0.002)
+        try:
+            return work()
+        finally:
+            stop.set()
+            th.join()
+
+    alone, loaded, read_alone, read_loaded = [], [], [], []
+    for _ in range(repeats):
+        alone.append(run())
+        loaded.append(with_reads(run, read_loaded))
+        with_reads(lambda: time.sleep(min(alone[-1], 0.5)), read_alone)
+        if progress is not None:
+            progress.update(1)
+    if errors or not read_alone or not read_loaded:
+        return {'compute_slowdown': 1.0, 'read_slowdown': 1.0,
+                'error': repr(errors[0]) if errors else 'no reads'}
+    return {'compute_slowdown': round(max(1.0, _median(loaded) / _median(alone)), 4),
+            'read_slowdown': round(max(1.0, _median(read_loaded) / _median(read_alone)), 4),
+            'request_bytes': step, 'alone_ms': round(1e3 * _median(alone), 4),
+            'with_reads_ms': round(1e3 * _median(loaded), 4),
+            'read_alone_ms': round(1e3 * _median(read_alone), 5),
+            'read_while_computing_ms': round(1e3 * _median(read_loaded), 5)}
 
 
 def _checksum_speed(nbytes=16 << 20, repeats=5):
@@ -1759,10 +1951,14 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
 
     Per call of the pass (model fully resident, timed by forward pre/post hooks on the units'
     modules, CUDA events on a GPU): the time it needs its weights (busy) and the weight-free
-    time before it (gap); medians over `repeats` passes after `warmup`. Also each unit's bytes,
-    the O_DIRECT read time by request size (the pack file itself: O_DIRECT does not touch the
-    page cache), on CUDA the pinned host-to-device copy time, the activation peak, the resident
-    end-to-end latency (no hooks) and the machine.
+    time before it (gap); medians over `repeats` passes after `warmup`, scaled to add up to the
+    median unhooked pass. Also each unit's bytes, the O_DIRECT read time by request size, alone
+    and back to back (the pack file itself: O_DIRECT does not touch the page cache), the
+    checksum speed, how much reading slows compute, on CUDA the pinned host-to-device copy
+    time, the executor's own cost per slot and per pass, which split sizes give bit-exact
+    outputs and what chunking costs each split layer, the activation peak, the resident
+    end-to-end latency (no hooks) and the machine (torch's thread count included: plan and run
+    with the same).
     """
     import torch
     from demand_layering_ros.pack import Pack
@@ -1776,7 +1972,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     sizes = [s for s in disk_sizes if s <= max(pack.file_size - pack.data_offset, 0)] or \
         [direct_io_page()]
     total = warmup + repeats + len(sizes) + (len(H2D_SIZES) if cuda else 0) + 1 + \
-        (1 if executor_overhead else 0) + \
+        (1 if executor_overhead else 0) + max(3, repeats) + \
         (len(sched.split_candidates) if check_splits else 0)
     bar = None
     if progress:
@@ -1847,7 +2043,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         disk = _disk_points(pack, sizes, threads, progress=bar)
         overhead, exact = None, {}
         if executor_overhead and sched.slot_builder is not None:
-            overhead = _executor_overhead(device, progress=bar)
+            overhead = _executor_overhead(device, progress=bar, disk=disk)
         split_cost = {}
         if check_splits and sched.slot_builder is not None:
             exact = _split_exactness(pack, sched, device, model, progress=bar)
@@ -1855,6 +2051,8 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
                                                         if exact.get(str(sp))], device,
                                       repeats=max(3, min(7, repeats)))
         checksum = _checksum_speed()
+        contention = _read_contention(pack, model, x, device, max(3, repeats), threads,
+                                      progress=bar) if sched.slot_builder is not None else None
         del model, det
         h2d = _h2d_points(H2D_SIZES, device, progress=bar) if cuda else None
     finally:
@@ -1893,6 +2091,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         'h2d': h2d,
         'executor': overhead,
         'checksum': checksum,
+        'contention': contention,
         'split_exact': exact,
         'split_cost': split_cost,
         'seconds': round(time.perf_counter() - t_start, 2),

@@ -111,6 +111,32 @@ def test_simulation_of_a_pipeline_worked_by_hand():
     assert res.peak_weight_bytes == 15 * MB
 
 
+def test_compute_slows_while_the_reader_is_busy():
+    busy = planner._ReaderBusy(2.0)
+    busy.add(10.0, 20.0)
+    busy.add(15.0, 30.0)                   # overlapping spans merge
+    busy.add(40.0, 50.0)
+    assert busy.advance(0.0, 5.0) == pytest.approx(5.0)       # before any read
+    assert busy.advance(5.0, 10.0) == pytest.approx(20.0)     # 5 ms free, 5 ms at half speed
+    assert busy.advance(32.0, 3.0) == pytest.approx(35.0)     # in the gap between reads
+    assert busy.advance(35.0, 15.0) == pytest.approx(55.0)    # 5 free, 5 slow (10 ms), 5
+    # the hand-worked pipeline: reads [0,5], [5,10], [15,20]; compute 10 ms per unit
+    manifest = {'units': [{'index': i, 'name': f'u{i}', 'length': 5 * MB, 'calls': 1,
+                           'first_call': i, 'last_call': i} for i in range(3)],
+                'call_order': [0, 1, 2], 'model': {'spec': 'synthetic:hand'}}
+    prof = {'format': planner.PROFILE_FORMAT, 'device': 'cpu', 'device_kind': 'cpu',
+            'steps': {'unit': [0, 1, 2], 'busy_ms': [10.0] * 3, 'gap_ms': [0.0] * 3,
+                      'tail_ms': 1.0},
+            'disk': {'points': [{'request_bytes': 5 * MB, 'seconds': 0.005}]},
+            'contention': {'compute_slowdown': 2.0, 'read_slowdown': 1.0}}
+    sched, timing = setup(manifest, prof)
+    sim = planner.simulate(sched, timing, planner.Config(frozenset(), 10 * MB))
+    # u0 computes 5-15 while u1 reads 5-10 (5 ms of work done by 15 -> 2.5 + 5 = 7.5 of 10):
+    # it ends at 17.5; u2's read then runs 17.5-22.5 while u1 computes 17.5-...: 10 ms of
+    # u1 at half speed for 5 ms (2.5 ms of work) then 7.5 ms -> 30; u2 computes 30-40; +1
+    assert sim.latency_ms == pytest.approx(41.0)
+
+
 def test_simulation_is_bounded_by_compute_and_by_the_disk():
     for seed in range(5):
         manifest, prof = synthetic(20, seed=seed, read_mb_s=[50, 500, 5000][seed % 3])
