@@ -155,9 +155,16 @@ def bounds(pack, prof, plan_a):
     largest = max(sched.lengths[u] for u in sched.called)
     # to hide every read behind compute within 1 ms, what is not hidden must stay resident
     must = max(0.0, read_all - compute - 1.0) * timing.read.rate(1 << 24) / 1e3
+    # reads slow compute down by `contention` while they run: streaming B bytes costs at least
+    # (contention - 1) x their read time, which caps what can stream within 1 ms
+    c = timing.contention
+    ms_per_byte = 1e3 / timing.read.rate(1 << 20)
+    within_1ms = 1.0 / ((c - 1.0) * ms_per_byte) if c > 1.0 else float('inf')
     return {'weights_mb': total / MB, 'read_all_ms': read_all, 'compute_ms': compute,
             'largest_unit_mb': largest / MB, 'live_floor_mb': floor / MB,
-            'disk_bound_resident_mb': must / MB,
+            'disk_bound_resident_mb': must / MB, 'compute_slowdown': c,
+            'pass_overhead_ms': timing.pass_overhead, 'slot_overhead_ms': timing.slot_overhead,
+            'contention_bound_mb': within_1ms / MB,
             'split_exact': prof.get('split_exact', {})}
 
 
@@ -252,6 +259,12 @@ def tables(rows):
                f"compute {bd['compute_ms']:.0f} ms")
         if bd['disk_bound_resident_mb'] > 0:
             why += f"; >= {bd['disk_bound_resident_mb']:.0f} MB must stay resident for <= 1 ms"
+        if bd['pass_overhead_ms'] + bd['slot_overhead_ms'] > 0.05:
+            why += (f"; executor costs {bd['pass_overhead_ms']:.2f} ms per streamed pass + "
+                    f"{bd['slot_overhead_ms']:.3f} ms per slot")
+        if bd['compute_slowdown'] > 1.0:
+            why += (f"; reads slow compute x{bd['compute_slowdown']:.2f}, so at most "
+                    f"{bd['contention_bound_mb']:.1f} MB can stream within 1 ms")
         out.append(f"| {r['model']} | {r['weights_mb']:.1f} | {a['resident_ms']:.1f} | "
                    f"{a['reduction_pct']:.1f}% | {a['overhead_ms']:+.1f} ms "
                    f"({a['overhead_ms'] / a['resident_ms'] * 100:+.1f}%) | "
