@@ -94,16 +94,31 @@ def timeline(rows, path, title=None):
     n = max(len(rows), 1)
     fig, ax = plt.subplots(figsize=(9, min(2.0 + 0.12 * n, 14)))
     spans = (('read', READ_COLOUR), ('copy', COPY_COLOUR), ('compute', COMPUTE_COLOUR))
+    # Reads done between frames (read-ahead after the previous pass) can start seconds before
+    # this pass; draw them clipped at a short left margin so the pass itself stays readable.
+    end = max([r.get('compute_end') or 0.0 for r in rows] + [1e-3])
+    left = -0.08 * end
     used = set()
+    early = False
     for y, r in enumerate(rows):
         for what, colour in spans:
             a, b = r.get(f'{what}_start'), r.get(f'{what}_end')
             if a is None or b is None:
                 continue
+            if a < left:
+                early = True
+                a = left
+                if b < left:
+                    b = left + 0.004 * end
             ax.barh(y, max(b - a, 1e-6) * 1e3, left=a * 1e3, height=0.8, color=colour,
                     label=what if what not in used else None)
             used.add(what)
     ax.set_ylim(n - 0.5, -0.5)
+    ax.set_xlim(left * 1e3, end * 1.02e3)
+    if early:
+        ax.axvline(0, color='grey', linewidth=0.8)
+        ax.text(left * 1e3, n - 0.5, ' reads left of 0: done before the pass (between frames)',
+                fontsize=7, va='bottom', color='grey')
     if len(rows) <= 40:
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels([str(r.get('name', r.get('unit'))) for r in rows], fontsize=6)
@@ -113,6 +128,6 @@ def timeline(rows, path, title=None):
     ax.set_title(title or 'pipeline timeline')
     ax.grid(True, axis='x', alpha=0.3)
     if used:
-        ax.legend(fontsize=8, loc='lower right')
+        ax.legend(fontsize=8, loc='upper right')
     fig.tight_layout()
     return _save(fig, path)
