@@ -553,7 +553,7 @@ def worker(job_path):
         sync()
         result['load_seconds'] = round(time.perf_counter() - t, 3)
         io1 = read_bytes_self()
-        lat, stalls = [], []
+        lat, stalls, timelines = [], [], []
         with torch.no_grad():
             for i in range(job['warmup'] + job['passes']):
                 if i == job['warmup']:
@@ -567,7 +567,9 @@ def worker(job_path):
                 if i >= job['warmup']:
                     lat.append(round(dt, 4))
                     if hasattr(model, 'stats'):
-                        stalls.append(round(model.stats()['stall_ms'] or 0.0, 4))
+                        st = model.stats()
+                        stalls.append(round(st['stall_ms'] or 0.0, 4))
+                        timelines.append(st.get('timeline'))
         io3 = read_bytes_self()
         result['load_average'] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         end = _cgroup_now() if job.get('cgroup') else None
@@ -580,7 +582,10 @@ def worker(job_path):
                 'peak_weight_bytes', 'budget_bytes', 'resident_bytes', 'arena_bytes',
                 'io_mode', 'io_fallback_reason', 'demand_misses', 'resident_units',
                 'streamed_units', 'split_units', 'prefetch_depth', 'passes')}
-            result['timeline'] = st.get('timeline')
+            # the timeline of the pass whose latency is the median one, not an outlier
+            mid = sorted(range(len(lat)), key=lambda i: lat[i])[(len(lat) - 1) // 2]
+            result['timeline'] = timelines[mid] if timelines else st.get('timeline')
+            result['timeline_latency_ms'] = lat[mid] if lat else None
         result['peak_weight_bytes'] = weight_bytes
         if io0 is not None:
             result['read_bytes_load'] = io1 - io0
@@ -1167,15 +1172,26 @@ def plot_tradeoff(results, path):
 
 
 def timeline_model(results):
-    """Return (model key, config, timeline rows) for the timeline plot, or None."""
-    models = results['models']
-    prefer = [k for k in ('yolov3', 'fasterrcnn_resnet50_fpn') if k in models] + list(models)
-    for key in prefer:
+    """
+    Return (model key, config, timeline rows) for the timeline plot, or None.
+
+    The smallest plan of the anchors' model when its pass has a readable number of rows,
+    else of the model with the fewest rows.
+    """
+    found = []
+    for key, m in results['models'].items():
         for config in ('dl-smallest', 'naive'):
-            c = (models[key].get('configs') or {}).get(config) or {}
-            if c.get('timeline'):
-                return key, config, c['timeline']
-    return None
+            rows = ((m.get('configs') or {}).get(config) or {}).get('timeline')
+            if rows:
+                found.append((key, config, rows))
+                break
+    if not found:
+        return None
+    for key in ('fasterrcnn_resnet50_fpn', 'ssd300_vgg16', 'yolov3'):
+        for f in found:
+            if f[0] == key and len(f[2]) <= 100:
+                return f
+    return min(found, key=lambda f: len(f[2]))
 
 
 def plot_timeline(results, path):
@@ -1186,8 +1202,9 @@ def plot_timeline(results, path):
         return None
     key, config, rows = found
     s = results['models'][key]['configs'][config]['summary']
-    title = (f'{key}, {CONFIGS[kind_of(config)][0]}: one pass ({_where(results)}; '
-             f'median {s.get("median_ms")} ms)')
+    shown = max((r.get('compute_end') or 0.0) for r in rows) * 1e3
+    title = (f'{key}, {CONFIGS[kind_of(config)][0]}: one pass of {shown:.0f} ms '
+             f'(median {s.get("median_ms"):.0f} ms; {_where(results)})')
     return plots.timeline(rows, path, title=title)
 
 
