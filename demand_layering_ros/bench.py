@@ -356,11 +356,10 @@ def prepare_model(key, src, work, device, configs, n_budgets, repeats, log):
     info['pack'] = str(pack_dir)
     info['pack_seconds'] = round(time.perf_counter() - t0, 2)
     s = pk.summary()
-    param_bytes, module_params, buffer_bytes = 0, {}, 0
+    module_params, buffer_bytes = {}, 0
     for u in pk.units:
         for t in u.tensors:
             if t.kind == 'parameter':
-                param_bytes += t.nbytes
                 module_params[t.module] = module_params.get(t.module, 0) + t.nbytes
             else:
                 buffer_bytes += t.nbytes
