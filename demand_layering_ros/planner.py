@@ -1319,6 +1319,7 @@ def load_profile(path):
 def write_json(obj, path):
     """Write a dict as JSON (atomically)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     with open(tmp, 'w') as f:
         json.dump(obj, f, indent=1)
@@ -1330,6 +1331,7 @@ def write_plan(plan_dict, path):
     """Write a plan as YAML (atomically)."""
     import yaml
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     with open(tmp, 'w') as f:
         yaml.safe_dump(plan_dict, f, sort_keys=False, default_flow_style=None, width=99)
@@ -1364,7 +1366,7 @@ def machine_info(device='cpu'):
             'python': platform.python_version()}
     try:
         import torch
-        info['torch'] = torch.__version__
+        info['torch'] = str(torch.__version__)
         info['torch_threads'] = torch.get_num_threads()
         if str(device).startswith('cuda') and torch.cuda.is_available():
             props = torch.cuda.get_device_properties(torch.device(device))
