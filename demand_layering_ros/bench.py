@@ -1486,8 +1486,10 @@ def add_arguments(parser, command):
                              'weight files (all, weights)')
     parser.add_argument('--no-cgroup', action='store_true',
                         help='run configurations without memory cgroups (no peak memory)')
-    parser.add_argument('--timeout', type=float, default=900.0,
-                        help='seconds one configuration may take (default 900)')
+    parser.add_argument('--timeout', type=float, default=300.0,
+                        help='seconds one configuration may take before it is recorded as '
+                             'timed out (default 300: OS paging under a tight limit can thrash '
+                             'for many minutes)')
     parser.add_argument('--report-only', action='store_true',
                         help='only redraw plots and markdown from OUT/results.json')
     parser.add_argument('--results', default=None,
