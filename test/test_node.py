@@ -441,39 +441,50 @@ def test_malformed_frames_are_counted_and_the_node_keeps_serving(harness, photos
 
 
 def test_camera_faster_than_inference_gets_the_latest_frame(harness, photos):
-    """30 frames at 30 Hz into a model that needs far longer per frame: no backlog."""
+    """
+    30 frames at 30 Hz into a model that needs far longer per frame: no backlog.
+
+    Checked by counting, not by the clock (the machine is shared): a queue would serve
+    every frame and keep publishing for ~30 service times after the camera stops;
+    latest-frame-wins serves a few and, after the camera stops, at most the frame in
+    flight, the one waiting and one still in transit in DDS.
+    """
     arrivals = []
     harness.client.create_subscription(
         type_detections(), '/cam0/detections',
         lambda m: arrivals.append((m, time.monotonic())), RELIABLE)
     before = harness.node.camera_stats()['/cam0']
-    sent = []
     for i in range(30):
-        sent.append(harness.publish('/cam0/image_raw', photos['dog'], frame_id=f'fast{i}'))
+        harness.publish('/cam0/image_raw', photos['dog'], frame_id=f'fast{i}')
         time.sleep(1 / 30)
-    last_sent = time.monotonic()
-    stats = harness.node.camera_stats()['/cam0']
+    at_stop = harness.node.camera_stats()['/cam0']['published']
     wait_for(lambda: harness.node.camera_stats()['/cam0']['received'] - before['received']
              >= 25, 10, 'frames received')
     service = harness.node._latency.predict(1)
-    # after the camera stops, at most the frame in flight and the latest one still come out
-    time.sleep(2.5 * service + 1.0)
-    settled = [m for m, _ in arrivals if m.header.frame_id.startswith('fast')]
-    time.sleep(max(1.0, service))
-    after = [m for m, _ in arrivals if m.header.frame_id.startswith('fast')]
-    assert len(after) == len(settled), 'frames were still queued after the camera stopped'
+
+    def settled(quiet):
+        """Nothing new published for `quiet` seconds."""
+        n = harness.node.camera_stats()['/cam0']['published']
+        time.sleep(quiet)
+        return harness.node.camera_stats()['/cam0']['published'] == n
+    wait_for(lambda: settled(max(1.0, 2 * service)), 60, 'the node stopped publishing')
     stats = harness.node.camera_stats()['/cam0']
     received = stats['received'] - before['received']
     published = stats['published'] - before['published']
     superseded = stats['drops']['superseded'] - before['drops']['superseded']
+    assert stats['published'] - at_stop <= 3, 'frames were still queued after the camera stopped'
     assert received >= 25 and 1 <= published <= received // 2
     assert superseded >= received - published - 2
     # the newest frame was served: latest-frame-wins, not first-come-first-served
-    assert after[-1].header.frame_id in ('fast29', 'fast28')
-    assert arrivals[-1][1] - last_sent < 3 * service + 1.0
-    latencies = stats['latencies'][len(before['latencies']):]
-    # a queue would make the last frame wait for all 30; latest-frame-wins bounds it by ~2
-    assert latencies and max(latencies) < 3 * service + 1.0, (latencies, service)
+    def served():
+        return [m.header.frame_id for m, _ in list(arrivals)
+                if m.header.frame_id.startswith('fast')]
+    wait_for(lambda: served()[-1:] in (['fast29'], ['fast28']), 10,
+             f'the last frame served ({served()})')
+    # a queue would make the median frame wait for ~15 others; one spike on a shared
+    # machine is not a backlog, so the median is bounded, not the maximum
+    latencies = sorted(stats['latencies'][len(before['latencies']):])
+    assert latencies and latencies[len(latencies) // 2] < 3 * service + 1.0, (latencies, service)
 
 
 def test_stale_frames_are_dropped_against_the_deadline(harness, photos):
