@@ -467,30 +467,30 @@ def _build_runner(job, pk):
         from demand_layering_ros import executor
         model = executor.load_resident(pk.path, device=device)
         det = pk.build_detector(device=device, meta=True)
-        return model, det.example_input(1), pk.total_bytes, extra
+        return model, det.timing_input(1), pk.total_bytes, extra
     if kind in STREAMING:
         from demand_layering_ros import executor
         model = executor.load(pk.path, device=device, plan=job['plan'])
-        return model, model.detector.example_input(1), None, extra
+        return model, model.detector.timing_input(1), None, extra
     if kind == 'accelerate-disk':
         import accelerate
         det, model = _skeleton_with_buffers(pk, device)
         accelerate.disk_offload(model, job['offload_dir'], execution_device=device,
                                 offload_buffers=False)
-        return model, det.example_input(1), job['accelerate_weight_bytes'], extra
+        return model, det.timing_input(1), job['accelerate_weight_bytes'], extra
     if kind == 'accelerate-cpu':
         import accelerate
         det, model = _skeleton_with_buffers(pk, device)
         state = _param_state(pk, pk.load_state_dict())
         accelerate.cpu_offload(model, execution_device=device, offload_buffers=False,
                                state_dict=state)
-        return model, det.example_input(1), pk.total_bytes, extra
+        return model, det.timing_input(1), pk.total_bytes, extra
     if kind == 'mmap':
         if str(device).startswith('cuda'):
             raise BenchError('mmap: a discrete GPU cannot use a file mapping in place')
         det, model, mm = _mmap_model(pk)
         extra['mapping'] = mm
-        return model, det.example_input(1), 0, extra
+        return model, det.timing_input(1), 0, extra
     raise BenchError(f'unknown configuration kind {kind!r}')
 
 

@@ -144,6 +144,21 @@ class Detector:
         img = np.full((h, w, 3), 127, dtype=np.uint8)
         return self.preprocess([img] * batch)[0]
 
+    def timing_input(self, batch=1, seed=0):
+        """
+        Return a model input for timing: camera-like pixels (seeded noise), not flat grey.
+
+        On a CPU the compute time depends on the pixel values: a flat grey image runs the
+        Darknet YOLOs about 20% faster than a photo or noise (which agree within 4%), so a
+        profile taken on the tracing input would promise latencies no camera frame reaches.
+        """
+        if type(self).example_input is not Detector.example_input:
+            return self.example_input(batch)    # a model with its own kind of input knows best
+        h, w = self.input_size or (416, 416)
+        rng = np.random.default_rng(seed)
+        imgs = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(batch)]
+        return self.preprocess(imgs)[0]
+
     def forward(self, model_input):
         """Run the model without autograd."""
         with torch.no_grad():

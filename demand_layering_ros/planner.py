@@ -1983,7 +1983,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     t_start = time.perf_counter()
     try:
         det, model = _resident_detector(pack, device)
-        x = det.example_input(1)
+        x = det.timing_input(1)
         modules = [m for u in pack.units for m in u.modules]
         clock = _CallClock(model, modules, cuda)
         passes, plain = [], []
@@ -2146,7 +2146,7 @@ def executor_timeline(pack_dir, plan_dict, device='cpu', passes=2):
     import torch
     model = executor.load(pack_dir, device=device, plan=plan_dict)
     try:
-        x = model.detector.example_input(1)
+        x = model.detector.timing_input(1)
         with torch.no_grad():
             for _ in range(passes):
                 model(x)

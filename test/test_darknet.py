@@ -128,6 +128,16 @@ def test_seeded_init_is_reproducible():
     assert not torch.equal(a['layers.0.conv.weight'], c['layers.0.conv.weight'])
 
 
+def test_timing_input_is_camera_like_not_the_flat_tracing_input():
+    # profiling on the flat grey tracing image promised ~20% too little compute time
+    det = darknet.build('yolov3-tiny', meta=True, input_size=(64, 96))
+    flat, a, b = det.example_input(1), det.timing_input(1), det.timing_input(1)
+    assert a.shape == flat.shape == (1, 3, 64, 96)
+    assert torch.equal(a, b) and not torch.equal(a, det.timing_input(1, seed=1))
+    assert float(flat.std()) < 1e-6 and float(a.std()) > 0.2
+    assert det.timing_input(2).shape[0] == 2
+
+
 def test_meta_build_has_no_storage_and_same_structure():
     meta = registry.build('darknet:yolov3', meta=True, input_size=(96, 96))
     assert all(p.is_meta for p in meta.model.parameters())
