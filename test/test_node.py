@@ -475,8 +475,8 @@ def test_camera_faster_than_inference_gets_the_latest_frame(harness, photos):
     assert stats['published'] - at_stop <= 3, 'frames were still queued after the camera stopped'
     assert received >= 25 and 1 <= published <= received // 2
     assert superseded >= received - published - 2
-    # the newest frame was served: latest-frame-wins, not first-come-first-served
-    def served():
+
+    def served():   # the newest frame was served: latest-frame-wins, not first-come-first-served
         return [m.header.frame_id for m, _ in list(arrivals)
                 if m.header.frame_id.startswith('fast')]
     wait_for(lambda: served()[-1:] in (['fast29'], ['fast28']), 10,
