@@ -248,3 +248,29 @@ def test_default_models_cover_the_issue():
     assert set(bench.PAPER_FAMILY) <= set(bench.MODELS)
     assert len(bench.MODELS) == 10
     assert bench.MODELS['yolov3-tiny'].get('real')
+
+
+def _bench_script(name):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / 'bench' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_executor_bounds_with_and_without_an_arena():
+    from types import SimpleNamespace as Unit
+    be = _bench_script('bench_executor')
+    pk = Unit(units=[Unit(length=10), Unit(length=10), Unit(length=4)])
+    # three calls of 5 s each (unit 0 twice); 1 byte/s disk
+    calls = [[0, 0.0, 0.0, None], [1, 5.0, 0.0, None], [0, 10.0, 0.0, None]]
+    assert be.pipeline_bound(pk, calls, 15.0, 1.0) == (30.0, 35.0)
+    # unit 1 is read only after unit 0's last call ended... which needs unit 1 first: no room
+    assert be.arena_bound(pk, calls, 15.0, 1.0, 10) is None
+    assert be.arena_bound(pk, calls, 15.0, 1.0, 20) == 30.0
+    two = [[0, 0.0, 0.0, None], [1, 5.0, 0.0, None]]
+    assert be.arena_bound(pk, two, 10.0, 1.0, 10) == 30.0     # waits for unit 0's release
+    assert be.arena_bound(pk, two, 10.0, 1.0, 20) == be.pipeline_bound(pk, two, 10.0, 1.0)[0]
+    assert be.arena_bound(pk, two, 10.0, 1.0, 5) is None      # a unit larger than the arena
