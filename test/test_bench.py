@@ -274,3 +274,5 @@ def test_executor_bounds_with_and_without_an_arena():
     assert be.arena_bound(pk, two, 10.0, 1.0, 10) == 30.0     # waits for unit 0's release
     assert be.arena_bound(pk, two, 10.0, 1.0, 20) == be.pipeline_bound(pk, two, 10.0, 1.0)[0]
     assert be.arena_bound(pk, two, 10.0, 1.0, 5) is None      # a unit larger than the arena
+    # released when its compute ends (2 s into the 5 s before the next call), not 3 s later
+    assert be.arena_bound(pk, two, 10.0, 1.0, 10, ends={0: 2.0}) == 27.0
