@@ -88,8 +88,9 @@ PARAMS = (
           'the budget and deadline.'),
     Param('profile_file', '',
           'PROFILE.json from `python -m demand_layering_ros profile`, used to plan; empty = '
-          'PACK/PROFILE.json, else the pack is profiled once at configure when a budget or '
-          'deadline is set.'),
+          'PACK/PROFILE.json; if there is none, a budget or deadline makes configure profile '
+          'the pack once and save it there, unless the weights exceed memory_budget_mb (then '
+          'the executor fits the budget unplanned).'),
     Param('score_threshold', 0.25, 'Minimum detection score.', (0.0, 1.0), applies='runtime'),
     Param('nms_iou', 0.45, 'IoU above which non-maximum suppression drops a box.', (0.0, 1.0),
           applies='runtime'),
