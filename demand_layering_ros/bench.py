@@ -897,8 +897,8 @@ def bench_model(key, info, args, work, bar, log):
 
 def machine(device, bws):
     """Describe the machine: CPU, cores, memory, disk bandwidth, GPU, library versions."""
-    from demand_layering_ros import planner
-    info = planner.machine_info(device)
+    from demand_layering_ros import profiler
+    info = profiler.machine_info(device)
     try:
         import accelerate
         info['accelerate'] = accelerate.__version__

@@ -15,7 +15,7 @@ import itertools
 import json
 import random
 
-from demand_layering_ros import arena, executor, planner
+from demand_layering_ros import arena, executor, planner, profiler
 from demand_layering_ros import pack as P
 from demand_layering_ros.cli import main as cli_main
 import pytest
@@ -172,7 +172,7 @@ def test_split_calls_assigns_nested_calls_gaps_and_tail():
     # 0 does after call 1 returned comes after call 1 began: it is counted with call 1.
     events = [(0.0, +1, 'a'), (0.5, +1, 'b'), (1.5, -1, 'b'), (2.0, -1, 'a'),
               (3.0, +1, 'c'), (4.0, -1, 'c')]
-    busy, gap, tail = planner.split_calls(events, 5.0, 3)
+    busy, gap, tail = profiler.split_calls(events, 5.0, 3)
     assert busy == pytest.approx([0.5, 1.5, 1.0])
     assert gap == pytest.approx([0.0, 0.0, 1.0])
     assert tail == pytest.approx(1.0)

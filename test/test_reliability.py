@@ -444,7 +444,7 @@ def test_budget_holds_under_a_hard_limit_that_kills_the_resident_model(big_pack)
     })
 
 
-def _node_in_cgroup(pack, limit=None, plan_file=None, frames=2, timeout=180):
+def _node_in_cgroup(pack, limit=None, plan_file=None, frames=2, timeout=180, params=()):
     """
     Run the detector node executable in a memory cgroup and send it `frames` frames over DDS.
 
@@ -462,6 +462,8 @@ def _node_in_cgroup(pack, limit=None, plan_file=None, frames=2, timeout=180):
             '-p', 'qos_reliability:=reliable']
     if plan_file:
         args += ['-p', f'plan_file:={plan_file}']
+    for p in params:
+        args += ['-p', p]
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS='2',
                PYTHONPATH=os.pathsep.join(
                    p for p in (str(ROOT), os.environ.get('PYTHONPATH')) if p))
@@ -517,11 +519,28 @@ def test_node_budget_holds_under_a_hard_limit_that_kills_the_resident_node(big_p
     held, answered = _node_in_cgroup(big_pack, limit)
     assert answered == 2 and held.returncode == 0 and not held.oom_killed, \
         f'{held.summary()}\n{held.stderr[-3000:]}'
+    # a budget and no PROFILE.json: the node must not measure one (that runs the model fully
+    # resident, which this limit kills); the executor fits the budget by itself
+    assert not (big_pack.path / 'PROFILE.json').exists()
+    budget = f'memory_budget_mb:={(weight_peak + 16 * MIB) / MIB:.1f}'
+    budgeted, answered = _node_in_cgroup(big_pack, limit, params=[budget])
+    assert answered == 2 and budgeted.returncode == 0 and not budgeted.oom_killed, \
+        f'{budgeted.summary()}\n{budgeted.stderr[-3000:]}'
+    assert 'exceed memory_budget_mb' in budgeted.stderr, budgeted.stderr[-3000:]
+    assert not (big_pack.path / 'PROFILE.json').exists()
     plan = tmp_path / 'resident.yaml'
     plan.write_text(json.dumps({'resident_units': [u.name for u in big_pack.units],
                                 'arena_bytes': 0}))
     killed, answered = _node_in_cgroup(big_pack, limit, plan_file=plan, frames=1, timeout=120)
     assert killed.oom_killed and answered == 0, f'{killed.summary()}\n{killed.stderr[-3000:]}'
+    # a deadline and no budget: profiled once at configure and saved for the next start
+    timed, answered = _node_in_cgroup(big_pack, params=['deadline_ms:=60000.0'], timeout=240)
+    assert answered == 2 and timed.returncode == 0, f'{timed.summary()}\n{timed.stderr[-3000:]}'
+    saved = big_pack.path / 'PROFILE.json'
+    assert saved.is_file() and 'saved the profile' in timed.stderr, timed.stderr[-3000:]
+    from demand_layering_ros import planner
+    assert planner.load_profile(saved)['steps']['busy_ms']
+    saved.unlink()
     FIGURES.update({
         'node budget: limit MiB': round(limit / MIB, 1),
         'node budget: streamed node peak MiB (no limit)': round(free.peak_bytes / MIB, 1),
