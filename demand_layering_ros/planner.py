@@ -1351,7 +1351,7 @@ def read_plan(path):
 
 
 def profile(pack_dir, device='cpu', **kwargs):
-    """Measure a pack on this machine (`profiler.profile`); here so one import plans and profiles."""
+    """Measure a pack on this machine (`profiler.profile`), so one import plans and profiles."""
     from demand_layering_ros import profiler
     return profiler.profile(pack_dir, device=device, **kwargs)
 

@@ -21,6 +21,7 @@ import time
 from demand_layering_ros.planner import _mb, Config, MB, PROFILE_FORMAT, Schedule, simulate
 from demand_layering_ros.planner import Timing, VERSION
 
+
 def machine_info(device='cpu'):
     """Describe this machine: CPU model, cores, OS, and the accelerator when there is one."""
     cpu = platform.processor() or platform.machine()
@@ -783,4 +784,3 @@ def _executor_reader_threads():
         return int(getattr(executor, 'READER_THREADS', 2))
     except ImportError:
         return 2
-
