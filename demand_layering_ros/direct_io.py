@@ -28,7 +28,6 @@ import xxhash
 PAGE = 4096
 CHUNK_BYTES = 4 << 20
 CHECKSUM_ALGORITHM = 'xxh3_64'
-HASH_PIECE_BYTES = 256 << 10
 
 
 def align_up(n, alignment=PAGE):
@@ -91,18 +90,6 @@ def checksum(buf):
     """
     mv = as_memoryview(buf) if isinstance(buf, torch.Tensor) else buf
     return xxhash.xxh3_64_hexdigest(mv)
-
-
-def _hash_in_pieces(hasher, mv, piece=HASH_PIECE_BYTES):
-    """
-    Feed `mv` to `hasher` a piece at a time, letting other threads take the GIL in between.
-
-    xxhash holds the GIL while it hashes; over a whole 4 MiB chunk that is ~0.1 ms during which
-    a reader thread whose preadv returned cannot issue its next read, so the disk idles.
-    """
-    for a in range(0, mv.nbytes, piece):
-        hasher.update(mv[a:a + piece])
-        time.sleep(0)           # releases the GIL: a waiting reader thread goes first
 
 
 class ReadError(OSError):
@@ -380,7 +367,7 @@ class Reader:
                         req.next_hash += 1
                     if req.hasher is not None:
                         t0 = time.perf_counter()
-                        _hash_in_pieces(req.hasher, req.chunks[k][1])
+                        req.hasher.update(req.chunks[k][1])
                         req.fut.verify_seconds += time.perf_counter() - t0
             finally:
                 req.hash_lock.release()
