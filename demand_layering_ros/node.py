@@ -89,8 +89,7 @@ PARAMS = (
     Param('profile_file', '',
           'PROFILE.json from `python -m demand_layering_ros profile`, used to plan; empty = '
           'PACK/PROFILE.json; if there is none, a budget or deadline makes configure profile '
-          'the pack once and save it there, unless the weights exceed memory_budget_mb (then '
-          'the executor fits the budget unplanned).'),
+          'the pack once (within memory_budget_mb) and save it there.'),
     Param('score_threshold', 0.25, 'Minimum detection score.', (0.0, 1.0), applies='runtime'),
     Param('nms_iou', 0.45, 'IoU above which non-maximum suppression drops a box.', (0.0, 1.0),
           applies='runtime'),
@@ -613,10 +612,9 @@ class DetectorNode(LifecycleNode):
         """
         Return the pack's profile: profile_file, PACK/PROFILE.json, or measured once here.
 
-        Measuring runs the model fully resident, so it is skipped (None) when the weights would
-        not fit memory_budget_mb: the budget holds from the first byte, also at start-up. A
-        profile measured here is saved as PACK/PROFILE.json where the pack is writable, so it is
-        measured once per pack, not once per start.
+        Measured here, the model runs within memory_budget_mb (streamed when the weights do not
+        fit it), so the budget holds from the first byte, also at start-up. The profile is saved
+        as PACK/PROFILE.json where the pack is writable: measured once per pack, not per start.
         """
         if self._profile is None:
             from pathlib import Path
@@ -624,20 +622,15 @@ class DetectorNode(LifecycleNode):
             if s['profile_file'] or Path(path).is_file():
                 self._profile = planner.load_profile(path)
                 return self._profile
-            budget = s['memory_budget_mb']
-            need = self._pack.total_bytes / (1 << 20)
-            if budget and need > budget:
-                self.get_logger().info(
-                    f'no {path}: measuring one would load all {need:.1f} MB of weights, past '
-                    f'memory_budget_mb {budget:g}; the executor fits the budget without a '
-                    'profile. Write one on this machine with `python -m demand_layering_ros '
-                    'profile PACK --out PACK/PROFILE.json` to plan for the deadline too')
-                return None
+            budget = s['memory_budget_mb'] or None
             self.get_logger().info(
-                f'no {path}: profiling the pack once now (it runs the model fully resident a '
-                'few times, within memory_budget_mb)')
+                f'no {path}: profiling the pack once now, '
+                + (f'streamed within memory_budget_mb {budget:g}'
+                   if budget and self._pack.total_bytes > budget * (1 << 20)
+                   else 'fully resident'))
             self._profile = planner.profile(s['pack_path'], device=s['device'], repeats=2,
-                                            warmup=1, progress=False, activation=False)
+                                            warmup=1, progress=False, activation=False,
+                                            budget_mb=budget)
             try:
                 planner.write_json(self._profile, path)
                 self.get_logger().info(f'saved the profile as {path}')
@@ -662,10 +655,6 @@ class DetectorNode(LifecycleNode):
         if planner is None:
             return None, 'no planner available: the executor fits the budget, deadline unplanned'
         prof = self._profile_for(s, planner)
-        if prof is None:
-            return None, ('no profile, and measuring one would exceed memory_budget_mb: the '
-                          'executor fits the budget by itself'
-                          + ('; the deadline is not planned' if deadline else ''))
         try:
             return planner.plan_for(s['pack_path'], budget_mb=budget, deadline_ms=deadline,
                                     profile=prof, device=s['device'],

@@ -1408,6 +1408,9 @@ def add_arguments(parser, command):
                             help='PROFILE.json to write (default PACK_DIR/PROFILE.json)')
         parser.add_argument('--repeats', type=int, default=5,
                             help='timed passes; medians are kept (default 5)')
+        parser.add_argument('--budget-mb', type=float, default=None,
+                            help='weight memory the profile may use (MiB); when the weights '
+                                 'exceed it the model runs streamed within it, not resident')
         parser.add_argument('--no-progress', action='store_true', help='no progress bar')
         return
     parser.add_argument('--profile', default=None,
@@ -1433,10 +1436,11 @@ def run(args, command):
     pack_dir = Path(args.pack_dir)
     if command == 'profile':
         prof = profile(pack_dir, device=args.device, repeats=max(1, args.repeats),
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, budget_mb=args.budget_mb)
         out = Path(args.out or pack_dir / 'PROFILE.json')
         write_json(prof, out)
-        print(json.dumps({'profile': str(out), 'resident_latency_ms': prof['resident_latency_ms'],
+        print(json.dumps({'profile': str(out), 'mode': prof['mode'],
+                          'resident_latency_ms': prof['resident_latency_ms'],
                           'weight_mb': _mb(prof['weight_bytes']),
                           'read_mb_per_s': [p['mb_per_s'] for p in prof['disk']['points']],
                           'io_mode': prof['disk']['mode'],
@@ -1446,7 +1450,7 @@ def run(args, command):
     if args.profile is None and not Path(prof_path).is_file():
         print(f'plan: no profile given and {prof_path} does not exist: profiling now',
               file=sys.stderr)
-        prof = profile(pack_dir, device=args.device, progress=True)
+        prof = profile(pack_dir, device=args.device, progress=True, budget_mb=args.budget_mb)
         write_json(prof, prof_path)
     else:
         prof = load_profile(prof_path)

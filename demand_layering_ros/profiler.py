@@ -142,6 +142,27 @@ class _CallClock:
         return [(1e3 * (t - t0), s, n) for t, s, n in self.events], 1e3 * (t1 - t0)
 
 
+def _call_waits(calls, steps):
+    """
+    Return per-step ms waited for weights (before the call, within it) from an executor log.
+
+    calls: stats()['calls'], [unit, start, wait (s), chunk] per call (chunk None) followed by
+    one entry per chunk of a split layer. The wait of the call itself happens in the
+    executor's pre-hook, before the profile's clock starts (gap); chunk waits happen inside
+    the call (busy). A log that does not have `steps` calls gives zeros.
+    """
+    before, within = [], []
+    for _, _, wait, chunk in calls:
+        if chunk is None:
+            before.append(1e3 * wait)
+            within.append(0.0)
+        elif within:
+            within[-1] += 1e3 * wait
+    if len(before) != steps:
+        return [0.0] * steps, [0.0] * steps
+    return before, within
+
+
 def split_calls(events, total_ms, steps):
     """
     Split one timed pass into per-call busy and gap times (ms) and the tail.
@@ -618,7 +639,8 @@ def _sync(device):
 
 
 def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_sizes=DISK_SIZES,
-            reader_threads=None, activation=True, executor_overhead=True, check_splits=True):
+            reader_threads=None, activation=True, executor_overhead=True, check_splits=True,
+            budget_mb=None):
     """
     Measure, on this machine, what a plan's latency and memory depend on; return PROFILE dict.
 
@@ -632,6 +654,12 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     outputs and what chunking costs each split layer, the activation peak, the resident
     end-to-end latency (no hooks) and the machine (torch's thread count included: plan and run
     with the same).
+
+    budget_mb: when the weights do not fit it, the model is not loaded resident: it runs
+    streamed through the executor within the budget, and each call's wait for its weights
+    (the executor's call log) is taken out of the times, so the budget holds while profiling
+    (a robot whose memory never held the whole model can still plan). Split sizes are then not
+    checked (the planner uses none) and the resident latency is the sum of the parts.
     """
     import torch
     from demand_layering_ros.pack import Pack
@@ -642,8 +670,12 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     if cuda and not torch.cuda.is_available():
         raise RuntimeError(f'profile: device {device!r} requested but CUDA is not available')
     threads = reader_threads or _executor_reader_threads()
-    sizes = [s for s in disk_sizes if s <= max(pack.file_size - pack.data_offset, 0)] or \
+    streamed = budget_mb is not None and pack.total_bytes > budget_mb * MB
+    limit = budget_mb * MB if streamed else float('inf')    # the read buffer is weights too
+    sizes = [s for s in disk_sizes
+             if s <= min(max(pack.file_size - pack.data_offset, 0), limit)] or \
         [direct_io_page()]
+    check_splits = check_splits and not streamed
     total = warmup + repeats + len(sizes) + (len(H2D_SIZES) if cuda else 0) + 1 + \
         (1 if executor_overhead else 0) + max(3, repeats) + \
         (len(sched.split_candidates) if check_splits else 0)
@@ -653,15 +685,23 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         bar = tqdm(total=total, desc=f'profile {Path(pack_dir).name}', unit='step')
     t_start = time.perf_counter()
     try:
-        det, model = _resident_detector(pack, device)
+        if streamed:
+            from demand_layering_ros import executor
+            model = executor.load(pack.path, device=device, budget_mb=budget_mb)
+            det = model.detector
+        else:
+            det, model = _resident_detector(pack, device)
         x = det.timing_input(1)
         modules = [m for u in pack.units for m in u.modules]
-        clock = _CallClock(model, modules, cuda)
-        passes, plain = [], []
+        # hooked after the executor's own hooks: a call's clock starts once its weights are in
+        clock = _CallClock(getattr(model, 'module', model) if streamed else model, modules, cuda)
+        passes, plain, waits = [], [], []
         try:
             for r in range(warmup + repeats):
                 # hooked and plain passes alternate, so both see the same machine load
                 ev, total_ms = clock.run(model, x)
+                if streamed and r >= warmup:
+                    waits.append(_call_waits(model.stats().get('calls') or [], sched.steps))
                 clock.enabled = False
                 _sync(device)
                 t = time.perf_counter()
@@ -684,14 +724,19 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
                              f'({sched.steps} calls); was the pack written for another input '
                              'size or model version?')
         splits = [split_calls(ev, tot, sched.steps) for ev, tot in passes]
+        if streamed:    # waiting for weights is no part of the model's own time
+            splits = [([max(0.0, b - w) for b, w in zip(bs, within)],
+                       [max(0.0, g - w) for g, w in zip(gs, before)], t)
+                      for (bs, gs, t), (before, within) in zip(splits, waits)]
         busy = [_median([b[s] for b, _, _ in splits]) for s in range(sched.steps)]
         gap = [_median([g[s] for _, g, _ in splits]) for s in range(sched.steps)]
         tail = _median([t for _, _, t in splits])
         hooked = _median([tot for _, tot in passes])
-        resident_ms = _median(plain)
+        total = sum(busy) + sum(gap) + tail
         # Per-call medians of a noisy machine sum to less than a typical pass (delays are
         # skewed); scale them so the calls of one pass add up to the median unhooked pass.
-        total = sum(busy) + sum(gap) + tail
+        # Streamed, the unhooked pass includes waits for weights: the parts are the estimate.
+        resident_ms = total if streamed else _median(plain)
         scale = resident_ms / total if total > 0 else 1.0
         busy = [b * scale for b in busy]
         gap = [g * scale for g in gap]
@@ -726,6 +771,10 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         checksum = _checksum_speed()
         contention = _read_contention(pack, model, x, device, max(3, repeats), threads,
                                       progress=bar) if sched.slot_builder is not None else None
+        peak = None
+        if streamed:
+            peak = model.stats()['peak_weight_bytes']
+            model.close()
         del model, det
         h2d = _h2d_points(H2D_SIZES, device, progress=bar) if cuda else None
     finally:
@@ -748,6 +797,9 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         'device_kind': kind,
         'machine': info,
         'repeats': repeats,
+        'mode': 'streamed' if streamed else 'resident',
+        'budget_mb': budget_mb if streamed else None,
+        'peak_weight_bytes': peak,
         'resident_latency_ms': round(resident_ms, 4),
         'resident_latency_all_ms': [round(v, 4) for v in plain],
         'hooked_latency_ms': round(hooked, 4),

@@ -307,6 +307,36 @@ def tiny_profile(tiny_pack):
                            disk_sizes=(64 << 10, 1 << 20, 4 << 20))
 
 
+def test_call_waits_split_into_before_and_within_each_call():
+    log = [[0, 0.0, 0.002, None], [1, 0.1, 0.0, None], [1, 0.1, 0.001, 0], [1, 0.2, 0.003, 1],
+           [0, 0.3, 0.0005, None]]
+    before, within = profiler._call_waits(log, 3)
+    assert before == pytest.approx([2.0, 0.0, 0.5]) and within == pytest.approx([0.0, 4.0, 0.0])
+    assert profiler._call_waits(log, 4) == ([0.0] * 4, [0.0] * 4)   # not this pass: no guess
+
+
+def test_profile_within_a_budget_streams_and_never_exceeds_it(tiny_pack, tiny_profile):
+    budget = max(u.length for u in tiny_pack.units) * 1.2 / (1 << 20)
+    assert budget * (1 << 20) < tiny_pack.total_bytes
+    prof = planner.profile(tiny_pack.path, repeats=2, progress=False, budget_mb=budget,
+                           disk_sizes=(64 << 10, 1 << 20, 4 << 20, 64 << 20))
+    assert prof['mode'] == 'streamed' and prof['budget_mb'] == budget
+    assert 0 < prof['peak_weight_bytes'] <= budget * (1 << 20)
+    assert max(p['request_bytes'] for p in prof['disk']['points']) <= budget * (1 << 20)
+    assert prof['steps']['unit'] == tiny_pack.call_order
+    assert all(b >= 0 for b in prof['steps']['busy_ms']) and sum(prof['steps']['busy_ms']) > 0
+    assert prof['split_exact'] == {} and prof['resident_latency_ms'] > 0
+    # it plans like a resident profile, and the plan keeps the budget
+    p = planner.plan(tiny_pack.path, prof, budget_mb=budget)
+    assert p['predicted_peak_weight_mb'] <= budget
+    assert tiny_profile['mode'] == 'resident' and tiny_profile['peak_weight_bytes'] is None
+    # a budget that holds the whole model profiles it resident
+    whole = planner.profile(tiny_pack.path, repeats=1, progress=False, check_splits=False,
+                            budget_mb=2 * tiny_pack.total_bytes / (1 << 20),
+                            executor_overhead=False, disk_sizes=(64 << 10,))
+    assert whole['mode'] == 'resident'
+
+
 def test_profile_measures_every_call_and_the_disk(tiny_pack, tiny_profile):
     prof = tiny_profile
     assert prof['steps']['unit'] == tiny_pack.call_order
