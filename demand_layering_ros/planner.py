@@ -1269,7 +1269,7 @@ def _plan_dict(sched, prof, timing, chosen, full, min_point, curve, search, requ
         'overhead_ms': round(chosen.latency - full.latency, 4),
         'request': request,
         'search': search,
-        'profile': {'machine': prof.get('machine', {}),
+        'profile': {'machine': prof.get('machine', {}), 'mode': prof.get('mode', 'resident'),
                     'read_mb_per_s': round(timing.read.rate(1 << 24) / MB, 1),
                     'slot_overhead_ms': timing.slot_overhead,
                     'pass_overhead_ms': timing.pass_overhead},
@@ -1365,11 +1365,12 @@ def plan_for(pack_dir, budget_mb=None, deadline_ms=None, profile=None, device='c
     Plan at start-up: read PROFILE.json if given (a path or dict), else profile quickly here.
 
     Used by the executor and the node when they get a budget or deadline instead of a plan.
+    Profiling here stays within the budget (streamed when the weights exceed it).
     """
     if profile is None:
         prof = globals()['profile'](pack_dir, device=device, repeats=repeats, warmup=1,
                                     progress=False, disk_sizes=(256 << 10, 4 << 20),
-                                    activation=False)
+                                    activation=False, budget_mb=budget_mb)
     elif isinstance(profile, dict):
         prof = profile
     else:
