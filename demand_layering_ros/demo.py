@@ -44,6 +44,10 @@ def add_arguments(parser, command=None):
                         help='node parameter file (default config/detector.yaml)')
     parser.add_argument('--pack', default=str(ROOT / '.data' / 'packs' / 'yolov3-tiny-416'),
                         help='weight pack to use; written from the real yolov3-tiny if missing')
+    parser.add_argument('--qos', choices=('reliable', 'best_effort'), default='reliable',
+                        help="the node's qos_reliability for the demo camera (default reliable: "
+                             'the camera publishes reliably; best effort loses whole frames '
+                             'whenever a UDP fragment of a large image is lost)')
     parser.add_argument('--skip-resident', action='store_true',
                         help='run only the demand-layered phase')
 
@@ -265,7 +269,7 @@ def timeline_png(pack_dir, budget_mb, photos, path):
         model.close()
 
 
-def summary_table(rows, pack_mb):
+def summary_table(rows, pack_mb, qos='reliable'):
     """Format the phases side by side as a text table."""
     fields = [('frames sent by the camera', 'frames_sent', '{:d}'),
               ('frames in (received by the node)', 'frames_in', '{:d}'),
@@ -289,8 +293,14 @@ def summary_table(rows, pack_mb):
     text.insert(1, '  '.join('-' * w for w in widths))
     text.append(f'Model weights in the pack: {pack_mb:.1f} MiB. Process memory counts the '
                 'interpreter, torch and rclpy (the same in both phases).')
-    text.append('Frames sent but not received: with the default QoS (best effort, depth 1) '
-                'a newer frame replaces one the node has not taken yet: latest frame wins.')
+    if qos == 'reliable':
+        text.append('Frames sent but not received: the subscription keeps the last frame only '
+                    '(depth 1), so a newer frame replaces one the node has not taken yet: '
+                    'latest frame wins.')
+    else:
+        text.append('Frames sent but not received: over best effort, DDS drops a whole frame '
+                    'when one UDP fragment of it is lost (a photo is ~1 MB), and a newer frame '
+                    'replaces one the node has not taken yet (depth 1).')
     return '\n'.join(text)
 
 
@@ -307,7 +317,7 @@ def run(args, command=None):
         params = yaml.safe_load(f)['demand_layering_detector']['ros__parameters']
     budget = args.budget_mb if args.budget_mb is not None else params.get('memory_budget_mb', 0)
     common = {'pack_path': str(pk.path), 'image_topics': f'[{CAMERA_TOPIC}]',
-              'device': 'cpu', 'publish_debug_image': 'false'}
+              'device': 'cpu', 'publish_debug_image': 'false', 'qos_reliability': args.qos}
     phases = []
     if not args.skip_resident:
         phases.append(('resident', dict(common, memory_budget_mb='0.0', plan_file=resident_plan(
@@ -324,8 +334,8 @@ def run(args, command=None):
         for phase, overrides in phases:
             how = ('every unit resident (the plain model)' if phase == 'resident' else
                    f'memory_budget_mb {overrides["memory_budget_mb"]} (0 = the smallest arena)')
-            print(f'[demo] phase {phase}: detector node with {how}; camera at {args.rate:g} fps '
-                  f'for {args.duration:g} s', flush=True)
+            print(f'[demo] phase {phase}: detector node with {how}, QoS {args.qos}; camera at '
+                  f'{args.rate:g} fps for {args.duration:g} s', flush=True)
             rows.append(run_phase(ros_node, phase, args.params_file, overrides, photos, args,
                                   out_dir, pk.weights_path, verbose=(phase == 'layered')))
     finally:
@@ -336,7 +346,9 @@ def run(args, command=None):
         timeline_png(pk.path, float(budget) or None, photos, out_dir / 'timeline.png')
     except Exception as e:      # the figure is a bonus; the table is the result
         print(f'[demo] timeline not drawn: {e}')
-    table = summary_table(rows, pack_mb)
+    for r in rows:
+        r['qos'] = args.qos
+    table = summary_table(rows, pack_mb, args.qos)
     (out_dir / 'summary.json').write_text(json.dumps(rows, indent=2))
     print('\n' + table)
     print(f'\n[demo] annotated images, timeline.png and summary.json are in {out_dir}')
