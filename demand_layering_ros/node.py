@@ -660,6 +660,12 @@ class DetectorNode(LifecycleNode):
                                     profile=prof, device=s['device'],
                                     frame_period_ms=s['frame_period_ms'] or None), ''
         except planner.PlanInfeasible as e:
+            if prof.get('mode') == 'streamed' and budget is not None and \
+                    e.min_memory_mb is not None and budget < e.min_memory_mb:
+                # A profile measured within the budget checks no split sizes, so the planner's
+                # smallest plan holds each layer whole; the executor splits them itself.
+                return None, (f'{e}; the executor fits memory_budget_mb itself, splitting large '
+                              'layers' + ('; the deadline is not planned' if deadline else ''))
             if strict or deadline is None:
                 raise
             note = f'deadline cannot be met: {e}'
