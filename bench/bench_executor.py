@@ -6,8 +6,9 @@ Measure the executor's two speed claims in one run, on one machine, as medians.
 1. Fully streamed (the smallest arena), a pass should take at most 1.10x the pipeline bound:
    each unit runs no earlier than the disk could have delivered its bytes (all units read back
    to back in first-use order at the disk's O_DIRECT bandwidth: the fastest of the disk measured
-   before, after, and the pass's own reads) and no earlier than the
-   previous call finished, with the compute between calls taken from the same pass's own log.
+   before, after, and the pass's own reads) and no earlier than the previous call finished,
+   with the compute between calls taken from the same pass's own log. The arena-limited bound
+   also makes each read wait for room in the plan's arena.
 2. With the whole model as budget (everything resident), the overhead against the plain model
    (built normally, weights in ordinary tensors) should stay under 2%.
 
@@ -92,6 +93,24 @@ def disk_bandwidth(pack, repeats=3, piece=8 * MB):
     return statistics.median(rates), mode
 
 
+def _pass_parts(calls, latency_s, resident=()):
+    """
+    Return (units in first-use order, head s, compute s after each call) of a logged pass.
+
+    Compute between calls is the measured start-to-start gap minus the next call's wait;
+    before the first call and after the last one the pass's own head and tail are kept.
+    """
+    order, seen = [], set()
+    for u, *_ in calls:
+        if u not in seen and u not in resident:
+            seen.add(u)
+            order.append(u)
+    head = calls[0][1] - calls[0][2]
+    segs = [calls[i + 1][1] - calls[i + 1][2] - calls[i][1] for i in range(len(calls) - 1)]
+    segs.append(latency_s - calls[-1][1])
+    return order, head, segs
+
+
 def pipeline_bound(pack, calls, latency_s, bandwidth, resident=()):
     """
     Return (bound, serial) seconds for one pass from its own call log.
@@ -104,18 +123,11 @@ def pipeline_bound(pack, calls, latency_s, bandwidth, resident=()):
     """
     if not calls:
         return latency_s, latency_s
-    order, seen = [], set()
-    for u, *_ in calls:
-        if u not in seen and u not in resident:
-            seen.add(u)
-            order.append(u)
+    order, head, segs = _pass_parts(calls, latency_s, resident)
     arrival, cum = {}, 0
     for u in order:
         cum += pack.units[u].length
         arrival[u] = cum / bandwidth
-    head = calls[0][1] - calls[0][2]
-    segs = [calls[i + 1][1] - calls[i + 1][2] - calls[i][1] for i in range(len(calls) - 1)]
-    segs.append(latency_s - calls[-1][1])
     t = serial = head
     started = set()
     for (u, *_), seg in zip(calls, segs):
@@ -141,19 +153,10 @@ def arena_bound(pack, calls, latency_s, bandwidth, arena_bytes, ends=None):
     """
     if not calls:
         return latency_s
-    last = {}
-    for i, (u, *_) in enumerate(calls):
-        last[u] = i
-    order, seen = [], set()
-    for u, *_ in calls:
-        if u not in seen:
-            seen.add(u)
-            order.append(u)
+    last = {u: i for i, (u, *_) in enumerate(calls)}
+    order, head, segs = _pass_parts(calls, latency_s)
     if any(pack.units[u].length > arena_bytes for u in order):
         return None
-    head = calls[0][1] - calls[0][2]
-    segs = [calls[i + 1][1] - calls[i + 1][2] - calls[i][1] for i in range(len(calls) - 1)]
-    segs.append(latency_s - calls[-1][1])
     arrival, releases = {}, []          # releases: (time, bytes) of finished units, in time order
     held, disk, nxt = 0, 0.0, 0
 

@@ -63,6 +63,14 @@ def timed(fn, x, device):
     return (time.perf_counter() - t) * 1e3
 
 
+def _measured(lat, res, stall, st):
+    """Medians of a plan's passes and the resident reference, with the executor's memory."""
+    return {'latency_ms': statistics.median(lat), 'latency_all_ms': lat,
+            'resident_ms': statistics.median(res), 'stall_ms': statistics.median(stall),
+            'peak_weight_bytes': st['peak_weight_bytes'], 'arena_bytes': st['arena_bytes'],
+            'split_units': len(st['split_units']), 'demand_misses': st['demand_misses']}
+
+
 def measure(pack, plan, x, device, resident, repeats, block=3):
     """
     Run a plan back to back, in blocks alternating with blocks of resident passes.
@@ -85,10 +93,7 @@ def measure(pack, plan, x, device, resident, repeats, block=3):
         st = m.stats()
     finally:
         m.close()
-    return {'latency_ms': statistics.median(lat), 'latency_all_ms': lat,
-            'resident_ms': statistics.median(res), 'stall_ms': statistics.median(stall),
-            'peak_weight_bytes': st['peak_weight_bytes'], 'arena_bytes': st['arena_bytes'],
-            'split_units': len(st['split_units']), 'demand_misses': st['demand_misses']}
+    return _measured(lat, res, stall, st)
 
 
 def measure_framed(pack, plan, x, device, resident, repeats, period_ms):
@@ -117,11 +122,7 @@ def measure_framed(pack, plan, x, device, resident, repeats, period_ms):
         st = m.stats()
     finally:
         m.close()
-    return {'latency_ms': statistics.median(lat), 'latency_all_ms': lat,
-            'resident_ms': statistics.median(res), 'stall_ms': statistics.median(stall),
-            'peak_weight_bytes': st['peak_weight_bytes'], 'arena_bytes': st['arena_bytes'],
-            'split_units': len(st['split_units']), 'demand_misses': st['demand_misses'],
-            'frame_period_ms': period_ms}
+    return dict(_measured(lat, res, stall, st), frame_period_ms=period_ms)
 
 
 def rescaled(prof, k):

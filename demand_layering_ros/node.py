@@ -623,14 +623,14 @@ class DetectorNode(LifecycleNode):
                 self._profile = planner.load_profile(path)
                 return self._profile
             budget = s['memory_budget_mb'] or None
-            self.get_logger().info(
-                f'no {path}: profiling the pack once now, '
-                + (f'streamed within memory_budget_mb {budget:g}'
-                   if budget and self._pack.total_bytes > budget * (1 << 20)
-                   else 'fully resident'))
+            self.get_logger().info(f'no {path}: profiling the pack once now, within '
+                                   'memory_budget_mb')
             self._profile = planner.profile(s['pack_path'], device=s['device'], repeats=2,
                                             warmup=1, progress=False, activation=False,
                                             budget_mb=budget)
+            self.get_logger().info(
+                'profiled ' + (f'streamed within memory_budget_mb {budget:g}'
+                               if self._profile['mode'] == 'streamed' else 'fully resident'))
             try:
                 planner.write_json(self._profile, path)
                 self.get_logger().info(f'saved the profile as {path}')

@@ -700,18 +700,20 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
             for r in range(warmup + repeats):
                 # hooked and plain passes alternate, so both see the same machine load
                 ev, total_ms = clock.run(model, x)
-                if streamed and r >= warmup:
-                    waits.append(_call_waits(model.stats().get('calls') or [], sched.steps))
-                clock.enabled = False
-                _sync(device)
-                t = time.perf_counter()
-                with torch.no_grad():
-                    model(x)
-                _sync(device)
                 if r >= warmup:
                     passes.append((ev, total_ms))
-                    plain.append(1e3 * (time.perf_counter() - t))
-                clock.enabled = True
+                    if streamed:
+                        waits.append(_call_waits(model.stats().get('calls') or [], sched.steps))
+                if not streamed:    # streamed, an unhooked pass includes waits: not used
+                    clock.enabled = False
+                    _sync(device)
+                    t = time.perf_counter()
+                    with torch.no_grad():
+                        model(x)
+                    _sync(device)
+                    if r >= warmup:
+                        plain.append(1e3 * (time.perf_counter() - t))
+                    clock.enabled = True
                 if bar is not None:
                     bar.update(1)
         finally:

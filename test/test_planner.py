@@ -53,6 +53,18 @@ def setup(manifest, prof):
     return sched, planner.Timing.from_profile(prof, sched)
 
 
+def hand_pipeline(**extra):
+    """Three 5 MB units read in 5 ms each, each computing for 10 ms, a 1 ms tail."""
+    manifest = {'units': [{'index': i, 'name': f'u{i}', 'length': 5 * MB, 'calls': 1,
+                           'first_call': i, 'last_call': i} for i in range(3)],
+                'call_order': [0, 1, 2], 'model': {'spec': 'synthetic:hand'}}
+    prof = {'format': planner.PROFILE_FORMAT, 'device': 'cpu', 'device_kind': 'cpu',
+            'steps': {'unit': [0, 1, 2], 'busy_ms': [10.0] * 3, 'gap_ms': [0.0] * 3,
+                      'tail_ms': 1.0},
+            'disk': {'points': [{'request_bytes': 5 * MB, 'seconds': 0.005}]}, **extra}
+    return setup(manifest, prof)
+
+
 # ----------------------------------------------------------------------------- simulation
 
 
@@ -84,14 +96,7 @@ def test_release_steps_match_brute_force():
 
 def test_simulation_of_a_pipeline_worked_by_hand():
     # three units of 5 MB read in 5 ms each, each computing for 10 ms; the arena holds two
-    manifest = {'units': [{'index': i, 'name': f'u{i}', 'length': 5 * MB, 'calls': 1,
-                           'first_call': i, 'last_call': i} for i in range(3)],
-                'call_order': [0, 1, 2], 'model': {'spec': 'synthetic:hand'}}
-    prof = {'format': planner.PROFILE_FORMAT, 'device': 'cpu', 'device_kind': 'cpu',
-            'steps': {'unit': [0, 1, 2], 'busy_ms': [10.0] * 3, 'gap_ms': [0.0] * 3,
-                      'tail_ms': 1.0},
-            'disk': {'points': [{'request_bytes': 5 * MB, 'seconds': 0.005}]}}
-    sched, timing = setup(manifest, prof)
+    sched, timing = hand_pipeline()
     sim = planner.simulate(sched, timing, planner.Config(frozenset(), 10 * MB), timeline=True)
     rows = {r['name']: r for r in sim.timeline}
     # u0: read 0-5, compute 5-15; u1: read 5-10, compute 15-25; u2 waits for u0's space:
@@ -121,15 +126,7 @@ def test_compute_slows_while_the_reader_is_busy():
     assert busy.advance(32.0, 3.0) == pytest.approx(35.0)     # in the gap between reads
     assert busy.advance(35.0, 15.0) == pytest.approx(55.0)    # 5 free, 5 slow (10 ms), 5
     # the hand-worked pipeline: reads [0,5], [5,10], [15,20]; compute 10 ms per unit
-    manifest = {'units': [{'index': i, 'name': f'u{i}', 'length': 5 * MB, 'calls': 1,
-                           'first_call': i, 'last_call': i} for i in range(3)],
-                'call_order': [0, 1, 2], 'model': {'spec': 'synthetic:hand'}}
-    prof = {'format': planner.PROFILE_FORMAT, 'device': 'cpu', 'device_kind': 'cpu',
-            'steps': {'unit': [0, 1, 2], 'busy_ms': [10.0] * 3, 'gap_ms': [0.0] * 3,
-                      'tail_ms': 1.0},
-            'disk': {'points': [{'request_bytes': 5 * MB, 'seconds': 0.005}]},
-            'contention': {'compute_slowdown': 2.0, 'read_slowdown': 1.0}}
-    sched, timing = setup(manifest, prof)
+    sched, timing = hand_pipeline(contention={'compute_slowdown': 2.0, 'read_slowdown': 1.0})
     sim = planner.simulate(sched, timing, planner.Config(frozenset(), 10 * MB))
     # u0 computes 5-15 while u1 reads 5-10 (5 ms of work done by 15 -> 2.5 + 5 = 7.5 of 10):
     # it ends at 17.5; u2's read then runs 17.5-22.5 while u1 computes 17.5-...: 10 ms of
