@@ -32,10 +32,10 @@ lint: build
 	  --pytest-args -k 'flake8 or pep257 or copyright or python310 or core_imports'
 
 demo: build
-	@$(ENV) python -m demand_layering_ros demo
+	@$(ENV) python -m tools.demo
 
 bench: build
-	@$(ENV) python -m demand_layering_ros bench --out bench/out --markdown BENCHMARKS.md
+	@$(ENV) python -m bench.harness --out bench/out --markdown BENCHMARKS.md
 
 soak: build
 	@$(ENV) python -m pytest test/test_soak.py -q --soak-frames 5000

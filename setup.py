@@ -11,7 +11,7 @@ package_name = 'demand_layering_ros'
 setup(
     name=package_name,
     version='0.1.0',
-    packages=find_packages(exclude=['test', 'test.*']),
+    packages=find_packages(include=[package_name, package_name + '.*']),
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
@@ -27,13 +27,13 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
-            'detector_node = demand_layering_ros.node:main',
-            'camera_node = demand_layering_ros.camera:main',
+            'detector_node = demand_layering_ros.ros.node:main',
+            'camera_node = demand_layering_ros.ros.camera:main',
             'demand_layering_ros = demand_layering_ros.cli:main',
         ],
         'demand_layering_ros.models': [
-            'torchvision = demand_layering_ros.tv_models:build',
-            'darknet = demand_layering_ros.darknet:build',
+            'torchvision = demand_layering_ros.models.tv_models:build',
+            'darknet = demand_layering_ros.models.darknet:build',
         ],
     },
 )

@@ -35,8 +35,8 @@ import zlib
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demand_layering_ros import direct_io  # noqa: E402
-from demand_layering_ros import memory  # noqa: E402
 from demand_layering_ros import pack as packmod  # noqa: E402
+from tools import cgroups  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,9 +189,9 @@ def child_stream(args):
     # warm-up pass: code paths fault in their library pages now, not during the measurement
     with direct_io.Reader(path, direct=mode == 'direct') as r:
         stream(pack, r, bufs, True)
-    memory.evict_file(path)
-    before = memory.own_cgroup_usage()
-    cached_before = memory.page_cache_bytes()
+    cgroups.evict_file(path)
+    before = cgroups.own_cgroup_usage()
+    cached_before = cgroups.page_cache_bytes()
     for _ in range(args.cache_passes):
         if mode == 'plain':
             with open(path, 'rb', buffering=0) as f:
@@ -201,14 +201,14 @@ def child_stream(args):
             with direct_io.Reader(path, direct=mode == 'direct') as r:
                 stream(pack, r, bufs, True)
                 mode_used = r.mode
-    cached_after = memory.page_cache_bytes()
-    after = memory.own_cgroup_usage()
+    cached_after = cgroups.page_cache_bytes()
+    after = cgroups.own_cgroup_usage()
     cg_delta = after['cache_bytes'] - before['cache_bytes'] if after and before else None
     print(json.dumps({'mode': mode_used if mode != 'plain' else 'plain',
                       'cgroup_cache_delta': cg_delta,
                       'meminfo_cached_delta': cached_after - cached_before,
-                      'file_cached': memory.file_cached_bytes(path)}))
-    memory.evict_file(path)
+                      'file_cached': cgroups.file_cached_bytes(path)}))
+    cgroups.evict_file(path)
     return 0
 
 
@@ -221,22 +221,22 @@ def page_cache(pack, args):
                         ('Reader, buffered + DONTNEED (fallback path)', 'buffered'),
                         ('plain buffered read (control)', 'plain')):
         if root:
-            memory.drop_caches()
+            cgroups.drop_caches()
         argv = [sys.executable, __file__, '--pack', str(pack.path), '--child-stream', mode,
                 '--cache-passes', str(args.cache_passes)]
         try:
-            res = memory.run_in_cgroup(argv, timeout=600)
+            res = cgroups.run_in_cgroup(argv, timeout=600)
             out, cg = res.stdout, True
             if not res.ok:
                 raise RuntimeError(f'child failed: {res.summary()}\n{res.stderr[-2000:]}')
-        except memory.CgroupError:
+        except cgroups.CgroupError:
             p = subprocess.run(argv, capture_output=True, text=True, check=True)
             out, cg = p.stdout, False
         fig = json.loads(out.strip().splitlines()[-1])
         rows.append((f'{label} [{fig["mode"]}]', fig['meminfo_cached_delta'],
                      fig['cgroup_cache_delta'] if cg else None, fig['file_cached']))
     if root:
-        memory.drop_caches()
+        cgroups.drop_caches()
     print(f'Page cache growth over {args.cache_passes} whole-pack streams '
           f'({args.cache_passes * total / 1e6:.0f} MB read; goal < 5 MB). Each run in a child '
           'process in its own memory cgroup'

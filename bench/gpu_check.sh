@@ -22,7 +22,7 @@
 #      (device tool: command 'bash bench/gpu_check.sh', carry ['.whl', '.data/darknet'],
 #      timeout_s 540)
 #   3. back here, merge the GPU section into BENCHMARKS.md and copy its PNGs to bench/:
-#      python -m demand_layering_ros bench --results FILES_AT/bench/results.json \
+#      python -m bench.harness --results FILES_AT/bench/results.json \
 #          --out bench/out/gpu --markdown BENCHMARKS.md
 #   Dry run of the plumbing on a machine without a GPU:  bash bench/gpu_check.sh --device cpu
 #
@@ -125,7 +125,7 @@ if [ "$DEVICE" = cpu ]; then
   PASSES=${GPU_PASSES:-2}
 fi
 echo "== benchmark on $DEVICE: $MODELS, $PASSES passes"
-timeout "$BENCH_TIMEOUT" $PY -m demand_layering_ros bench --device "$DEVICE" --models "$MODELS" \
+timeout "$BENCH_TIMEOUT" $PY -m bench.harness --device "$DEVICE" --models "$MODELS" \
   --passes "$PASSES" --reps 1 --warmup 3 --budgets 1 --profile-repeats 5 --timeout 120 \
   --configs resident,naive,accelerate-disk,accelerate-cpu,dl-smallest,dl-1ms,dl-budget \
   --out "$OUT/bench" --figures "$OUT/bench" --work /tmp/dlr-bench-work \
@@ -135,7 +135,7 @@ BENCH_RC=$?
 if [ "$BENCH_RC" = 124 ] && [ -f "$OUT/bench/results.json" ]; then
   echo 'gpu_check: the benchmark ran out of time; reporting the models it finished' \
     | tee -a "$OUT/bench.log"
-  $PY -m demand_layering_ros bench --report-only --out "$OUT/bench" --figures "$OUT/bench" \
+  $PY -m bench.harness --report-only --out "$OUT/bench" --figures "$OUT/bench" \
     --markdown "$OUT/BENCHMARKS_gpu.md" --section gpu >> "$OUT/bench.log" 2>&1
 fi
 tail -n 5 "$OUT/bench.log"

@@ -14,11 +14,11 @@ __all__ = ['load', 'load_resident', '__version__']
 
 def load(*args, **kwargs):
     """Open a weight pack as a demand-layered model (see executor.load)."""
-    from demand_layering_ros.executor import load as _load
+    from demand_layering_ros.runtime.executor import load as _load
     return _load(*args, **kwargs)
 
 
 def load_resident(*args, **kwargs):
     """Open a weight pack as the plain, fully resident model (see executor.load_resident)."""
-    from demand_layering_ros.executor import load_resident as _load_resident
+    from demand_layering_ros.runtime.executor import load_resident as _load_resident
     return _load_resident(*args, **kwargs)

@@ -1,7 +1,7 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
 """
-One command line for the tools: detect, pack, profile, plan, bench, camera.
+One command line for the tools: detect, pack, profile, plan, camera.
 
 Each command lives in the module that owns the concept and is imported only when chosen, so
 `--help` and light commands do not pay for importing torch. A command module provides
@@ -16,11 +16,11 @@ import sys
 COMMANDS = {
     'detect': ('demand_layering_ros.detect', 'run a detector on image files, print JSON lines'),
     'pack': ('demand_layering_ros.pack', 'write a weight pack laid out in execution order'),
-    'profile': ('demand_layering_ros.planner', 'measure per-unit compute, disk and copy speed'),
-    'plan': ('demand_layering_ros.planner', 'choose resident units and arena for a deadline'),
-    'bench': ('demand_layering_ros.bench', 'benchmark against resident and offloading baselines'),
-    'camera': ('demand_layering_ros.camera', 'publish images or a video as a ROS 2 camera'),
-    'demo': ('demand_layering_ros.demo', 'run the end-to-end demo (detector + camera over ROS 2)'),
+    'profile': ('demand_layering_ros.planning.planner',
+                'measure per-unit compute, disk and copy speed'),
+    'plan': ('demand_layering_ros.planning.planner',
+             'choose resident units and arena for a deadline'),
+    'camera': ('demand_layering_ros.ros.camera', 'publish images or a video as a ROS 2 camera'),
 }
 
 
@@ -37,10 +37,18 @@ def build_parser(command=None):
     return parser
 
 
+# development tools of a source checkout, not of the installed package
+MOVED = {'bench': 'make bench (bench/harness.py)', 'demo': 'make demo (tools/demo.py)'}
+
+
 def main(argv=None):
     """Run one command and return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith('-')), None)
+    if command in MOVED:
+        print(f'{command} is a development tool of the source checkout: run {MOVED[command]}',
+              file=sys.stderr)
+        return 2
     if command not in COMMANDS:
         command = None
     parser = build_parser(command)

@@ -11,7 +11,7 @@ is the reference for the demand-layered executor (`--pack`).
 import json
 import sys
 
-from demand_layering_ros.detector import read_image
+from demand_layering_ros.models.detector import read_image
 
 
 def add_arguments(parser, command):
@@ -56,10 +56,10 @@ def _load_from_pack(args):
     the executor engineer owns its details.
     """
     try:
-        import demand_layering_ros.executor  # noqa: F401
+        import demand_layering_ros.runtime.executor  # noqa: F401
     except ImportError as e:
-        raise RuntimeError('--pack needs demand_layering_ros.executor, which is not available '
-                           f'in this installation ({e})') from e
+        raise RuntimeError('--pack needs demand_layering_ros.runtime.executor, which is not '
+                           f'available in this installation ({e})') from e
     import demand_layering_ros as dlr
     if args.resident:
         from demand_layering_ros.pack import Pack
@@ -71,7 +71,7 @@ def _load_from_pack(args):
 
 
 def _build(args):
-    from demand_layering_ros import registry
+    from demand_layering_ros.models import registry
     if args.pack:
         if args.model or args.weights or args.seed is not None:
             raise ValueError('--pack replaces --model/--weights/--seed; give one or the other')

@@ -21,18 +21,13 @@ import os
 import threading
 import time
 
+from demand_layering_ros.sizes import align_up, PAGE
 import numpy as np
 import torch
 import xxhash
 
-PAGE = 4096
 CHUNK_BYTES = 4 << 20
 CHECKSUM_ALGORITHM = 'xxh3_64'
-
-
-def align_up(n, alignment=PAGE):
-    """Round `n` up to a multiple of `alignment`."""
-    return (n + alignment - 1) // alignment * alignment
 
 
 def aligned_empty(nbytes, pin=False):

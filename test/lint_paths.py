@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def python_paths():
     """Return the Python files and folders the lint tests check."""
-    names = ['demand_layering_ros', 'test', 'launch', 'bench', 'scripts', 'setup.py']
+    names = ['demand_layering_ros', 'test', 'launch', 'bench', 'tools', 'scripts', 'setup.py']
     return [str(ROOT / n) for n in names if (ROOT / n).exists()]
 
 

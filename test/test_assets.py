@@ -6,8 +6,8 @@ The real assets that `make setup` provides are where assets.py says, and readabl
 These tests fail (never skip) when an asset is missing: the models' evidence depends on them.
 """
 
-from demand_layering_ros import assets
-from demand_layering_ros.detector import read_image
+from demand_layering_ros.models import assets
+from demand_layering_ros.models.detector import read_image
 import pytest
 
 LISTED_CFGS = ['yolov2', 'yolov2-tiny', 'yolov3', 'yolov3-tiny', 'yolov3-spp', 'resnet152',

@@ -13,11 +13,12 @@ memory, and that the mmap baseline really ran under the memory the smallest plan
 
 import json
 
-from demand_layering_ros import bench, cli, memory
+from bench import harness as bench
 import pytest
+from tools import cgroups
 
 MIB = 1 << 20
-AVAIL = memory.cgroups_available()
+AVAIL = cgroups.cgroups_available()
 
 TINY_CFG = """\
 [net]
@@ -88,13 +89,13 @@ def smoke(tmp_path_factory):
     cfg.write_text(TINY_CFG)
     md = d / 'BENCH.md'
     md.write_text('# Benchmarks\n\nText another engineer wrote.\n')
-    argv = ['bench', '--models', f'darknet:{cfg}', '--input-size', '64x64', '--passes', '2',
+    argv = ['--models', f'darknet:{cfg}', '--input-size', '64x64', '--passes', '2',
             '--warmup', '1', '--reps', '1', '--budgets', '1', '--profile-repeats', '1',
             '--configs', 'resident,naive,accelerate-disk,accelerate-cpu,mmap,dl-smallest,'
             'dl-budget',
             '--out', str(d / 'out'), '--markdown', str(md), '--drop-caches', 'weights',
             '--quiet']
-    assert cli.main(argv) == 0
+    assert bench.main(argv) == 0
     results = json.loads((d / 'out' / 'results.json').read_text())
     return results, d / 'out', md
 
@@ -178,7 +179,7 @@ def test_markdown_section_and_plots(smoke):
                   'accelerate cpu_offload', 'OS demand paging (mmap)',
                   'this project, smallest plan'):
         assert f'| {label}' in text
-    assert results['command'].startswith('python -m demand_layering_ros bench --models darknet:')
+    assert results['command'].startswith('python -m bench.harness --models darknet:')
     assert '--passes 2 ' in results['command'] and '--quiet' in results['command']
     for name in ('latency_memory', 'tradeoff', 'timeline'):
         png = out / f'cpu_{name}.png'
@@ -241,7 +242,7 @@ def test_unknown_model_and_configuration_are_refused(tmp_path):
     with pytest.raises(ValueError, match='unknown model'):
         bench.resolve_models(['no-such-model'], 'cpu')
     with pytest.raises(SystemExit, match='unknown configurations'):
-        cli.main(['bench', '--configs', 'resident,warp-drive', '--out', str(tmp_path)])
+        bench.main(['--configs', 'resident,warp-drive', '--out', str(tmp_path)])
 
 
 def test_default_models_cover_the_issue():

@@ -16,7 +16,8 @@ import threading
 import time
 
 import cv2
-from demand_layering_ros import camera, imaging
+from demand_layering_ros.ros import camera
+from demand_layering_ros.service import imaging
 import numpy as np
 import pytest
 import rclpy
@@ -180,7 +181,7 @@ def test_compressed_stream_in_process(media):
 
 def test_console_script_accepts_ros_remaps(media):
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
-    cmd = [sys.executable, '-c', 'import sys; from demand_layering_ros.camera import main; '
+    cmd = [sys.executable, '-c', 'import sys; from demand_layering_ros.ros.camera import main; '
            'sys.exit(main())', '--images', str(media['dir'] / 'a_astronaut.png'),
            '--count', '3', '--loop', '--rate', '30', '--wait-subscribers', '20', '--quiet',
            '--ros-args', '-r', '/camera/image_raw:=/remapped/image_raw']

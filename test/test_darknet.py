@@ -12,9 +12,9 @@ import math
 import re
 
 import cv2
-from demand_layering_ros import assets, darknet, registry
-from demand_layering_ros.darknet import DarknetError
-from demand_layering_ros.detector import read_image
+from demand_layering_ros.models import assets, darknet, registry
+from demand_layering_ros.models.darknet import DarknetError
+from demand_layering_ros.models.detector import read_image
 import numpy as np
 import pytest
 import torch

@@ -15,7 +15,7 @@ def test_demo_detects_objects_in_the_camera_stream(tmp_path):
     env = dict(os.environ, ROS_DOMAIN_ID=str(100 + os.getpid() % 100))
     out = tmp_path / 'demo'
     proc = subprocess.run(
-        [sys.executable, '-m', 'demand_layering_ros', 'demo', '--duration', '5', '--rate', '5',
+        [sys.executable, '-m', 'tools.demo', '--duration', '5', '--rate', '5',
          '--out', str(out), '--pack', str(tmp_path / 'pack')],
         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -14,8 +14,9 @@ import subprocess
 import sys
 import textwrap
 
-from demand_layering_ros import assets, cli, registry
-from demand_layering_ros.detector import Detector
+from demand_layering_ros import cli
+from demand_layering_ros.models import assets, registry
+from demand_layering_ros.models.detector import Detector
 import numpy as np
 import pytest
 import torch
@@ -119,8 +120,8 @@ def test_weights_and_seed_are_exclusive(capsys):
 
 
 TOY_FAMILY = """
+from demand_layering_ros.models.detector import as_image_list, Detections, Detector
 import torch
-from demand_layering_ros.detector import as_image_list, Detections, Detector
 
 
 class Toy(Detector):
@@ -153,7 +154,7 @@ def test_entry_point_family(tmp_path, monkeypatch, capsys):
         '[demand_layering_ros.models]\ntoy = toy_family:build\n')
     monkeypatch.syspath_prepend(str(tmp_path))
     assert registry.families()['toy'] == 'toy_family:build'
-    assert registry.families()['darknet'] == 'demand_layering_ros.darknet:build'
+    assert registry.families()['darknet'] == 'demand_layering_ros.models.darknet:build'
     det = registry.build('toy:abc', seed=1, colour='red')
     assert isinstance(det, Detector) and det.spec == 'toy:abc'
     res = det.detect(np.zeros((8, 8, 3), np.uint8))

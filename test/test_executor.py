@@ -16,13 +16,14 @@ import threading
 import time
 import weakref
 
-from demand_layering_ros import memory, registry
 from demand_layering_ros import pack as P
-from demand_layering_ros.arena import ArenaTooSmall
-from demand_layering_ros.detector import Detector
-from demand_layering_ros.executor import ExecutorError, load, load_resident, MB
+from demand_layering_ros.models import registry
+from demand_layering_ros.models.detector import Detector
 from demand_layering_ros.pack import PackError
+from demand_layering_ros.runtime.arena import ArenaTooSmall
+from demand_layering_ros.runtime.executor import ExecutorError, load, load_resident, MB
 import pytest
+from tools import cgroups
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -472,28 +473,28 @@ def test_memory_figures_match_the_kernel(packs):
     pack = packs('retinanet')
     x = inputs('retinanet', pack)[0]
     total = model_bytes(pack)
-    memory.evict_file(pack.weights_path)
+    cgroups.evict_file(pack.weights_path)
     gc.collect()
-    rss0 = memory.process_rss()
+    rss0 = cgroups.process_rss()
     m = load(pack.path)
     m(x)
     st = m.stats()
-    rss_streamed = memory.process_rss() - rss0
+    rss_streamed = cgroups.process_rss() - rss0
     # The arena's own mapping holds the pages the figure counts.
     rss = arena_rss(m._engine.arena_host.data_ptr())
     assert 0.9 * st['arena_committed_bytes'] <= rss <= st['arena_committed_bytes']
     assert st['peak_weight_bytes'] == st['arena_committed_bytes'] + st['resident_bytes']
     if st['io_mode'] == 'direct':
-        assert memory.file_cached_bytes(pack.weights_path) < 5 * MB
+        assert cgroups.file_cached_bytes(pack.weights_path) < 5 * MB
     m.close()
     del m
     gc.collect()
-    rss_after = memory.process_rss() - rss0
+    rss_after = cgroups.process_rss() - rss0
     assert rss_after < rss_streamed - 0.8 * st['arena_bytes']       # close() gave it back
     ref = load_resident(pack.path)
     with torch.no_grad():
         ref(x)
-    rss_resident = memory.process_rss() - rss0
+    rss_resident = cgroups.process_rss() - rss0
     del ref
     # The resident model costs the whole model; streaming costs its peak figure.
     saved = rss_resident - rss_streamed

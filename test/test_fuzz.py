@@ -18,12 +18,13 @@ from pathlib import Path
 import shutil
 import signal
 
-from demand_layering_ros import imaging, memory
-from demand_layering_ros.imaging import ImageError
+from demand_layering_ros.service import imaging
+from demand_layering_ros.service.imaging import ImageError
 from hypothesis import given, HealthCheck, settings, strategies as st
 import numpy as np
 import pytest
 import skimage.data
+from tools import cgroups
 
 MIB = 1 << 20
 FUZZ = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck),
@@ -48,8 +49,8 @@ class guard:
             raise Hang(f'example ran longer than {self.seconds} s')
         self._old = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, self.seconds)
-        self._measure = self.max_bytes is not None and memory.reset_peak_rss()
-        self._rss0 = memory.process_rss() if self._measure else 0
+        self._measure = self.max_bytes is not None and cgroups.reset_peak_rss()
+        self._rss0 = cgroups.process_rss() if self._measure else 0
         if self.name:
             COUNTS[self.name] = COUNTS.get(self.name, 0) + 1
         return self
@@ -58,7 +59,7 @@ class guard:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self._old)
         if self._measure and exc[0] is None:
-            grown = memory.process_peak_rss() - self._rss0
+            grown = cgroups.process_peak_rss() - self._rss0
             assert grown <= self.max_bytes, f'peak RSS grew {grown / MIB:.1f} MiB'
 
 
@@ -414,21 +415,21 @@ def _parse_and_build(darknet, text, size):
 @FUZZ
 @given(cfg_texts(), st.sampled_from([None, (32, 32), (13, 7)]))
 def test_fuzz_random_cfg_text(text, size):
-    darknet = pytest.importorskip('demand_layering_ros.darknet')
+    darknet = pytest.importorskip('demand_layering_ros.models.darknet')
     with guard(seconds=10, name='cfg'):
         _parse_and_build(darknet, text, size)
 
 
 @pytest.fixture(scope='module')
 def real_cfg_lines():
-    assets = pytest.importorskip('demand_layering_ros.assets')
+    assets = pytest.importorskip('demand_layering_ros.models.assets')
     return Path(assets.yolov3_tiny()[0]).read_text().splitlines()
 
 
 @FUZZ
 @given(st.data())
 def test_fuzz_mutated_real_cfg(real_cfg_lines, data):
-    darknet = pytest.importorskip('demand_layering_ros.darknet')
+    darknet = pytest.importorskip('demand_layering_ros.models.darknet')
     lines = list(real_cfg_lines)
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(lines) - 1))

@@ -8,8 +8,8 @@ raise ImageError naming the field, never decode wrong or allocate for a lying he
 """
 
 import cv2
-from demand_layering_ros import imaging
-from demand_layering_ros.imaging import ImageError
+from demand_layering_ros.service import imaging
+from demand_layering_ros.service.imaging import ImageError
 import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image

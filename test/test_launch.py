@@ -63,7 +63,7 @@ def test_parameter_file_section_applies_in_any_namespace(tmp_path):
                                                    'device': 'cuda'}
     assert mod.node_parameters(path, '') == {'score_threshold': 0.5, 'max_batch': 2}
     # the package's own file parses and covers the node's parameters
-    from demand_layering_ros import node as dnode
+    from demand_layering_ros.ros import node as dnode
     own = mod.node_parameters(ROOT / 'config' / 'detector.yaml')
     assert set(own) == set(dnode.PARAM_BY_NAME)
     values = {'params_file': str(path), 'namespace': '', 'image_topics': '/x/image_raw',

@@ -3,7 +3,7 @@
 """
 The memory-accounting module: a cgroup limit really kills, peaks and page cache are really seen.
 
-Every memory figure the project reports comes from demand_layering_ros.memory, so these tests
+Every memory figure the project reports comes from tools.cgroups, so these tests
 check it against the kernel's own behaviour with real subprocesses: an allocation over the hard
 limit is OOM-killed, one under it survives with the peak it really had, a buffered read is
 charged as page cache and an O_DIRECT read is not.
@@ -17,11 +17,11 @@ import sys
 import threading
 import time
 
-from demand_layering_ros import memory
 import pytest
+from tools import cgroups
 
 MIB = 1 << 20
-AVAIL = memory.cgroups_available()
+AVAIL = cgroups.cgroups_available()
 needs_cgroups = pytest.mark.skipif(not AVAIL, reason=f'memory cgroups: {AVAIL.reason}')
 
 ALLOC = ('import sys, time\n'
@@ -51,7 +51,7 @@ def _py(code, *args):
 
 
 def test_availability_is_a_bool_with_a_reason():
-    avail = memory.cgroups_available()
+    avail = cgroups.cgroups_available()
     assert isinstance(bool(avail), bool)
     assert isinstance(avail.reason, str) and avail.reason
     if avail:
@@ -60,7 +60,7 @@ def test_availability_is_a_bool_with_a_reason():
 
 def test_own_cgroup_paths_parses_v1_and_v2_lines():
     text = ('9:name=systemd:/\n4:memory:/a/b\n3:cpu,cpuacct:/c\n0::/unified/x\n')
-    paths = memory._own_cgroup_paths(text)
+    paths = cgroups._own_cgroup_paths(text)
     assert paths['memory'] == '/a/b'
     assert paths['cpu'] == paths['cpuacct'] == '/c'
     assert paths[''] == '/unified/x'
@@ -68,7 +68,7 @@ def test_own_cgroup_paths_parses_v1_and_v2_lines():
 
 @needs_cgroups
 def test_allocation_over_the_limit_is_oom_killed():
-    res = memory.run_in_cgroup(_py(ALLOC, 200), limit_bytes=100 * MIB, timeout=60)
+    res = cgroups.run_in_cgroup(_py(ALLOC, 200), limit_bytes=100 * MIB, timeout=60)
     assert res.oom_killed, res.summary()
     assert res.returncode == -9 and not res.ok
     assert 'allocated' not in res.stdout
@@ -77,7 +77,7 @@ def test_allocation_over_the_limit_is_oom_killed():
 
 @needs_cgroups
 def test_allocation_under_the_limit_survives_with_its_real_peak():
-    res = memory.run_in_cgroup(_py(ALLOC, 200), limit_bytes=400 * MIB, timeout=60)
+    res = cgroups.run_in_cgroup(_py(ALLOC, 200), limit_bytes=400 * MIB, timeout=60)
     assert res.ok, res.summary() + res.stderr[-2000:]
     assert f'allocated {200 * MIB}' in res.stdout
     # 200 MiB of data plus an interpreter: the cgroup saw all of it and not much more.
@@ -95,21 +95,21 @@ def cold_file(tmp_path):
     with open(path, 'wb') as f:
         for _ in range(48):
             f.write(block)
-    memory.evict_file(path)
+    cgroups.evict_file(path)
     return path
 
 
 @needs_cgroups
 def test_buffered_read_is_charged_as_page_cache_and_o_direct_is_not(cold_file):
     size = cold_file.stat().st_size
-    assert memory.file_cached_bytes(cold_file) < size // 10
-    direct = memory.run_in_cgroup(_py(READ_DIRECT, cold_file), timeout=60)
+    assert cgroups.file_cached_bytes(cold_file) < size // 10
+    direct = cgroups.run_in_cgroup(_py(READ_DIRECT, cold_file), timeout=60)
     assert direct.ok, direct.stderr[-2000:]
     assert f'read {size}' in direct.stdout
     assert direct.cache_bytes < 4 * MIB, direct.summary()
-    assert memory.file_cached_bytes(cold_file) < size // 10
+    assert cgroups.file_cached_bytes(cold_file) < size // 10
 
-    buffered = memory.run_in_cgroup(_py(READ_BUFFERED, cold_file), timeout=60)
+    buffered = cgroups.run_in_cgroup(_py(READ_BUFFERED, cold_file), timeout=60)
     assert buffered.ok, buffered.stderr[-2000:]
     assert buffered.cache_bytes >= size * 0.9, buffered.summary()
     assert buffered.peak_bytes >= size * 0.9
@@ -122,7 +122,7 @@ def test_shared_anonymous_memory_counts_as_rss_not_page_cache():
             'm = mmap.mmap(-1, 64 << 20)\n'
             "m.write(b'\\x01' * (64 << 20))\n"
             "print('ok')\n")
-    res = memory.run_in_cgroup(_py(code), timeout=60)
+    res = cgroups.run_in_cgroup(_py(code), timeout=60)
     assert res.ok, res.stderr[-2000:]
     assert res.peak_rss_bytes >= 64 * MIB, res.summary()
     assert res.peak_cache_bytes < 4 * MIB, res.summary()
@@ -130,15 +130,15 @@ def test_shared_anonymous_memory_counts_as_rss_not_page_cache():
 
 def test_file_cached_bytes_follows_reads_and_eviction(cold_file):
     size = cold_file.stat().st_size
-    assert memory.file_cached_bytes(cold_file) < size // 10
+    assert cgroups.file_cached_bytes(cold_file) < size // 10
     with open(cold_file, 'rb') as f:
         f.seek(8 * MIB)
         f.read(8 * MIB)
-    part = memory.file_cached_bytes(cold_file, 8 * MIB, 8 * MIB)
+    part = cgroups.file_cached_bytes(cold_file, 8 * MIB, 8 * MIB)
     assert part >= 8 * MIB * 0.9
-    assert memory.file_cached_bytes(cold_file, 32 * MIB, 8 * MIB) < MIB
-    memory.evict_file(cold_file)
-    assert memory.file_cached_bytes(cold_file) < size // 10
+    assert cgroups.file_cached_bytes(cold_file, 32 * MIB, 8 * MIB) < MIB
+    cgroups.evict_file(cold_file)
+    assert cgroups.file_cached_bytes(cold_file) < size // 10
 
 
 @needs_cgroups
@@ -149,7 +149,7 @@ def test_timeout_kills_everything_and_removes_the_cgroup(tmp_path):
             f'open({str(pidfile)!r}, "w").write(str(p.pid))\n'
             'time.sleep(60)\n')
     before = set(os.listdir(AVAIL.parent))
-    res = memory.run_in_cgroup(_py(code), timeout=3)
+    res = cgroups.run_in_cgroup(_py(code), timeout=3)
     assert res.timed_out and not res.ok and res.returncode == -9
     grandchild = int(pidfile.read_text())
     # the grandchild was in the cgroup too and got killed (it may linger as a zombie of no one)
@@ -171,13 +171,13 @@ def test_started_process_can_be_talked_to_and_signalled():
             "bufs = [bytearray(b'\\x02') * (32 << 20)]\n"
             "print('ready', flush=True)\n"
             'time.sleep(60)\n')
-    with memory.start_in_cgroup(_py(code), limit_bytes=256 * MIB) as proc:
+    with cgroups.start_in_cgroup(_py(code), limit_bytes=256 * MIB) as proc:
         assert proc.cgroup.pids() == [proc.pid]
         deadline = time.monotonic() + 30
         # not the RSS: the venv's interpreter re-executes itself once at start-up
         while 'ready' not in proc.output_so_far()[0] and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert memory.process_rss(proc.pid) >= 32 * MIB and proc.running()
+        assert cgroups.process_rss(proc.pid) >= 32 * MIB and proc.running()
         assert proc.cgroup.usage_bytes() >= 16 * MIB
         proc.send_signal(signal.SIGINT)
         res = proc.wait(timeout=30)
@@ -189,7 +189,7 @@ def test_started_process_can_be_talked_to_and_signalled():
 
 @needs_cgroups
 def test_memory_cgroup_limit_and_peak_reset():
-    with memory.MemoryCgroup(limit_bytes=64 * MIB) as cg:
+    with cgroups.MemoryCgroup(limit_bytes=64 * MIB) as cg:
         assert cg.path.is_dir() and cg.limit_bytes == 64 * MIB
         proc = subprocess.Popen(['sleep', '30'])
         try:
@@ -206,43 +206,43 @@ def test_memory_cgroup_limit_and_peak_reset():
         path = cg.path
     assert not path.exists()
     with pytest.raises(ValueError, match='at least one page'):
-        memory.MemoryCgroup(limit_bytes=100)
+        cgroups.MemoryCgroup(limit_bytes=100)
 
 
 def test_process_figures_move_with_what_the_process_does():
-    snap = memory.process_snapshot()
-    assert snap['rss_bytes'] == pytest.approx(memory.process_rss(), rel=0.2)
+    snap = cgroups.process_snapshot()
+    assert snap['rss_bytes'] == pytest.approx(cgroups.process_rss(), rel=0.2)
     assert snap['peak_rss_bytes'] >= snap['rss_bytes'] * 0.9
-    assert memory.process_peak_rss() >= snap['rss_bytes'] * 0.9
-    fds = memory.open_fd_count()
+    assert cgroups.process_peak_rss() >= snap['rss_bytes'] * 0.9
+    fds = cgroups.open_fd_count()
     r, w = os.pipe()
     try:
-        assert memory.open_fd_count() == fds + 2
+        assert cgroups.open_fd_count() == fds + 2
     finally:
         os.close(r)
         os.close(w)
-    threads = memory.thread_count()
+    threads = cgroups.thread_count()
     stop = threading.Event()
     t = threading.Thread(target=stop.wait)
     t.start()
     try:
-        assert memory.thread_count() == threads + 1
+        assert cgroups.thread_count() == threads + 1
     finally:
         stop.set()
         t.join()
-    rss = memory.process_rss()
+    rss = cgroups.process_rss()
     blob = bytearray(b'\x01') * (64 * MIB)
-    assert memory.process_rss() - rss >= 60 * MIB
+    assert cgroups.process_rss() - rss >= 60 * MIB
     del blob
-    if memory.reset_peak_rss():
-        assert memory.process_peak_rss() < memory.process_rss() + 16 * MIB
+    if cgroups.reset_peak_rss():
+        assert cgroups.process_peak_rss() < cgroups.process_rss() + 16 * MIB
 
 
 def test_machine_wide_page_cache_and_meminfo():
-    info = memory.meminfo()
-    assert 0 < memory.page_cache_bytes() < info['MemTotal']
-    usage = memory.own_cgroup_usage()
+    info = cgroups.meminfo()
+    assert 0 < cgroups.page_cache_bytes() < info['MemTotal']
+    usage = cgroups.own_cgroup_usage()
     if AVAIL:
         assert usage is not None and usage['usage_bytes'] > 0
     with pytest.raises(ValueError):
-        memory.drop_caches(level=7)
+        cgroups.drop_caches(level=7)

@@ -11,7 +11,7 @@ back in original-image pixels, and a meta build has the same tensors without the
 import json
 import os
 
-from demand_layering_ros import registry, tv_models
+from demand_layering_ros.models import registry, tv_models
 import numpy as np
 import pytest
 import torch

@@ -18,8 +18,10 @@ import threading
 import time
 import weakref
 
-from demand_layering_ros import assets, imaging, node as dnode
-from demand_layering_ros.detector import read_image
+from demand_layering_ros.models import assets
+from demand_layering_ros.models.detector import read_image
+from demand_layering_ros.ros import node as dnode
+from demand_layering_ros.service import imaging
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -108,7 +110,7 @@ def test_readme_parameter_table_is_generated_from_the_descriptors():
     readme = (ROOT / 'README.md').read_text()
     table = dnode.parameter_table_markdown()
     assert table in readme, ('README.md parameter table is out of date: paste the output of '
-                             'python -c "from demand_layering_ros.node import '
+                             'python -c "from demand_layering_ros.ros.node import '
                              'parameter_table_markdown as t; print(t())"')
 
 
@@ -181,7 +183,8 @@ RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 @pytest.fixture(scope='module')
 def yolo_pack(tmp_path_factory):
     """Pack the real Darknet yolov3-tiny COCO model and profile it for the planner."""
-    from demand_layering_ros import pack, planner
+    from demand_layering_ros import pack
+    from demand_layering_ros.planning import planner
     cfg, weights, _ = assets.yolov3_tiny()
     out = tmp_path_factory.mktemp('node_pack') / 'yolov3-tiny'
     pack.write_pack('darknet:' + str(cfg), out, weights=str(weights), progress=False)
@@ -545,7 +548,7 @@ def test_budget_change_at_run_time_replans_without_dropping_the_node(harness, ph
 
 def test_budget_below_the_largest_layer_with_a_profile_taken_within_a_budget(harness, photos):
     """A streamed profile checks no split sizes: the executor then splits layers itself."""
-    from demand_layering_ros import planner
+    from demand_layering_ros.planning import planner
     node = harness.node
     saved = node._profile
     node._profile = planner.profile(node.get_parameter('pack_path').value, repeats=1,
@@ -660,7 +663,7 @@ def test_detector_node_executable_autostarts(yolo_pack, photos):
     """The console-script entry point, on its own: configures and activates itself."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
     proc = subprocess.Popen(
-        [sys.executable, '-m', 'demand_layering_ros.node', '--ros-args',
+        [sys.executable, '-m', 'demand_layering_ros.ros.node', '--ros-args',
          '-r', '__node:=auto_detector', '-p', f'pack_path:={yolo_pack}',
          '-p', 'image_topics:=[/auto/image_raw]', '-p', 'input_size:=[320, 320]'],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

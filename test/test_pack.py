@@ -385,7 +385,8 @@ def test_cli_check_mode(net_pack, capsys):
 
 def test_cli_pack_darknet_through_the_registry(tmp_path, capsys):
     """The real CLI path: registry model, cfg copied into the pack, rebuilt from the pack."""
-    from demand_layering_ros import cli, registry
+    from demand_layering_ros import cli
+    from demand_layering_ros.models import registry
     out = tmp_path / 'tiny'
     argv = ['pack', '--model', 'darknet:yolov3-tiny', '--input-size', '64x64', '--seed', '3',
             '--out', str(out)]

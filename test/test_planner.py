@@ -15,9 +15,10 @@ import itertools
 import json
 import random
 
-from demand_layering_ros import arena, executor, planner, profiler
 from demand_layering_ros import pack as P
 from demand_layering_ros.cli import main as cli_main
+from demand_layering_ros.planning import planner, profiler
+from demand_layering_ros.runtime import arena, executor
 import pytest
 import torch
 import yaml

@@ -24,12 +24,12 @@ import sys
 import threading
 import time
 
-from demand_layering_ros import memory
 import pytest
+from tools import cgroups
 
 torch = pytest.importorskip('torch')
 pack_mod = pytest.importorskip('demand_layering_ros.pack')
-executor = pytest.importorskip('demand_layering_ros.executor')
+executor = pytest.importorskip('demand_layering_ros.runtime.executor')
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
@@ -44,7 +44,7 @@ def _figure(name, n=1):
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     """Write a pack of the real COCO yolov3-tiny; return it, an input and the oracle outputs."""
-    assets = pytest.importorskip('demand_layering_ros.assets')
+    assets = pytest.importorskip('demand_layering_ros.models.assets')
     _, weights, _ = assets.yolov3_tiny()
     out = tmp_path_factory.mktemp('rel') / 'yolov3-tiny'
     pack = pack_mod.write_pack('darknet:yolov3-tiny', out, weights=weights,
@@ -63,7 +63,7 @@ def _equal(out, expected):
 
 
 def _resources():
-    return threading.active_count(), memory.open_fd_count()
+    return threading.active_count(), cgroups.open_fd_count()
 
 
 def _thread_names():
@@ -148,7 +148,7 @@ def test_read_error_in_each_unit_fails_that_frame_then_recovers(tiny):
     try:
         assert _equal(model(x), expected)
         committed = model.stats()['arena_committed_bytes']
-        fds = memory.open_fd_count()
+        fds = cgroups.open_fd_count()
         # loader thread + two readers (streaming, and demand misses) of 2 lazily started workers
         max_threads = before[0] + 1 + 2 * 2
         names_before = _thread_names()
@@ -163,7 +163,7 @@ def test_read_error_in_each_unit_fails_that_frame_then_recovers(tiny):
             assert _equal(model(x), expected), f'wrong output after a fault in {unit.name}'
             _figure('frames recovered after a fault')
             assert threading.active_count() <= max_threads, (names_before, _thread_names())
-            assert memory.open_fd_count() == fds
+            assert cgroups.open_fd_count() == fds
         # a fault in the middle of the pass, whatever unit that is
         inj.arm(_after(len(pack.units) // 2))
         err = _until_error(model, x, expected)
@@ -174,7 +174,7 @@ def test_read_error_in_each_unit_fails_that_frame_then_recovers(tiny):
             assert _equal(model(x), expected)
         assert model.stats()['arena_committed_bytes'] == committed
         assert threading.active_count() <= max_threads, (names_before, _thread_names())
-        assert memory.open_fd_count() == fds
+        assert cgroups.open_fd_count() == fds
     finally:
         model.close()
     assert _resources() == before
@@ -326,7 +326,7 @@ def test_reader_fault_hook_and_leaks_at_the_reader_level(tiny):
 def test_a_program_that_forgets_close_still_exits(tiny):
     """Interpreter shutdown with a streaming model still open must not hang."""
     code = ('import sys, torch\n'
-            'from demand_layering_ros import executor\n'
+            'from demand_layering_ros.runtime import executor\n'
             'model = executor.load(sys.argv[1])\n'
             'for _ in range(2):\n'
             '    model(torch.rand(1, 3, %d, %d))\n'
@@ -343,10 +343,11 @@ def test_a_program_that_forgets_close_still_exits(tiny):
 # ------------------------------------------------------------------------------ memory budget
 
 CHILD = r"""
-import json, sys, time
-import torch
-from demand_layering_ros import executor, memory
 from demand_layering_ros.pack import Pack
+from demand_layering_ros.runtime import executor
+import json, sys, time
+from tools import cgroups
+import torch
 import xxhash
 mode, pack_dir, frames = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.manual_seed(0)
@@ -368,7 +369,7 @@ if mode != 'base':
 h = xxhash.xxh3_64()
 for t in out or []:
     h.update(t.contiguous().numpy().tobytes())
-print(json.dumps({'hash': h.hexdigest(), 'stats': stats, 'rss': memory.process_rss()}))
+print(json.dumps({'hash': h.hexdigest(), 'stats': stats, 'rss': cgroups.process_rss()}))
 """
 
 
@@ -383,17 +384,17 @@ def big_pack(tmp_path_factory):
 
 
 def _child(mode, pack, limit=None, frames=2):
-    memory.evict_file(pack.weights_path)      # nothing pre-charged to another cgroup
+    cgroups.evict_file(pack.weights_path)      # nothing pre-charged to another cgroup
     env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONPATH=str(ROOT))
-    res = memory.run_in_cgroup([sys.executable, '-c', CHILD, mode, str(pack.path),
-                                str(frames), str(SIZE)],
-                               limit_bytes=limit, timeout=240, env=env, cwd=str(ROOT))
+    res = cgroups.run_in_cgroup([sys.executable, '-c', CHILD, mode, str(pack.path),
+                                 str(frames), str(SIZE)],
+                                limit_bytes=limit, timeout=240, env=env, cwd=str(ROOT))
     data = json.loads(res.stdout.strip().splitlines()[-1]) if res.ok else None
     return res, data
 
 
 def test_budget_holds_under_a_hard_limit_that_kills_the_resident_model(big_pack):
-    avail = memory.cgroups_available()
+    avail = cgroups.cgroups_available()
     if not avail:
         pytest.skip(f'memory cgroups: {avail.reason}')
     probe = executor.load(big_pack.path)
@@ -425,7 +426,7 @@ def test_budget_holds_under_a_hard_limit_that_kills_the_resident_model(big_pack)
     assert stream_data['stats']['io_mode'] == 'direct', stream_data['stats']
     assert stream.peak_cache_bytes - base.peak_cache_bytes < 32 * MIB, \
         f'{stream.summary()} vs imports only: {base.summary()}'
-    assert memory.file_cached_bytes(big_pack.weights_path) < MIB
+    assert cgroups.file_cached_bytes(big_pack.weights_path) < MIB
     assert stream_data['stats']['peak_weight_bytes'] <= weight_peak
 
     killed, _ = _child('resident', big_pack, limit=limit)
@@ -457,7 +458,7 @@ def _node_in_cgroup(pack, limit=None, plan_file=None, frames=2, timeout=180, par
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
     domain = 100 + (os.getpid() * 17 + 3) % 100
-    args = [sys.executable, '-m', 'demand_layering_ros.node', '--ros-args',
+    args = [sys.executable, '-m', 'demand_layering_ros.ros.node', '--ros-args',
             '-p', f'pack_path:={pack.path}', '-p', "image_topics:=['/bud/image_raw']",
             '-p', 'qos_reliability:=reliable']
     if plan_file:
@@ -467,7 +468,7 @@ def _node_in_cgroup(pack, limit=None, plan_file=None, frames=2, timeout=180, par
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS='2',
                PYTHONPATH=os.pathsep.join(
                    p for p in (str(ROOT), os.environ.get('PYTHONPATH')) if p))
-    memory.evict_file(pack.weights_path)
+    cgroups.evict_file(pack.weights_path)
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain)
     client = rclpy.create_node('budget_client', context=ctx)
@@ -479,7 +480,7 @@ def _node_in_cgroup(pack, limit=None, plan_file=None, frames=2, timeout=180, par
     pub = client.create_publisher(Image, '/bud/image_raw', qos)
     answered = 0
     try:
-        with memory.start_in_cgroup(args, limit, env=env, cwd=str(ROOT)) as proc:
+        with cgroups.start_in_cgroup(args, limit, env=env, cwd=str(ROOT)) as proc:
             end = time.monotonic() + timeout
             while answered < frames and proc.running() and time.monotonic() < end:
                 msg = Image(height=SIZE, width=SIZE, encoding='rgb8', step=SIZE * 3)
@@ -502,10 +503,10 @@ def _node_in_cgroup(pack, limit=None, plan_file=None, frames=2, timeout=180, par
 
 
 def test_node_budget_holds_under_a_hard_limit_that_kills_the_resident_node(big_pack, tmp_path):
-    avail = memory.cgroups_available()
+    avail = cgroups.cgroups_available()
     if not avail:
         pytest.skip(f'memory cgroups: {avail.reason}')
-    pytest.importorskip('demand_layering_ros.node')
+    pytest.importorskip('demand_layering_ros.ros.node')
     probe = executor.load(big_pack.path)
     weight_peak = probe.stats()['arena_bytes'] + probe.stats()['resident_bytes']
     probe.close()
@@ -529,7 +530,7 @@ def test_node_budget_holds_under_a_hard_limit_that_kills_the_resident_node(big_p
     assert answered == 2 and budgeted.returncode == 0 and not budgeted.oom_killed, \
         f'{budgeted.summary()}\n{budgeted.stderr[-3000:]}'
     assert 'streamed within memory_budget_mb' in budgeted.stderr, budgeted.stderr[-3000:]
-    from demand_layering_ros import planner
+    from demand_layering_ros.planning import planner
     prof = planner.load_profile(saved)
     assert prof['mode'] == 'streamed' and prof['peak_weight_bytes'] <= budget * MIB
     saved.unlink()
@@ -579,7 +580,7 @@ def evil(tmp_path):
 
 def test_pickle_disguised_as_weights_is_refused_everywhere(evil, tiny, tmp_path):
     path, marker = evil
-    from demand_layering_ros import detector, registry
+    from demand_layering_ros.models import detector, registry
     with pytest.raises(ValueError, match='weights_only'):
         detector.load_state_dict_file(path)
     with pytest.raises(Exception):
@@ -636,7 +637,7 @@ def _unsafe_calls(tree):
 
 def test_no_load_path_can_unpickle():
     bad = []
-    for path in sorted((ROOT / 'demand_layering_ros').glob('*.py')):
+    for path in sorted((ROOT / 'demand_layering_ros').rglob('*.py')):
         tree = ast.parse(path.read_text(), str(path))
         bad += [f'{path.name}:{line}: {what}' for line, what in _unsafe_calls(tree)]
     assert not bad, bad
@@ -682,7 +683,7 @@ def test_manifest_names_cannot_escape_the_pack(tiny, tmp_path):
 def test_invalid_parameters_are_refused_before_use(tiny):
     pack = tiny[0]
     direct_io = pytest.importorskip('demand_layering_ros.direct_io')
-    from demand_layering_ros import registry
+    from demand_layering_ros.models import registry
     before = _resources()
     for bad in (-1, 0, float('nan'), 'ten', True):
         with pytest.raises(executor.ExecutorError, match='budget_mb'):
@@ -700,8 +701,8 @@ def test_invalid_parameters_are_refused_before_use(tiny):
     with pytest.raises(ValueError):
         registry.parse_input_size('0x416')
     with pytest.raises(ValueError):
-        memory.MemoryCgroup(limit_bytes=1) if memory.cgroups_available() else \
-            memory.run_in_cgroup([])
+        cgroups.MemoryCgroup(limit_bytes=1) if cgroups.cgroups_available() else \
+            cgroups.run_in_cgroup([])
     assert _resources() == before, 'a refused load left threads or files open'
 
 

@@ -21,12 +21,13 @@ import os
 import threading
 import time
 
-from demand_layering_ros import assets, memory
-from demand_layering_ros.detector import read_image
+from demand_layering_ros.models import assets
+from demand_layering_ros.models.detector import read_image
 import pytest
+from tools import cgroups
 
 rclpy = pytest.importorskip('rclpy')
-dnode = pytest.importorskip('demand_layering_ros.node')
+dnode = pytest.importorskip('demand_layering_ros.ros.node')
 
 DEFAULT_FRAMES = 300
 FAULT_EVERY = 100
@@ -55,8 +56,8 @@ def _wait(predicate, timeout):
 
 
 def _snapshot():
-    return {'rss': memory.process_rss(), 'threads': memory.thread_count(),
-            'fds': memory.open_fd_count()}
+    return {'rss': cgroups.process_rss(), 'threads': cgroups.thread_count(),
+            'fds': cgroups.open_fd_count()}
 
 
 def _thread_names():

@@ -16,8 +16,8 @@ import importlib.metadata
 
 ENTRY_POINT_GROUP = 'demand_layering_ros.models'
 BUILTIN = {
-    'torchvision': 'demand_layering_ros.tv_models:build',
-    'darknet': 'demand_layering_ros.darknet:build',
+    'torchvision': 'demand_layering_ros.models.tv_models:build',
+    'darknet': 'demand_layering_ros.models.darknet:build',
 }
 _registered = {}
 

@@ -30,9 +30,9 @@ import os
 from pathlib import Path
 import time
 
-from demand_layering_ros import arena
+from demand_layering_ros.runtime import arena
+from demand_layering_ros.sizes import MB
 
-MB = 1 << 20
 PROFILE_FORMAT = 'demand_layering_ros.profile'
 PLAN_FORMAT = 'demand_layering_ros.plan'
 VERSION = 1
@@ -314,7 +314,7 @@ class ExecutorSlots:
 def executor_slot_builder(pack):
     """Return ExecutorSlots for a pack, or None when the executor is not installed."""
     try:
-        from demand_layering_ros import executor
+        from demand_layering_ros.runtime import executor
     except ImportError:
         return None
     return ExecutorSlots(pack, executor)
@@ -1200,7 +1200,7 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
 def executor_has_middle_tier():
     """Return True when the executor keeps pinned host units (a `pinned_host_units` plan key)."""
     try:
-        from demand_layering_ros import executor
+        from demand_layering_ros.runtime import executor
     except ImportError:
         return False
     return 'pinned_host_units' in getattr(executor, 'PLAN_KEYS', ())
@@ -1352,7 +1352,7 @@ def read_plan(path):
 
 def profile(pack_dir, device='cpu', **kwargs):
     """Measure a pack on this machine (`profiler.profile`), so one import plans and profiles."""
-    from demand_layering_ros import profiler
+    from demand_layering_ros.planning import profiler
     return profiler.profile(pack_dir, device=device, **kwargs)
 
 
@@ -1382,7 +1382,7 @@ def plan_for(pack_dir, budget_mb=None, deadline_ms=None, profile=None, device='c
 def executor_timeline(pack_dir, plan_dict, device='cpu', passes=2):
     """Run the executor with a plan and return its stats() after the last pass (None if absent)."""
     try:
-        from demand_layering_ros import executor
+        from demand_layering_ros.runtime import executor
     except ImportError:
         return None
     import torch

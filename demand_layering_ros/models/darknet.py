@@ -18,9 +18,9 @@ import math
 import os
 from pathlib import Path
 
-from demand_layering_ros import assets
-from demand_layering_ros.detector import (as_image_list, Detections, Detector,
-                                          load_state_dict_file, load_weights_into)
+from demand_layering_ros.models import assets
+from demand_layering_ros.models.detector import (as_image_list, Detections, Detector,
+                                                 load_state_dict_file, load_weights_into)
 import numpy as np
 import torch
 from torch import nn

@@ -30,15 +30,15 @@ import time
 import weakref
 
 from demand_layering_ros import direct_io
-from demand_layering_ros.arena import align_up, Allocator, ArenaTooSmall, Item, load_order
-from demand_layering_ros.arena import min_layout, PAGE, plan_layout
 from demand_layering_ros.pack import dtype_of, Pack, PackError
+from demand_layering_ros.runtime.arena import Allocator, ArenaTooSmall, Item, load_order
+from demand_layering_ros.runtime.arena import min_layout, plan_layout
+from demand_layering_ros.sizes import align_up, MB, PAGE
 import torch
 from torch import nn
 import torch.nn.functional as F
 import xxhash
 
-MB = 1 << 20                      # budget_mb and *_mb figures are MiB
 READER_THREADS = 2                # O_DIRECT worker threads per open pack file
 PIECE_BYTES = 4 * MB              # a slot's range is claimed and read piece by piece
 EMPTY, READING, READY, FAILED, DONE = 'empty', 'reading', 'ready', 'failed', 'done'

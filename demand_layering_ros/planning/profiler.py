@@ -18,8 +18,9 @@ import platform
 import statistics
 import time
 
-from demand_layering_ros.planner import _mb, Config, MB, PROFILE_FORMAT, Schedule, simulate
-from demand_layering_ros.planner import Timing, VERSION
+from demand_layering_ros.planning.planner import _mb, Config, MB, PROFILE_FORMAT, Schedule
+from demand_layering_ros.planning.planner import simulate
+from demand_layering_ros.planning.planner import Timing, VERSION
 
 
 def machine_info(device='cpu'):
@@ -65,7 +66,7 @@ def _resident_detector(pack, device):
     """Return (detector, model) with every weight of the pack loaded on `device`."""
     det = pack.build_detector(device=device, meta=True)
     try:
-        from demand_layering_ros import executor
+        from demand_layering_ros.runtime import executor
         model = executor.load_resident(pack.path, device=device)
     except (ImportError, AttributeError):
         model = None
@@ -243,8 +244,8 @@ def _calibration_family():
     """Register (once) a model family of N conv+batch-norm blocks on a 4x4 input."""
     import torch
     from torch import nn
-    from demand_layering_ros import registry
-    from demand_layering_ros.detector import Detector
+    from demand_layering_ros.models import registry
+    from demand_layering_ros.models.detector import Detector
 
     class Blocks(Detector):
         kind = 'classifier'
@@ -291,9 +292,9 @@ def _executor_overhead(device, blocks=64, repeats=15, progress=None, disk=None):
     """
     import tempfile
     import torch
-    from demand_layering_ros import executor
+    from demand_layering_ros.runtime import executor
     from demand_layering_ros import pack as P
-    from demand_layering_ros import registry
+    from demand_layering_ros.models import registry
     _calibration_family()
     det = registry.build(f'{CALIBRATION_FAMILY}:{blocks}', seed=0)
     x = det.example_input(1)
@@ -489,7 +490,7 @@ def _split_exactness(pack, sched, device, model, progress=None):
     """
     import numpy as np
     import torch
-    from demand_layering_ros import executor
+    from demand_layering_ros.runtime import executor
     out = {}
     if not sched.split_candidates:
         return out
@@ -686,7 +687,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     t_start = time.perf_counter()
     try:
         if streamed:
-            from demand_layering_ros import executor
+            from demand_layering_ros.runtime import executor
             model = executor.load(pack.path, device=device, budget_mb=budget_mb)
             det = model.detector
         else:
@@ -834,7 +835,7 @@ def direct_io_page():
 def _executor_reader_threads():
     """Return the reader thread count the executor uses (2 when it does not say)."""
     try:
-        from demand_layering_ros import executor
+        from demand_layering_ros.runtime import executor
         return int(getattr(executor, 'READER_THREADS', 2))
     except ImportError:
         return 2

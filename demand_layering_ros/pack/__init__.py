@@ -609,7 +609,7 @@ def _darknet_cfg_path(arg):
     p = Path(arg)
     if p.is_file():
         return p
-    from demand_layering_ros import assets
+    from demand_layering_ros.models import assets
     return Path(assets.darknet_cfg(arg))
 
 
@@ -622,7 +622,7 @@ def write_pack(spec, out_dir, weights=None, seed=None, input_size=None, progress
     refers to it relative to the pack ('darknet:model.cfg'). verify=True reads the pack back
     (O_DIRECT, checksums) and compares every tensor with the model's state dict.
     """
-    from demand_layering_ros import registry
+    from demand_layering_ros.models import registry
     det = registry.build(spec, weights=weights, seed=seed, input_size=input_size)
     info = dict(registry.constructor_args(det))
     info['weights'] = None
@@ -833,7 +833,7 @@ class Pack:
 
     def build_detector(self, device='cpu', meta=True):
         """Build the model skeleton (meta=True: no weight memory) through the registry."""
-        from demand_layering_ros import registry
+        from demand_layering_ros.models import registry
         args = self.model_args()
         args.update(device=device, meta=meta)
         return registry.build(**args)

@@ -11,8 +11,8 @@ torchvision's own COCO checkpoints load as they are and the state dict holds no 
 counters. The models resize internally and return boxes in original-image pixels.
 """
 
-from demand_layering_ros.detector import (as_image_list, Detections, Detector,
-                                          load_state_dict_file, load_weights_into)
+from demand_layering_ros.models.detector import (as_image_list, Detections, Detector,
+                                                 load_state_dict_file, load_weights_into)
 import torch
 from torch import nn
 

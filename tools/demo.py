@@ -54,7 +54,8 @@ def add_arguments(parser, command=None):
 
 def ensure_pack(pack_dir):
     """Write the real yolov3-tiny COCO pack unless a valid one is there already."""
-    from demand_layering_ros import assets, pack
+    from demand_layering_ros.models import assets
+    from demand_layering_ros import pack
     pack_dir = Path(pack_dir)
     if (pack_dir / pack.MANIFEST_FILE).exists():
         try:
@@ -69,7 +70,7 @@ def ensure_pack(pack_dir):
 
 def demo_photos(out_dir):
     """Return the photo files the camera replays (Debian darknet's and scikit-image's)."""
-    from demand_layering_ros import assets
+    from demand_layering_ros.models import assets
     files = [assets.photo(name) for name in PHOTOS]
     try:
         import cv2
@@ -119,7 +120,7 @@ class Listener:
         self.names = {c.class_id: c.class_name for c in msg.class_map}
 
     def on_image(self, msg):
-        from demand_layering_ros import imaging
+        from demand_layering_ros.service import imaging
         try:
             rgb = imaging.msg_to_rgb(msg)
         except imaging.ImageError:
@@ -172,7 +173,7 @@ class Listener:
 
 
 def _node_command(params_file, overrides):
-    cmd = [sys.executable, '-m', 'demand_layering_ros.node', '--ros-args',
+    cmd = [sys.executable, '-m', 'demand_layering_ros.ros.node', '--ros-args',
            '--params-file', str(params_file)]
     for key, value in overrides.items():
         cmd += ['-p', f'{key}:={value}']
@@ -193,13 +194,13 @@ def _wait_for(predicate, timeout, proc=None):
 def run_phase(ros_node, phase, params_file, overrides, photos, args, out_dir, weights_path,
               verbose=True):
     """Run one detector node + camera for `args.duration` seconds; return its measurements."""
-    from demand_layering_ros import memory
-    memory.evict_file(weights_path)     # so cached pages cannot hide reads
+    from tools import cgroups
+    cgroups.evict_file(weights_path)     # so cached pages cannot hide reads
     listener = Listener(ros_node, phase, out_dir, verbose=verbose)
     log_path = Path(out_dir) / f'node_{phase}.log'
     # The node runs in its own memory cgroup from its first byte: the peak counts its RSS and
     # every page it pulls into the page cache (cgroup v1 charges page cache to the reader).
-    node_proc = memory.start_in_cgroup(_node_command(params_file, overrides), cwd=str(ROOT))
+    node_proc = cgroups.start_in_cgroup(_node_command(params_file, overrides), cwd=str(ROOT))
     try:
         ready = _wait_for(lambda: any(k.endswith(': model') and v.get('state') == 'active'
                                       for k, v in listener.diagnostics.items()),
@@ -217,7 +218,7 @@ def run_phase(ros_node, phase, params_file, overrides, photos, args, out_dir, we
         diag = dict(listener.diagnostics)
         # Page cache the node added while it streamed (its imports and libraries came before).
         cache_growth = node_proc.cgroup.cache_bytes() - cache_active
-        weights_cached = memory.file_cached_bytes(weights_path)
+        weights_cached = cgroups.file_cached_bytes(weights_path)
     finally:
         node_proc.send_signal(signal.SIGINT)
         result = node_proc.wait(timeout=30)
@@ -257,7 +258,7 @@ def timeline_png(pack_dir, budget_mb, photos, path):
     """Run one demand-layered pass in this process and draw its pipeline timeline."""
     import demand_layering_ros as dlr
     from demand_layering_ros import plots
-    from demand_layering_ros.detector import read_image
+    from demand_layering_ros.models.detector import read_image
     model = dlr.load(str(pack_dir), device='cpu', budget_mb=budget_mb)
     try:
         img = read_image(photos[0])
@@ -360,6 +361,6 @@ def run(args, command=None):
 
 if __name__ == '__main__':
     import argparse
-    p = argparse.ArgumentParser(prog='demand_layering_ros.demo')
+    p = argparse.ArgumentParser(prog='python -m tools.demo')
     add_arguments(p)
     sys.exit(run(p.parse_args()))

@@ -38,7 +38,7 @@ def expand_sources(items):
     for item in items:
         item = str(item)
         if item.startswith('photo:'):
-            from demand_layering_ros import assets
+            from demand_layering_ros.models import assets
             try:
                 sources.append(('image', str(assets.photo(item[len('photo:'):]))))
             except (KeyError, FileNotFoundError) as e:
@@ -180,7 +180,7 @@ class ReplayCamera:
 
     def make_msg(self, rgb, stamp=None):
         """Build the message for one RGB frame (header stamp: now unless given)."""
-        from demand_layering_ros import imaging
+        from demand_layering_ros.service import imaging
         Image, CompressedImage = self._msg_types
         if self.transport == 'raw':
             fields = imaging.rgb_to_image_fields(rgb, self.encoding)

@@ -168,7 +168,7 @@ def resolve_models(names, device, input_size=None):
 
     A name is a key of MODELS or a spec 'FAMILY:ARG' (its key is the last path part of ARG).
     """
-    from demand_layering_ros import registry
+    from demand_layering_ros.models import registry
     out = []
     for name in names:
         if name in MODELS:
@@ -183,7 +183,7 @@ def resolve_models(names, device, input_size=None):
         weights = None
         spec = entry['spec']
         if entry.get('real'):
-            from demand_layering_ros import assets
+            from demand_layering_ros.models import assets
             cfg, weights, _ = assets.yolov3_tiny()
             spec, weights = f'darknet:{cfg}', str(weights)
         size = _input_size(entry, device, input_size)
@@ -243,7 +243,7 @@ def naive_plan(pk):
     read is waited for in full: the paper's sequential baseline, in the smallest arena that
     replays the pass at that depth.
     """
-    from demand_layering_ros import arena
+    from demand_layering_ros.runtime import arena
     items = [arena.Item(u.name, u.length, u.first_call, u.last_call) for u in pk.units
              if u.calls and not u.used_outside_forward]
     layout = arena.min_layout(items, prefetch_depths=(0,)) if items else None
@@ -264,7 +264,7 @@ def make_plans(pk, prof, n_budgets):
     1 ms plan's (or the whole model's when the two coincide). A plan equal to one already chosen
     is recorded as {'same_as': name} so it is measured once.
     """
-    from demand_layering_ros import planner
+    from demand_layering_ros.planning import planner
     plans = {}
     smallest = planner.plan(pk, prof)
     plans['dl-smallest'] = smallest
@@ -334,7 +334,8 @@ def prepare_model(key, src, work, device, configs, n_budgets, repeats, log):
     Returns a dict with the paths, the pack's numbers and the plans; what failed is recorded
     under 'errors' so the other configurations still run.
     """
-    from demand_layering_ros import pack as packmod, planner
+    from demand_layering_ros import pack as packmod
+    from demand_layering_ros.planning import planner
     d = Path(work) / key
     d.mkdir(parents=True, exist_ok=True)
     info = {'key': key, 'spec': src['spec'], 'input_size': src['input_size'],
@@ -464,12 +465,12 @@ def _build_runner(job, pk):
     kind, device = job['kind'], job['device']
     extra = {}
     if kind == 'resident':
-        from demand_layering_ros import executor
+        from demand_layering_ros.runtime import executor
         model = executor.load_resident(pk.path, device=device)
         det = pk.build_detector(device=device, meta=True)
         return model, det.timing_input(1), pk.total_bytes, extra
     if kind in STREAMING:
-        from demand_layering_ros import executor
+        from demand_layering_ros.runtime import executor
         model = executor.load(pk.path, device=device, plan=job['plan'])
         return model, model.detector.timing_input(1), None, extra
     if kind == 'accelerate-disk':
@@ -512,8 +513,8 @@ def _limit_own_cgroup(limit_bytes):
 
 
 def _cgroup_now():
-    from demand_layering_ros import memory
-    return memory.own_cgroup_usage()
+    from tools import cgroups
+    return cgroups.own_cgroup_usage()
 
 
 def worker(job_path):
@@ -526,7 +527,7 @@ def worker(job_path):
         import torch
         import accelerate  # noqa: F401 - every configuration imports the same libraries
         import torchvision  # noqa: F401
-        from demand_layering_ros import executor  # noqa: F401
+        from demand_layering_ros.runtime import executor  # noqa: F401
         from demand_layering_ros.pack import Pack
         if job.get('threads'):
             torch.set_num_threads(int(job['threads']))
@@ -630,11 +631,11 @@ def weight_files(job):
 
 
 def _cached(job):
-    from demand_layering_ros import memory
+    from tools import cgroups
     total = 0
     for p in weight_files(job):
         try:
-            total += memory.file_cached_bytes(p)
+            total += cgroups.file_cached_bytes(p)
         except OSError:
             return None
     return total
@@ -644,10 +645,10 @@ def _cached(job):
 
 
 def _evict(job):
-    from demand_layering_ros import memory
+    from tools import cgroups
     for p in weight_files(job):
         try:
-            memory.evict_file(p)
+            cgroups.evict_file(p)
         except OSError:
             pass
 
@@ -655,7 +656,7 @@ def _evict(job):
 def _prime_libraries():
     """Import what a worker imports, outside any measured cgroup, so library pages are cached."""
     code = ('import torch, torchvision, accelerate, safetensors; '
-            'import demand_layering_ros.executor, demand_layering_ros.planner')
+            'import demand_layering_ros.runtime.executor, demand_layering_ros.planning.planner')
     subprocess.run([sys.executable, '-c', code], cwd=str(REPO_ROOT), env=_env(),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
@@ -670,7 +671,7 @@ def _env():
 
 def run_job(job, work, timeout=None, use_cgroup=True):
     """Run one configuration in its own subprocess (and memory cgroup); return its result."""
-    from demand_layering_ros import memory
+    from tools import cgroups
     job = dict(job, cgroup=bool(use_cgroup))
     stem = f'{job["model"]}-{job["config"]}-r{job["rep"]}'
     job_path = Path(work) / f'job-{stem}.json'
@@ -679,10 +680,10 @@ def run_job(job, work, timeout=None, use_cgroup=True):
         os.unlink(job['result'])
     with open(job_path, 'w') as f:
         json.dump(job, f)
-    argv = [sys.executable, '-m', 'demand_layering_ros', 'bench', '--worker', str(job_path)]
+    argv = [sys.executable, '-m', 'bench.harness', '--worker', str(job_path)]
     out = {}
     if use_cgroup:
-        r = memory.run_in_cgroup(argv, timeout=timeout, env=_env(), cwd=str(REPO_ROOT))
+        r = cgroups.run_in_cgroup(argv, timeout=timeout, env=_env(), cwd=str(REPO_ROOT))
         out.update(peak_bytes=r.peak_bytes, peak_cache_sampled_bytes=r.peak_cache_bytes,
                    peak_rss_sampled_bytes=r.peak_rss_bytes, exit_cache_bytes=r.cache_bytes,
                    returncode=r.returncode, oom_killed=r.oom_killed,
@@ -817,16 +818,16 @@ def kind_of(config):
 
 def bench_model(key, info, args, work, bar, log):
     """Run every configuration of one model over the repetitions; return per-config results."""
-    from demand_layering_ros import memory
+    from tools import cgroups
     configs = _config_list(info, args.configs)
     plans = info.get('plans') or {}
     runs = {c: [] for c in configs}
-    use_cgroup = bool(memory.cgroups_available()) and not args.no_cgroup
+    use_cgroup = bool(cgroups.cgroups_available()) and not args.no_cgroup
     bw = disk_bandwidth(Path(info['pack']) / 'weights.safetensors')
     info['disk_mb_per_s'] = _mb(bw, 0)
     if args.drop_caches == 'all':
         try:
-            memory.drop_caches()
+            cgroups.drop_caches()
             _prime_libraries()
         except (PermissionError, OSError) as e:
             log(f'drop_caches: {e}; evicting the weight files only')
@@ -873,7 +874,7 @@ def bench_model(key, info, args, work, bar, log):
             bar.update(1)
     prof = None
     if info.get('profile'):
-        from demand_layering_ros import planner
+        from demand_layering_ros.planning import planner
         prof = planner.load_profile(info['profile'])
     out = {}
     for config in configs:
@@ -897,7 +898,7 @@ def bench_model(key, info, args, work, bar, log):
 
 def machine(device, bws):
     """Describe the machine: CPU, cores, memory, disk bandwidth, GPU, library versions."""
-    from demand_layering_ros import profiler
+    from demand_layering_ros.planning import profiler
     info = profiler.machine_info(device)
     try:
         import accelerate
@@ -921,12 +922,11 @@ def command_line(args):
     Return the command that reproduces this run.
 
     The process's own argv when it is the bench command line, else the options that differ
-    from their defaults (when called through cli.main(argv) from Python).
+    from their defaults (when called through main(argv) from Python).
     """
-    argv = sys.argv[1:]
-    if argv[:1] == ['bench']:
-        return 'python -m demand_layering_ros ' + shlex.join(argv)
-    words = ['bench']
+    if Path(sys.argv[0]).name == 'harness.py':
+        return 'python -m bench.harness ' + shlex.join(sys.argv[1:])
+    words = []
     defaults = getattr(args, 'bench_defaults', None) or {}
     for key, default in defaults.items():
         value = getattr(args, key, default)
@@ -939,7 +939,7 @@ def command_line(args):
             words += [flag, ','.join(str(v) for v in value)]
         else:
             words += [flag, str(value)]
-    return 'python -m demand_layering_ros ' + shlex.join(words)
+    return 'python -m bench.harness ' + shlex.join(words)
 
 
 def run_all(args):
@@ -1340,7 +1340,7 @@ def markdown(results, figures):
              f'{st.get("warmup")} warm-up passes), batch 1, fp32, seeded random weights except '
              'yolov3-tiny (real COCO weights); input sizes per model below.',
              '- **Knobs**: `--models`, `--configs`, `--passes`, `--reps`, `--budgets`, '
-             '`--input-size`, `--threads` (`python -m demand_layering_ros bench --help`); '
+             '`--input-size`, `--threads` (`python -m bench.harness --help`); '
              '`--results` redraws this section from a results.json measured elsewhere.',
              '', _METHOD, '']
     table, avg = goals_table(results)
@@ -1388,7 +1388,7 @@ growth* is the cgroup's `cache` after the timed passes minus its value after the
 *disk read* is `/proc/self/io` `read_bytes` over the timed passes. Before each configuration the \
 weight files it reads are evicted from the page cache (`POSIX_FADV_DONTNEED`), and before each \
 model the whole page cache is dropped (`drop_caches`) and the libraries re-imported outside the \
-measured cgroups. Repetitions alternate the order of the configurations. *Peak weight memory*: \
+measured memory. Repetitions alternate the order of the configurations. *Peak weight memory*: \
 the executor's `stats()` for this project and the naive loader; the whole model for resident \
 and cpu_offload; the largest module's parameters plus all buffers for disk_offload (it copies \
 one module's weights out of its memmap at a time); nothing but page cache for the mmap \
@@ -1501,7 +1501,7 @@ def add_arguments(parser, command):
 
 
 def _check(args):
-    from demand_layering_ros import registry
+    from demand_layering_ros.models import registry
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
         raise SystemExit(f'bench: unknown configurations {unknown}; known: {", ".join(ORDER)}')
@@ -1534,3 +1534,16 @@ def run(args, command):
                       'markdown': args.markdown, 'plots': [str(p) for p in pngs.values()],
                       'configurations_ok': ok, 'seconds': results.get('seconds')}))
     return 0 if ok else 1
+
+
+def main(argv=None):
+    """Parse the command line (`python -m bench.harness ...`) and run; return the status."""
+    import argparse
+    parser = argparse.ArgumentParser(prog='python -m bench.harness',
+                                     description='The benchmarks of BENCHMARKS.md.')
+    add_arguments(parser, 'bench')
+    return int(run(parser.parse_args(argv), 'bench') or 0)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -14,7 +14,7 @@ memory by calling the very same function. Pure Python, no I/O, deterministic.
 
 from dataclasses import dataclass, field
 
-PAGE = 4096
+from demand_layering_ros.sizes import align_up, PAGE
 
 
 class ArenaTooSmall(ValueError):
@@ -27,11 +27,6 @@ class ArenaTooSmall(ValueError):
         self.needed = needed
         self.capacity = capacity
         self.step = step
-
-
-def align_up(n, alignment=PAGE):
-    """Round `n` up to a multiple of `alignment`."""
-    return (int(n) + alignment - 1) // alignment * alignment
 
 
 class Allocator:

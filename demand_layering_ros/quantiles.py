@@ -1,0 +1,27 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+Percentiles and medians of measured times, with one definition for the whole project.
+
+Linear interpolation between the two nearest ranks (numpy's default), so p50 of an even count is
+the mean of the middle two; an empty list gives nan, so a report with no frames says so instead
+of failing.
+"""
+
+import math
+
+
+def percentile(values, q):
+    """Return the q-th percentile of `values`, q in 0..100; nan when there are none."""
+    s = sorted(values)
+    if not s:
+        return float('nan')
+    pos = (len(s) - 1) * q / 100.0
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def median(values):
+    """Return the median of `values`; nan when there are none."""
+    return percentile(values, 50)
