@@ -27,6 +27,9 @@ from torch import nn
 import torch.nn.functional as F
 
 
+MAX_WEIGHTS = 1 << 31    # elements of one layer's weight: more is a corrupt cfg, not a model
+
+
 class DarknetError(ValueError):
     """A Darknet cfg or weights file that cannot be turned into the model it describes."""
 
@@ -278,13 +281,16 @@ class Convolutional(DarknetLayer):
         if min(filters, size, stride, groups, dilation) < 1 or c % groups or filters % groups:
             raise DarknetError(f'{sec.where()}: bad convolution (filters={filters}, '
                                f'size={size}, stride={stride}, groups={groups}, in={c})')
+        eff = dilation * (size - 1) + 1
+        self.out_shape = (filters, (h + 2 * padding - eff) // stride + 1,
+                          (w + 2 * padding - eff) // stride + 1)
+        if min(self.out_shape[1:]) < 1 or filters * (c // groups) * size * size > MAX_WEIGHTS:
+            raise DarknetError(f'{sec.where()}: a {size}x{size} kernel (dilation {dilation}, '
+                               f'{filters} filters) does not fit its {c}x{h}x{w} input')
         self.act_name = _activation(sec)
         self.conv = nn.Conv2d(c, filters, size, stride, padding, dilation=dilation,
                               groups=groups, bias=not bn)
         self.bn = BatchNorm(filters) if bn else None
-        eff = dilation * (size - 1) + 1
-        self.out_shape = (filters, (h + 2 * padding - eff) // stride + 1,
-                          (w + 2 * padding - eff) // stride + 1)
 
     def forward(self, x):
         x = self.conv(x)
@@ -314,6 +320,9 @@ class Connected(DarknetLayer):
         for key in ('dontload', 'dontloadscales'):
             if sec.get_int(key, 0):
                 raise DarknetError(f'{sec.where(key)}: {key}=1 is not supported')
+        if out < 1 or out * c * h * w > MAX_WEIGHTS:
+            raise DarknetError(f'{sec.where("output")}: output={out} over a {c}x{h}x{w} input '
+                               'is not a layer this runtime can hold')
         self.act_name = _activation(sec)
         self.fc = nn.Linear(c * h * w, out, bias=not bn)
         self.bn = BatchNorm(out) if bn else None
