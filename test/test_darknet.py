@@ -531,6 +531,19 @@ def test_unknown_option_names_file_and_line(tmp_path):
         darknet.build(path)
 
 
+def test_layers_too_large_for_their_input_are_errors(tmp_path):
+    # found by fuzzing: size=2**31 used to reach torch and overflow its storage size
+    with pytest.raises(DarknetError, match=r'bad\.cfg:4: a 2147483648x2147483648 kernel'):
+        darknet.build(_cfg(tmp_path, '[net]\nwidth=32\nheight=32\n[convolutional]\n'
+                                     'filters=16\nsize=2147483648\npad=1\n'), meta=True)
+    with pytest.raises(DarknetError, match=r'a 5x5 kernel .* does not fit its 3x4x4 input'):
+        darknet.build(_cfg(tmp_path, '[net]\nwidth=4\nheight=4\n[convolutional]\n'
+                                     'filters=2\nsize=5\n'), meta=True)
+    with pytest.raises(DarknetError, match=r'bad\.cfg:5: output=1073741824'):
+        darknet.build(_cfg(tmp_path, '[net]\nwidth=32\nheight=32\n[connected]\n'
+                                     'output=1073741824\n'), meta=True)
+
+
 def test_bad_values_are_errors(tmp_path):
     with pytest.raises(DarknetError, match=r"bad\.cfg:5: option filters='x'"):
         darknet.build(_cfg(tmp_path, '[net]\nwidth=32\nheight=32\n[convolutional]\n'
