@@ -1,0 +1,178 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+The shape of the package, checked on its source: what a newcomer is promised in the README.
+
+No class over 400 lines and no function over 80; no import cycle among the package's modules
+(imports inside functions count); no module reaching into another module's private names; no
+`except ImportError` around the package's own modules; the benchmark harness and the cgroup
+runner stay outside the installed package.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / 'demand_layering_ros'
+NAME = 'demand_layering_ros'
+MAX_CLASS, MAX_FUNCTION = 400, 80
+
+
+def modules():
+    """Return {dotted module name: parsed tree} for every module of the package."""
+    out = {}
+    for path in sorted(PKG.rglob('*.py')):
+        rel = path.relative_to(ROOT).with_suffix('')
+        parts = rel.parts[:-1] if rel.name == '__init__' else rel.parts
+        out['.'.join(parts)] = (path, ast.parse(path.read_text(), str(path)))
+    return out
+
+
+MODULES = modules()
+
+
+def _resolve(name, mods):
+    """Return the package module an import names (the longest known prefix), or None."""
+    while name:
+        if name in mods:
+            return name
+        name = name.rpartition('.')[0]
+    return None
+
+
+def imports_of(mod, tree, mods):
+    """Yield (line, target module, imported names) for every import of a package module."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                target = _resolve(a.name, mods)
+                if target:
+                    yield node.lineno, target, ()
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
+                node.module.split('.')[0] == NAME:
+            for a in node.names:
+                sub = f'{node.module}.{a.name}'
+                if sub in mods:
+                    yield node.lineno, sub, ()
+                else:
+                    yield node.lineno, _resolve(node.module, mods), (a.name,)
+
+
+def test_no_class_or_function_too_long():
+    long = []
+    for mod, (path, tree) in MODULES.items():
+        for node in ast.walk(tree):
+            limit = MAX_CLASS if isinstance(node, ast.ClassDef) else MAX_FUNCTION if \
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+            if limit and node.end_lineno - node.lineno + 1 > limit:
+                long.append(f'{mod}:{node.lineno} {node.name} '
+                            f'({node.end_lineno - node.lineno + 1} lines > {limit})')
+    assert not long, '\n'.join(long)
+
+
+def _cycle(graph):
+    """Return one import cycle as a list of modules, or None."""
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = 'open'
+        stack.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 'open':
+                return stack[stack.index(n):] + [n]
+            if n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = 'done'
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def _parents(mod):
+    parts = mod.split('.')
+    return {'.'.join(parts[:i]) for i in range(1, len(parts))}
+
+
+def test_no_import_cycles_lazy_imports_included():
+    graph = {}
+    for mod, (_, tree) in MODULES.items():
+        # a package importing its own submodules (re-exports) is not a cycle through them
+        graph[mod] = {t for _, t, _ in imports_of(mod, tree, MODULES)
+                      if t and t != mod and t not in _parents(mod)}
+    cycle = _cycle(graph)
+    assert cycle is None, ' -> '.join(cycle)
+
+
+def test_the_checks_see_what_they_must():
+    assert _cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
+    assert _cycle({'a': {'b'}, 'b': set()}) is None
+    tree = ast.parse('def f():\n    from demand_layering_ros.sizes import _x\n')
+    found = list(imports_of('m', tree, {'demand_layering_ros.sizes': None}))
+    assert found == [(2, 'demand_layering_ros.sizes', ('_x',))]
+
+
+def test_no_module_imports_private_names_of_another():
+    bad = []
+    for mod, (_, tree) in MODULES.items():
+        for line, target, names in imports_of(mod, tree, MODULES):
+            bad += [f'{mod}:{line} imports {target}.{n}' for n in names
+                    if n.startswith('_') and target != mod]
+        aliases = {a.asname or a.name for node in ast.walk(tree)
+                   if isinstance(node, (ast.Import, ast.ImportFrom))
+                   for a in node.names}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith('_') and \
+                    not node.attr.startswith('__') and isinstance(node.value, ast.Name) and \
+                    node.value.id in aliases and f'{NAME}' in _module_alias(tree, node.value.id):
+                bad.append(f'{mod}:{node.lineno} uses {node.value.id}.{node.attr}')
+    assert not bad, '\n'.join(bad)
+
+
+def _module_alias(tree, alias):
+    """Return the dotted module an alias stands for in this tree ('' when it is not one)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if (a.asname or a.name) == alias:
+                    return a.name
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                if (a.asname or a.name) == alias and f'{node.module}.{a.name}' in MODULES:
+                    return f'{node.module}.{a.name}'
+    return ''
+
+
+def test_no_import_guards_around_own_modules():
+    bad = []
+    for mod, (_, tree) in MODULES.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Try):
+                continue
+            catches = {ast.unparse(h.type) for h in node.handlers if h.type is not None}
+            if not catches & {'ImportError', 'ModuleNotFoundError'}:
+                continue
+            own = [t for stmt in node.body for _, t, _ in imports_of(
+                mod, ast.Module(body=[stmt], type_ignores=[]), MODULES) if t]
+            if own:
+                bad.append(f'{mod}:{node.lineno} guards the import of {own[0]}')
+    assert not bad, '\n'.join(bad)
+
+
+@pytest.mark.parametrize('what, marker', [
+    ('the benchmark harness', 'def run_all('),
+    ('the cgroup runner', 'class MemoryCgroup'),
+    ('the cgroup runner', 'memory.limit_in_bytes'),
+])
+def test_development_tools_stay_out_of_the_package(what, marker):
+    inside = [str(p.relative_to(ROOT)) for p, _ in MODULES.values() if marker in p.read_text()]
+    assert not inside, f'{what} belongs in bench/ or tools/, found in {inside}'
