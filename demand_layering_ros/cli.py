@@ -16,9 +16,9 @@ import sys
 COMMANDS = {
     'detect': ('demand_layering_ros.detect', 'run a detector on image files, print JSON lines'),
     'pack': ('demand_layering_ros.pack', 'write a weight pack laid out in execution order'),
-    'profile': ('demand_layering_ros.planning.planner',
+    'profile': ('demand_layering_ros.planning.command',
                 'measure per-unit compute, disk and copy speed'),
-    'plan': ('demand_layering_ros.planning.planner',
+    'plan': ('demand_layering_ros.planning.command',
              'choose resident units and arena for a deadline'),
     'camera': ('demand_layering_ros.ros.camera', 'publish images or a video as a ROS 2 camera'),
 }

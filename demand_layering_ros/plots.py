@@ -13,6 +13,8 @@ compute waited for the disk.
 
 from pathlib import Path
 
+from demand_layering_ros.planning.plan import Plan
+
 READ_COLOUR = '#4c78a8'
 COPY_COLOUR = '#f58518'
 COMPUTE_COLOUR = '#54a24b'
@@ -39,11 +41,14 @@ def _save(fig, path):
 
 def tradeoff(plan, path, title=None):
     """
-    Draw the memory-latency trade-off of a plan dict (PLAN.yaml) into a PNG; return its path.
+    Draw the memory-latency trade-off of a plan (a Plan or its PLAN.yaml dict) into a PNG.
 
     Grey dots: every plan considered; line: the Pareto front; star: the chosen plan; square:
     fully resident; diamonds: the paper's operating points relative to the resident point.
+    Returns the path.
     """
+    if isinstance(plan, Plan):
+        plan = plan.to_dict()
     plt = _pyplot()
     alts = plan.get('alternatives') or []
     full = plan['fully_resident']

@@ -30,7 +30,7 @@ def pixels_of(path, colour, tol=0.04):
 def test_tradeoff_marks_chosen_resident_and_paper_points(tmp_path):
     manifest, prof = synthetic(14, seed=2, read_mb_s=300)
     plan = planner.plan(manifest, prof, deadline_ms=1.2 * planner.plan(
-        manifest, prof, budget_mb=1e6)['predicted_latency_ms'])
+        manifest, prof, budget_mb=1e6).predicted_latency_ms)
     path = plots.tradeoff(plan, tmp_path / 'curve.png')
     with open(path, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
@@ -39,7 +39,7 @@ def test_tradeoff_marks_chosen_resident_and_paper_points(tmp_path):
     assert pixels_of(path, plots.COMPUTE_COLOUR) > 50            # the chosen star
     assert pixels_of(path, plots.READ_COLOUR) > 30               # the resident square
     assert pixels_of(path, '#e45756') > 10 and pixels_of(path, '#b279a2') > 10   # paper points
-    assert len(plan['alternatives']) > 3
+    assert len(plan.details['alternatives']) > 3
 
 
 def test_timeline_of_a_real_pass_shows_reads_and_compute(tmp_path):
