@@ -45,7 +45,7 @@ def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, pr
         return Decision(None, budget_mb, note)
     from demand_layering_ros.planning import planner
     try:
-        return Decision(Plan.from_dict(planner.plan(
+        return Decision(Plan.coerce(planner.plan(
             pack, profile, budget_mb=budget_mb, deadline_ms=deadline_ms,
             frame_period_ms=frame_period_ms, device=device)), budget_mb)
     except planner.PlanInfeasible as e:
@@ -61,7 +61,7 @@ def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, pr
         room = budget_mb or 2.0 * _total_bytes(pack) / MB
         fastest = planner.plan(pack, profile, budget_mb=room, device=device,
                                frame_period_ms=frame_period_ms)
-        return Decision(Plan.from_dict(fastest), budget_mb, f'deadline cannot be met: {e}')
+        return Decision(Plan.coerce(fastest), budget_mb, f'deadline cannot be met: {e}')
 
 
 def _total_bytes(pack):
