@@ -63,9 +63,9 @@ def test_parameter_file_section_applies_in_any_namespace(tmp_path):
                                                    'device': 'cuda'}
     assert mod.node_parameters(path, '') == {'score_threshold': 0.5, 'max_batch': 2}
     # the package's own file parses and covers the node's parameters
-    from demand_layering_ros.ros import node as dnode
+    from demand_layering_ros.service import settings
     own = mod.node_parameters(ROOT / 'config' / 'detector.yaml')
-    assert set(own) == set(dnode.PARAM_BY_NAME)
+    assert set(own) == set(settings.PARAM_BY_NAME)
     values = {'params_file': str(path), 'namespace': '', 'image_topics': '/x/image_raw',
               'device': '', 'pack_path': '/p', 'autostart': 'false', 'log_level': 'info',
               'use_sim_time': 'false'}

@@ -12,16 +12,20 @@ domain), publish real photos as Image and CompressedImage and check what comes b
 import math
 import os
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 import threading
 import time
 import weakref
 
+from demand_layering_ros import quantiles
 from demand_layering_ros.models import assets
 from demand_layering_ros.models.detector import read_image
 from demand_layering_ros.ros import node as dnode
-from demand_layering_ros.service import imaging
+from demand_layering_ros.ros import params as ros_params
+from demand_layering_ros.service import imaging, scheduling, settings
+from demand_layering_ros.service.service import process_rss_bytes
 from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -54,14 +58,14 @@ def test_every_parameter_has_a_descriptor_with_description_and_range():
                 'score_threshold', 'nms_iou', 'max_detections', 'input_size', 'class_id_mode',
                 'image_topics', 'transport', 'qos_reliability', 'qos_depth',
                 'publish_debug_image', 'autostart'}
-    assert required <= set(dnode.PARAM_BY_NAME)
-    for p in dnode.PARAMS:
-        d = dnode._descriptor(p)
+    assert required <= set(settings.PARAM_BY_NAME)
+    for p in settings.PARAMS:
+        d = ros_params.descriptor(p)
         assert d.description and d.name == p.name
         if isinstance(p.default, (int, float)) and not isinstance(p.default, bool):
             assert d.floating_point_range or d.integer_range, p.name
         assert d.read_only == (p.name == 'autostart')
-        assert dnode.validate(p.name, p.default) is None, p.name
+        assert settings.validate(p.name, p.default) is None, p.name
 
 
 @pytest.mark.parametrize('name, value, words', [
@@ -77,7 +81,7 @@ def test_every_parameter_has_a_descriptor_with_description_and_range():
     ('max_detections', 0, 'outside [1, 10000]'),
 ])
 def test_validation_names_the_reason(name, value, words):
-    reason = dnode.validate(name, value)
+    reason = settings.validate(name, value)
     assert reason is not None and words in reason and name in reason
 
 
@@ -95,31 +99,31 @@ def test_config_yaml_documents_every_parameter():
     path = ROOT / 'config' / 'detector.yaml'
     text = path.read_text()
     params = yaml.safe_load(text)['demand_layering_detector']['ros__parameters']
-    assert set(params) == set(dnode.PARAM_BY_NAME)
+    assert set(params) == set(settings.PARAM_BY_NAME)
     lines = text.splitlines()
-    for p in dnode.PARAMS:
+    for p in settings.PARAMS:
         i = next(i for i, line in enumerate(lines) if line.strip().startswith(p.name + ':'))
         assert lines[i - 1].strip().startswith('#'), f'{p.name} has no comment above it'
         value = params[p.name]
         assert type(value) is type(p.default) or (
             isinstance(p.default, float) and isinstance(value, (int, float))), p.name
-        assert dnode.validate(p.name, value) is None, p.name
+        assert settings.validate(p.name, value) is None, p.name
 
 
 def test_readme_parameter_table_is_generated_from_the_descriptors():
     readme = (ROOT / 'README.md').read_text()
-    table = dnode.parameter_table_markdown()
+    table = settings.parameter_table_markdown()
     assert table in readme, ('README.md parameter table is out of date: paste the output of '
-                             'python -c "from demand_layering_ros.ros.node import '
+                             'python -c "from demand_layering_ros.service.settings import '
                              'parameter_table_markdown as t; print(t())"')
 
 
 def _frame(cam, base, deadline_s):
-    return dnode.Frame(cam, None, base, base + deadline_s if deadline_s else math.inf)
+    return scheduling.Frame(cam, None, base, base + deadline_s if deadline_s else math.inf)
 
 
 def test_latency_model_extrapolates_batches_from_compute_share():
-    m = dnode.LatencyModel()
+    m = scheduling.LatencyModel()
     assert m.predict(1) == 0.0
     m.update(1, 0.100, stall_seconds=0.060)    # 40 ms compute, 60 ms waiting for weights
     assert m.predict(1) == pytest.approx(0.100)
@@ -129,47 +133,47 @@ def test_latency_model_extrapolates_batches_from_compute_share():
 
 
 def test_plan_batch_earliest_deadline_first_and_drops():
-    m = dnode.LatencyModel()
+    m = scheduling.LatencyModel()
     m.update(1, 0.100, stall_seconds=0.0)      # compute bound: batching saves nothing
     now = 10.0
     a = _frame('a', now - 0.05, 0.5)    # deadline 10.45
     b = _frame('b', now - 0.30, 0.5)    # deadline 10.20: earliest
     late = _frame('c', now - 0.45, 0.5)  # deadline 10.05 < now + 0.1: cannot make it
-    batch, dropped, waiting = dnode.plan_batch([a, late, b], now, m, max_batch=4)
+    batch, dropped, waiting = scheduling.plan_batch([a, late, b], now, m, max_batch=4)
     assert dropped == [late]
     assert batch == [b] and waiting == [a]
     # without deadlines nothing is dropped and the oldest frame goes first
     x, y = _frame('x', now - 1.0, 0), _frame('y', now - 2.0, 0)
-    batch, dropped, waiting = dnode.plan_batch([x, y], now, m, max_batch=1)
+    batch, dropped, waiting = scheduling.plan_batch([x, y], now, m, max_batch=1)
     assert dropped == [] and len(batch) == 1 and len(waiting) == 1
 
 
 def test_plan_batch_batches_when_weights_dominate():
-    m = dnode.LatencyModel()
+    m = scheduling.LatencyModel()
     m.update(1, 0.100, stall_seconds=0.080)    # I/O bound: a second frame costs 20 ms
     now = 10.0
     f1 = _frame('a', now, 0.15)
     f2 = _frame('b', now, 0.15)
     # one at a time the second frame would finish at +200 ms > 150 ms; together at +120 ms
-    batch, dropped, waiting = dnode.plan_batch([f1, f2], now, m, max_batch=4)
+    batch, dropped, waiting = scheduling.plan_batch([f1, f2], now, m, max_batch=4)
     assert len(batch) == 2 and not dropped and not waiting
-    batch, _, waiting = dnode.plan_batch([f1, f2], now, m, max_batch=1)
+    batch, _, waiting = scheduling.plan_batch([f1, f2], now, m, max_batch=1)
     assert len(batch) == 1 and len(waiting) == 1
 
 
 def test_plan_batch_infeasible_deadline_runs_late_instead_of_starving():
-    m = dnode.LatencyModel()
+    m = scheduling.LatencyModel()
     m.update(1, 0.300)
     now = 5.0
     f = _frame('a', now - 0.01, 0.1)     # 100 ms deadline, 300 ms per frame: never feasible
-    batch, dropped, _ = dnode.plan_batch([f], now, m, max_batch=1)
+    batch, dropped, _ = scheduling.plan_batch([f], now, m, max_batch=1)
     assert batch == [f] and dropped == []
 
 
 def test_percentile():
-    assert math.isnan(dnode.percentile([], 50))
-    assert dnode.percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
-    assert dnode.percentile(list(range(101)), 99) == pytest.approx(99)
+    assert math.isnan(quantiles.percentile([], 50))
+    assert quantiles.percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
+    assert quantiles.percentile(list(range(101)), 99) == pytest.approx(99)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,7 +467,7 @@ def test_camera_faster_than_inference_gets_the_latest_frame(harness, photos):
     at_stop = harness.node.camera_stats()['/cam0']['published']
     wait_for(lambda: harness.node.camera_stats()['/cam0']['received'] - before['received']
              >= 25, 10, 'frames received')
-    service = harness.node._latency.predict(1)
+    service = harness.node.service.latency.predict(1)
 
     def settled(quiet):
         """Nothing new published for `quiet` seconds."""
@@ -550,12 +554,12 @@ def test_budget_below_the_largest_layer_with_a_profile_taken_within_a_budget(har
     """A streamed profile checks no split sizes: the executor then splits layers itself."""
     from demand_layering_ros.planning import planner
     node = harness.node
-    saved = node._profile
-    node._profile = planner.profile(node.get_parameter('pack_path').value, repeats=1,
-                                    progress=False, activation=False, budget_mb=24.0,
-                                    disk_sizes=(256 << 10, 4 << 20))
+    saved = node.service.profile
+    node.service.profile = planner.profile(node.get_parameter('pack_path').value, repeats=1,
+                                           progress=False, activation=False, budget_mb=24.0,
+                                           disk_sizes=(256 << 10, 4 << 20))
     try:
-        assert node._profile['mode'] == 'streamed'
+        assert node.service.profile['mode'] == 'streamed'
         largest = max(u.length for u in node.model.pack.units)
         assert largest > 10 << 20                    # 10 MiB holds no yolov3-tiny layer whole
         ok = harness.set_param('memory_budget_mb', 10.0)
@@ -568,7 +572,7 @@ def test_budget_below_the_largest_layer_with_a_profile_taken_within_a_budget(har
         assert node.model.stats()['peak_weight_bytes'] <= 10 << 20
     finally:
         assert harness.set_param('memory_budget_mb', 0.0).successful
-        node._profile = saved
+        node.service.profile = saved
 
 
 def test_storage_error_names_the_unit_and_the_node_recovers(harness, photos):
@@ -620,15 +624,15 @@ def test_storage_error_names_the_unit_and_the_node_recovers(harness, photos):
 
 def test_cleanup_releases_model_memory_and_configure_works_again(harness, photos):
     model_ref = weakref.ref(harness.node.model)
-    detector_ref = weakref.ref(harness.node._detector)
+    detector_ref = weakref.ref(harness.node.service.detector)
     arena = harness.node.model.stats()['arena_committed_bytes']
-    rss_loaded = dnode.process_rss_bytes()
+    rss_loaded = process_rss_bytes()
     assert harness.transition('deactivate') and harness.get_state() == 'inactive'
     assert harness.transition('cleanup') and harness.get_state() == 'unconfigured'
     wait_for(lambda: model_ref() is None and detector_ref() is None, 5,
              'model objects released after cleanup')
     assert harness.node.model is None
-    freed = rss_loaded - dnode.process_rss_bytes()
+    freed = rss_loaded - process_rss_bytes()
     assert freed > 0.8 * arena, f'RSS fell by {freed} bytes, the arena held {arena}'
     # a parameter that applies at configure may change now
     assert harness.set_param('max_batch', 1).successful
@@ -636,6 +640,53 @@ def test_cleanup_releases_model_memory_and_configure_works_again(harness, photos
     out0 = harness.subscribe(type_detections(), '/cam0/detections')
     h = harness.publish('/cam0/image_raw', photos['dog'], frame_id='after_cleanup')
     assert_dog_jpg(detections_for(out0, h))
+
+
+def test_budget_change_without_a_profile_profiles_in_the_background(
+        harness, yolo_pack, photos, tmp_path):
+    """
+    A budget change on a node configured without budget or deadline, and no PROFILE.json.
+
+    The parameter service answers once the runtime's own fit is in effect; the profile is
+    measured in a thread meanwhile (never in the callback), and when it is done the node
+    re-plans between frames and runs the planned configuration within the budget.
+    """
+    pack = tmp_path / 'no_profile'
+    shutil.copytree(yolo_pack, pack, ignore=shutil.ignore_patterns('PROFILE.json'))
+    node = dnode.DetectorNode('bg_detector', context=harness.ctx, parameter_overrides=[
+        Parameter('pack_path', value=str(pack)), Parameter('autostart', value=False),
+        Parameter('image_topics', value=['/bg/image_raw'])])
+    harness.executor.add_node(node)
+    try:
+        assert node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
+        model = node.model
+        budget = float(round(model.stats()['model_bytes'] / (1 << 20) * 0.7))
+        req = SetParameters.Request(
+            parameters=[Parameter('memory_budget_mb', value=budget).to_parameter_msg()])
+        res = harness.call(SetParameters, '/bg_detector/set_parameters', req).results[0]
+        answered_at = time.monotonic()
+        assert res.successful, res.reason
+        job = node.service.profiling
+        assert job is not None and job.thread.name == 'dlr-profile'
+        assert model.stats()['budget_bytes'] == budget * (1 << 20)   # the runtime's own fit
+        wait_for(lambda: not job.running(), 300, 'the profile measured in the background')
+        assert answered_at < job.finished_at, 'the parameter service waited for the profile'
+        assert job.error is None and (pack / 'PROFILE.json').is_file()
+        plan = node.service.decision.plan
+        assert plan is not None and node.service.profile['mode'] == 'streamed'
+        assert model.plan()['resident_units'] == list(plan.resident_units)
+        assert model.plan()['arena_bytes'] == plan.arena_bytes
+        assert model.stats()['budget_bytes'] == budget * (1 << 20)
+        out = harness.subscribe(type_detections(), '/bg/detections')
+        harness.publish('/bg/image_raw', photos['dog'], frame_id='warmup')
+        harness.wait_subscribed('/bg/image_raw')
+        h = harness.publish('/bg/image_raw', photos['dog'], frame_id='after_profile')
+        assert_dog_jpg(detections_for(out, h))
+        assert model.stats()['peak_weight_bytes'] <= budget * (1 << 20)
+    finally:
+        harness.executor.remove_node(node)
+        node.destroy_node()
 
 
 def test_bad_configuration_fails_configure_with_the_reason(harness, tmp_path):
@@ -649,12 +700,12 @@ def test_bad_configuration_fails_configure_with_the_reason(harness, tmp_path):
     try:
         assert node.trigger_configure() == dnode.TransitionCallbackReturn.FAILURE
         assert node.state == 'unconfigured' and node.model is None
-        assert 'missing' in node._last_error and 'configure failed' in node._last_error
+        assert 'missing' in node.last_error and 'configure failed' in node.last_error
         status = node.diagnostics()[-1]
         assert status.level == status.ERROR and 'missing' in status.message
         node.set_parameters([Parameter('pack_path', value='')])
         assert node.trigger_configure() == dnode.TransitionCallbackReturn.FAILURE
-        assert 'pack_path is empty' in node._last_error
+        assert 'pack_path is empty' in node.last_error
     finally:
         node.destroy_node()
 

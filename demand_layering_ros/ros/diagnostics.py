@@ -1,0 +1,123 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+What the node reports on /diagnostics: one status per camera and one for the model.
+
+A camera is WARN with deadline misses, malformed or failed frames; the model is WARN over its
+budget, with a plan note or an infeasible deadline, and ERROR for ERROR_HOLD_S after a failed
+frame or configure. Rates are per report interval, so `Diagnostics` keeps the previous counts.
+"""
+
+import math
+import time
+
+from demand_layering_ros.quantiles import percentile
+from demand_layering_ros.sizes import MB
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+ERROR_HOLD_S = 10.0    # diagnostics stay at ERROR this long after a failed frame or configure
+
+
+def kv(key, value):
+    """Return a KeyValue; floats with three decimals, nan as 'nan'."""
+    if isinstance(value, float):
+        value = 'nan' if math.isnan(value) else f'{value:.3f}'
+    return KeyValue(key=key, value=str(value))
+
+
+def camera_status(name, device, cam, counts, deadline_ms, now):
+    """Return one camera's status from its counters (rates since the camera's last report)."""
+    received, published = counts['received'], counts['published']
+    drops, misses, lat = counts['drops'], counts['deadline_misses'], counts['latencies']
+    r0, p0, t0 = cam.last_count
+    dt = max(now - t0, 1e-6)
+    cam.last_count = (received, published, now)
+    st = DiagnosticStatus(name=f'{name}: camera {cam.namespace or "/"}', hardware_id=device)
+    problems = []
+    if misses:
+        problems.append(f'{misses} deadline misses')
+    if drops['malformed']:
+        problems.append(f'{drops["malformed"]} malformed frames')
+    if drops['error']:
+        problems.append(f'{drops["error"]} failed frames')
+    st.level = DiagnosticStatus.WARN if problems else DiagnosticStatus.OK
+    st.message = '; '.join(problems) or 'ok'
+    st.values = [
+        kv('topic', cam.sub_topic), kv('detections_topic', cam.out_topic),
+        kv('frames_in', received), kv('frames_out', published),
+        kv('in_rate_hz', (received - r0) / dt), kv('out_rate_hz', (published - p0) / dt),
+        kv('latency_p50_ms', percentile(lat, 50) * 1e3),
+        kv('latency_p99_ms', percentile(lat, 99) * 1e3),
+        kv('deadline_ms', float(deadline_ms)),
+        kv('deadline_misses', misses),
+        kv('dropped', sum(drops.values())),
+    ] + [kv(f'dropped_{k}', v) for k, v in drops.items()] + [
+        kv('last_error', counts['last_error'])]
+    return st
+
+
+class Diagnostics:
+    """Builds the node's statuses; keeps the I/O byte count of the previous report for rates."""
+
+    def __init__(self):
+        self.io_last = (0, time.monotonic())
+
+    def statuses(self, name, s, counters, stats, state, error, infeasible):
+        """
+        Return [camera statuses..., model status].
+
+        s: the settings; counters: FrameQueue.counters(); stats: DetectorService.stats();
+        state: the lifecycle state label; error: (last error text, its time.monotonic()).
+        """
+        device = s.get('device', '')
+        now = time.monotonic()
+        out = [camera_status(name, device, cam, counts, s.get('deadline_ms', 0.0), now)
+               for cam, counts in counters]
+        out.append(self.model_status(name, s, stats, state, error, infeasible, now))
+        return out
+
+    def model_status(self, name, s, stats, state, error, infeasible, now):
+        """Return the model's status: memory against the budget, I/O, plan, last error."""
+        figures = stats['model_stats']
+        st = DiagnosticStatus(name=f'{name}: model', hardware_id=s.get('device', ''))
+        io_bytes = int(figures.get('io_bytes', 0) or 0)
+        b0, t0 = self.io_last
+        self.io_last = (io_bytes, now)
+        io_rate = max(io_bytes - b0, 0) / max(now - t0, 1e-6) / MB
+        peak = float(figures.get('peak_weight_bytes', 0) or 0) / MB
+        budget = float(s.get('memory_budget_mb', 0.0))
+        problems = []
+        level = DiagnosticStatus.OK
+        if budget > 0 and peak > budget:
+            problems.append(f'peak weight memory {peak:.1f} MiB over the {budget:.0f} MiB budget')
+            level = DiagnosticStatus.WARN
+        if stats['plan_note']:
+            problems.append(stats['plan_note'])
+            level = DiagnosticStatus.WARN
+        if infeasible:
+            problems.append(f'deadline {s.get("deadline_ms", 0):.0f} ms infeasible: predicted '
+                            f'{stats["predicted_latency_ms"]:.0f} ms')
+            level = DiagnosticStatus.WARN
+        last_error, last_error_time = error
+        if last_error and now - last_error_time < ERROR_HOLD_S:
+            problems.append(last_error)
+            level = DiagnosticStatus.ERROR
+        st.level = level
+        st.message = '; '.join(problems) or ('ok' if stats['configured'] else state)
+        values = {
+            'state': state, 'pack_path': s.get('pack_path', ''), 'model': stats['model'],
+            'peak_weight_mb': peak, 'budget_mb': budget,
+            'resident_weight_mb': float(figures.get('resident_bytes', 0) or 0) / MB,
+            'arena_mb': float(figures.get('arena_bytes', 0) or 0) / MB,
+            'process_rss_mb': stats['process_rss_bytes'] / MB,
+            'io_mode': figures.get('io_mode', ''), 'io_rate_mb_s': io_rate,
+            'io_total_mb': io_bytes / MB,
+            'stall_ms': float(figures.get('stall_ms', 0.0) or 0.0),
+            'demand_misses': figures.get('demand_misses', 0),
+            'batching': 'on' if stats['batching'] and s.get('max_batch', 1) > 1 else 'off',
+            'last_error': last_error,
+        }
+        values.update({f'predicted_latency_ms_batch{b}': v
+                       for b, v in stats['latency_ms_by_batch'].items()})
+        st.values = [kv(k, v) for k, v in values.items()]
+        return st

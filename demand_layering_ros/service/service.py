@@ -1,0 +1,295 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+The detector as a service: settings in, detections out, weights streamed under a budget.
+
+`DetectorService` is what the node runs, without ROS: `configure` opens the pack, decides the
+plan (`planning.decide.decide_plan`, after reading or measuring the profile a budget or deadline
+needs), loads the demand-layered model and warms it up; `infer` runs RGB images through it;
+`replan` applies a new budget, deadline or frame period between two frames; `stats` feeds
+diagnostics; `close` gives every byte of model memory back.
+
+A re-plan never measures the pack in the caller's thread. With no profile yet (none stored, none
+measured), what can be applied at once is: a budget change runs the runtime's own fit, a deadline
+change only changes the scheduling; meanwhile the pack is profiled in a background thread within
+the budget, and when that is done the service re-plans between two frames and logs it.
+"""
+
+import gc
+import logging
+import os
+import sys
+import threading
+import time
+
+import demand_layering_ros as dlr
+from demand_layering_ros.pack import Pack
+from demand_layering_ros.planning.decide import decide_plan
+from demand_layering_ros.service import profiles, settings
+from demand_layering_ros.service.scheduling import LatencyModel
+from demand_layering_ros.sizes import MB
+import numpy as np
+
+
+def process_rss_bytes():
+    """Resident set size of this process in bytes (Linux /proc; 0 where unavailable)."""
+    try:
+        with open('/proc/self/statm') as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf('SC_PAGE_SIZE')
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class DetectorService:
+    """
+    One demand-layered detector: configure, infer, re-plan, report, close.
+
+    Thread-safe where the node needs it: `infer` and the swap of a re-plan take `lock`, so a
+    re-plan lands between two forward passes; `stats` reads only what the last pass left.
+    `log` is anything with info/warning/error (a `logging.Logger`, a ROS node's logger).
+    """
+
+    def __init__(self, log=None):
+        self.log = log if log is not None else logging.getLogger(__name__)
+        self.lock = threading.RLock()         # the model: forward passes vs re-planning
+        self.plan_lock = threading.RLock()    # one re-plan at a time (callback or background)
+        self.settings = {}
+        self.pack = None
+        self.model = None
+        self.detector = None
+        self.profile = None
+        self.profiling = None                 # the BackgroundProfile started last, if any
+        self.decision = None                  # the planning.decide.Decision in effect
+        self.plan_note = ''
+        self.latency = LatencyModel()
+        self.batching_ok = True
+        self.model_stats = {}
+
+    @property
+    def configured(self):
+        """Return True while a model is loaded (between configure and close)."""
+        return self.model is not None
+
+    # -- configure ----------------------------------------------------------------------------
+
+    def configure(self, values):
+        """
+        Open the pack, plan, load the model and warm it up; ValueError names a bad setting.
+
+        `values` are settings (service.settings; missing ones take their defaults). A budget or
+        deadline without plan_file needs the pack's profile: profile_file, PACK/PROFILE.json,
+        or measured here once within memory_budget_mb and saved there.
+        """
+        s = settings.defaults()
+        s.update(values)
+        settings.check(s)
+        self.close()
+        try:
+            self._open(s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, s):
+        if not s['pack_path']:
+            raise ValueError('pack_path is empty: write a pack with `python -m '
+                             'demand_layering_ros pack --model ... --out DIR` and set pack_path')
+        if s['device'].startswith('cuda'):
+            import torch
+            if not torch.cuda.is_available():
+                raise ValueError(f'device {s["device"]}: CUDA is not available here')
+        if s['num_threads']:
+            import torch
+            torch.set_num_threads(s['num_threads'])
+        self.settings = s
+        self.pack = Pack.open(s['pack_path'])
+        self.profile = None
+        if s['plan_file']:
+            decision = decide_plan(self.pack, s['memory_budget_mb'] or None, plan=s['plan_file'],
+                                   device=s['device'])
+        else:
+            if s['memory_budget_mb'] or s['deadline_ms']:
+                self.profile = profiles.stored(s) or profiles.measure_and_save(s, self.log)
+            decision = self._decide(s, strict=False)
+        self.decision, self.plan_note = decision, decision.note
+        if decision.note:
+            self.log.warning(decision.note)
+        self.model = dlr.load(s['pack_path'], device=s['device'],
+                              budget_mb=s['memory_budget_mb'] or None,
+                              plan=decision.plan.to_dict() if decision.plan else None)
+        self.detector = self.model.detector
+        if list(s['input_size']) != [0, 0]:
+            self.detector.input_size = tuple(s['input_size'])
+        self.latency = LatencyModel()
+        self.batching_ok = True
+        self._warm_up()
+
+    def _decide(self, s, strict):
+        return decide_plan(self.pack, budget_mb=s['memory_budget_mb'] or None,
+                           deadline_ms=s['deadline_ms'] or None,
+                           frame_period_ms=s['frame_period_ms'] or None, profile=self.profile,
+                           device=s['device'], strict=strict)
+
+    def _warm_up(self):
+        h, w = self.detector.input_size or (416, 416)
+        img = np.full((h, w, 3), 114, np.uint8)
+        t0 = time.perf_counter()
+        self.infer([img])
+        self.record_latency(1, time.perf_counter() - t0)
+
+    # -- inference ----------------------------------------------------------------------------
+
+    @property
+    def class_names(self):
+        """Return the model's class names ([] unless configured)."""
+        detector = self.detector
+        return list(detector.class_names) if detector is not None else []
+
+    def infer(self, images, score_threshold=None, nms_iou=None, max_detections=None):
+        """
+        Run RGB images (HxWx3 uint8: one array or a list) in one forward pass.
+
+        Returns one detection result per image (a single result for a single array), or None
+        when the service is not configured (a frame that raced with cleanup). Thresholds default
+        to the settings. When a batched pass fails, batching is switched off for good and the
+        images run one at a time; a failure of one image raises.
+        """
+        single = isinstance(images, np.ndarray) and images.ndim == 3
+        batch = [images] if single else list(images)
+        with self.lock:
+            if self.detector is None:
+                return None
+            s = self.settings
+            kwargs = {'score_threshold': s['score_threshold'] if score_threshold is None
+                      else score_threshold,
+                      'nms_iou': s['nms_iou'] if nms_iou is None else nms_iou,
+                      'max_detections': s['max_detections'] if max_detections is None
+                      else max_detections}
+            try:
+                results = self.detector.detect(batch, **kwargs)
+            except Exception as e:
+                if len(batch) > 1 and self.batching_ok:
+                    self.batching_ok = False
+                    self.log.warning(f'batched forward failed ({e}); one frame at a time from '
+                                     'now on')
+                    results = [self.detector.detect([img], **kwargs)[0] for img in batch]
+                else:
+                    raise
+            self._update_model_stats()
+        return results[0] if single else results
+
+    def record_latency(self, batch, seconds):
+        """Record the measured service time of a batch (decode + forward + publish)."""
+        stall = self.model_stats.get('stall_ms')
+        self.latency.update(batch, seconds, None if stall is None else float(stall) / 1e3)
+
+    def _update_model_stats(self):
+        model = self.model
+        if model is None or not hasattr(model, 'stats'):
+            return
+        try:
+            self.model_stats = dict(model.stats())
+        except Exception as e:
+            self.model_stats = {'error': str(e)}
+
+    # -- re-planning --------------------------------------------------------------------------
+
+    def replan(self, values):
+        """
+        Apply a new memory_budget_mb / deadline_ms / frame_period_ms between two frames.
+
+        Raises (PlanInfeasible, the runtime's errors) to refuse the change; the model then keeps
+        its configuration. Never measures here: without a profile, a budget runs the runtime's
+        own fit and a deadline only the scheduling, while `profiling` measures in a thread.
+        """
+        if not self.configured:
+            raise ValueError('re-planning needs a configured service: configure first')
+        s = dict(self.settings)
+        s.update({k: values[k] for k in settings.REPLAN_PARAMS if k in values})
+        settings.check(s)
+        with self.plan_lock:
+            need = bool(s['memory_budget_mb'] or s['deadline_ms']) and self.profile is None
+            if need:
+                self.profile = profiles.stored(s)
+            decision = self._decide(s, strict=True)
+            if decision.plan is not None or \
+                    s['memory_budget_mb'] != self.settings['memory_budget_mb']:
+                self._apply(s, decision, 're-planned')
+            # else: a deadline change without a plan only changes the scheduling
+            self.settings = s
+            if need and self.profile is None and not (self.profiling and
+                                                      self.profiling.running()):
+                self.profiling = profiles.BackgroundProfile(s, self.log, self._profiled)
+
+    def _apply(self, s, decision, what):
+        plan = decision.plan.to_dict() if decision.plan else None
+        with self.lock:
+            self.model.reconfigure(budget_mb=s['memory_budget_mb'] or None, plan=plan)
+            self.decision, self.plan_note = decision, decision.note
+            self.latency = LatencyModel()
+            if plan and plan.get('predicted_latency_ms'):
+                self.latency.update(1, plan['predicted_latency_ms'] / 1e3,
+                                    (plan.get('predicted_stall_ms') or 0.0) / 1e3)
+            self._update_model_stats()
+        self.log.info(f'{what}: budget {s["memory_budget_mb"]} MiB, deadline '
+                      f'{s["deadline_ms"]} ms; arena '
+                      f'{self.model_stats.get("arena_bytes", 0) / MB:.1f} MiB')
+
+    def _profiled(self, profile):
+        """Plan with the profile measured in the background, for the settings now in effect."""
+        with self.plan_lock:
+            if self.model is None:
+                return
+            self.profile = profile
+            s = self.settings
+            if not (s['memory_budget_mb'] or s['deadline_ms']):
+                return      # nothing to plan for any more; the profile is kept for later
+            try:
+                decision = self._decide(s, strict=False)
+                self._apply(s, decision, 're-planned with the profile measured in the background')
+            except Exception as e:   # the change was accepted already: keep serving as it is
+                self.log.warning(f'profiled in the background, but cannot re-plan for budget '
+                                 f'{s["memory_budget_mb"]} MiB, deadline {s["deadline_ms"]} ms: '
+                                 f'{e}; the model keeps its configuration')
+                return
+            if decision.note:
+                self.log.warning(decision.note)
+
+    # -- report and close ---------------------------------------------------------------------
+
+    def stats(self):
+        """Return what diagnostics report: model figures, plan note, latency, memory."""
+        latency = self.latency
+        return {
+            'configured': self.model is not None,
+            'model': getattr(self.detector, 'spec', ''),
+            'model_stats': dict(self.model_stats),
+            'plan_note': self.plan_note,
+            'batching': self.batching_ok,
+            'predicted_latency_ms': latency.predict(1) * 1e3,
+            'latency_ms_by_batch': {b: v * 1e3 for b, v in sorted(latency.measured.items())},
+            'profiling': bool(self.profiling is not None and self.profiling.running()),
+            'process_rss_bytes': process_rss_bytes(),
+        }
+
+    def close(self):
+        """Release the model and the pack; nothing of the model stays referenced (idempotent)."""
+        job = self.profiling
+        if job is not None and job.running():
+            job.cancel()
+            self.log.info('waiting for the profile measured in the background')
+            job.join()
+        with self.lock:
+            model, self.model, self.detector, self.pack = self.model, None, None, None
+            self.profile = None
+            if model is not None:
+                try:
+                    model.close()
+                except Exception as e:   # closing must not keep the caller from cleaning up
+                    self.log.warning(f'closing the model: {e}')
+            del model
+        gc.collect()
+        torch = sys.modules.get('torch')
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,191 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+DetectorService without ROS: configure on a real pack, infer on a photo, re-plan, close.
+
+The real Darknet yolov3-tiny COCO weights are packed at a small input (224 x 224) so that a
+profile takes seconds; the dog photo must still show the dog and the bicycle.
+"""
+
+import logging
+import shutil
+import time
+import weakref
+
+from demand_layering_ros import pack as pack_mod
+from demand_layering_ros.models import assets
+from demand_layering_ros.models.detector import read_image
+from demand_layering_ros.planning import planner
+from demand_layering_ros.service import settings
+from demand_layering_ros.service.service import DetectorService, process_rss_bytes
+import pytest
+
+DOG, BICYCLE = 16, 1
+
+
+class Lines(logging.Handler):
+    """A logger's lines, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def service_with_lines(name):
+    log = logging.getLogger(f'test_service.{name}')
+    log.setLevel(logging.INFO)
+    lines = Lines()
+    log.addHandler(lines)
+    return DetectorService(log=log), lines.lines
+
+
+@pytest.fixture(scope='module')
+def bare_pack(tmp_path_factory):
+    """Pack the real yolov3-tiny at 224 x 224; no PROFILE.json."""
+    cfg, weights, _ = assets.yolov3_tiny()
+    out = tmp_path_factory.mktemp('service') / 'yolov3-tiny'
+    pack_mod.write_pack('darknet:' + str(cfg), out, weights=str(weights), progress=False,
+                        input_size=(224, 224))
+    return out
+
+
+@pytest.fixture(scope='module')
+def profiled_pack(bare_pack, tmp_path_factory):
+    """Copy the pack and put a PROFILE.json next to it."""
+    out = tmp_path_factory.mktemp('service_profiled') / 'yolov3-tiny'
+    shutil.copytree(bare_pack, out)
+    prof = planner.profile(str(out), device='cpu', repeats=1, warmup=1, progress=False,
+                           activation=False)
+    planner.write_json(prof, out / 'PROFILE.json')
+    return out
+
+
+@pytest.fixture(scope='module')
+def dog():
+    return read_image(assets.photo('dog'))
+
+
+def test_configure_infer_stats_close(bare_pack, dog):
+    svc = DetectorService()
+    assert not svc.configured and svc.infer(dog) is None
+    with pytest.raises(ValueError, match='configure first'):
+        svc.replan({'memory_budget_mb': 10.0})
+    svc.configure({'pack_path': str(bare_pack)})
+    try:
+        assert svc.configured and svc.latency.predict(1) > 0     # warmed up
+        assert len(svc.class_names) == 80 and svc.class_names[DOG] == 'dog'
+        det = svc.infer(dog)                                      # one photo: one result
+        ids = set(det.class_ids.tolist())
+        assert {DOG, BICYCLE} <= ids
+        both = svc.infer([dog, dog[::2, ::2].copy()], score_threshold=0.99)
+        assert len(both) == 2 and all(len(d.class_ids) == 0 for d in both)
+        stats = svc.stats()
+        assert stats['configured'] and stats['model'].startswith('darknet:')
+        assert stats['model_stats']['peak_weight_bytes'] > 0 and stats['plan_note'] == ''
+        assert stats['batching'] and not stats['profiling']
+        assert stats['process_rss_bytes'] == pytest.approx(process_rss_bytes(), rel=0.5)
+        assert stats['latency_ms_by_batch'][1] > 0
+        model_ref = weakref.ref(svc.model)
+    finally:
+        svc.close()
+    assert not svc.configured and svc.infer(dog) is None and model_ref() is None
+    svc.close()     # idempotent
+
+
+@pytest.mark.parametrize('values, words', [
+    ({'pack_path': ''}, 'pack_path is empty'),
+    ({'pack_path': '/nowhere', 'device': 'gpu'}, 'must be cpu, cuda or cuda:N'),
+    ({'pack_path': '/nowhere', 'max_batch': 0}, 'max_batch: 0 is outside'),
+])
+def test_configure_refuses_bad_settings_with_the_reason(values, words):
+    svc = DetectorService()
+    with pytest.raises(ValueError, match=words.replace('[', r'\[')):
+        svc.configure(values)
+    assert not svc.configured
+
+
+def test_configure_with_a_missing_pack_names_it(tmp_path):
+    svc = DetectorService()
+    with pytest.raises(Exception, match='missing'):
+        svc.configure({'pack_path': str(tmp_path / 'missing')})
+    assert not svc.configured
+
+
+def test_replan_with_a_budget_plans_with_the_stored_profile(profiled_pack, dog):
+    svc, lines = service_with_lines('stored')
+    svc.configure({'pack_path': str(profiled_pack)})
+    try:
+        model = svc.model
+        total_mb = model.stats()['model_bytes'] / (1 << 20)
+        budget = float(round(total_mb * 0.7))
+        svc.replan({'memory_budget_mb': budget})
+        assert svc.model is model and svc.profile is not None and svc.profiling is None
+        assert svc.decision.plan is not None and svc.settings['memory_budget_mb'] == budget
+        assert model.plan()['resident_units'] == list(svc.decision.plan.resident_units)
+        assert model.stats()['budget_bytes'] == budget * (1 << 20)
+        assert {DOG, BICYCLE} <= set(svc.infer(dog).class_ids.tolist())
+        assert model.stats()['peak_weight_bytes'] <= budget * (1 << 20)
+        assert any(line.startswith('re-planned: budget') for line in lines)
+        # a budget below the largest layer is refused; the model keeps its plan
+        with pytest.raises(Exception):
+            svc.replan({'memory_budget_mb': 1.0})
+        with pytest.raises(ValueError, match='deadline_ms'):
+            svc.replan({'deadline_ms': -1.0})
+        assert svc.settings['memory_budget_mb'] == budget
+        assert model.stats()['budget_bytes'] == budget * (1 << 20)
+        # a deadline only: planned with the profile too
+        svc.replan({'memory_budget_mb': 0.0, 'deadline_ms': 60000.0})
+        assert svc.decision.plan is not None and svc.settings['deadline_ms'] == 60000.0
+        assert model.plan()['resident_units'] == list(svc.decision.plan.resident_units)
+    finally:
+        svc.close()
+
+
+def test_replan_without_a_profile_applies_at_once_and_profiles_in_the_background(
+        bare_pack, tmp_path, dog):
+    pack = tmp_path / 'pack'
+    shutil.copytree(bare_pack, pack)
+    svc, lines = service_with_lines('background')
+    svc.configure({'pack_path': str(pack)})
+    try:
+        model = svc.model
+        budget = float(round(model.stats()['model_bytes'] / (1 << 20) * 0.7))
+        svc.replan({'memory_budget_mb': budget})
+        returned_at = time.monotonic()
+        job = svc.profiling
+        # returned with the runtime's own fit in effect, while the profile was still running
+        assert job is not None and job.started_at < returned_at
+        assert svc.decision.plan is None and model.stats()['budget_bytes'] == budget * (1 << 20)
+        returned = len(lines)
+        assert not any('re-planned with the profile' in line for line in lines[:returned])
+        # a deadline change meanwhile only changes the scheduling (no plan yet)
+        svc.replan({'deadline_ms': 60000.0})
+        assert svc.profiling is job and svc.settings['deadline_ms'] == 60000.0
+        job.join()
+        assert returned_at < job.finished_at       # replan did not wait for the profile
+        assert job.error is None and svc.profile is not None and svc.profile['mode'] == 'streamed'
+        assert (pack / 'PROFILE.json').is_file()
+        order = [i for i, line in enumerate(lines) if 'profiling the pack once in the '
+                 'background' in line or 're-planned with the profile' in line]
+        assert len(order) == 2 and order[0] < order[1], lines
+        # the planned configuration runs, within the budget
+        assert svc.decision.plan is not None
+        assert model.plan()['resident_units'] == list(svc.decision.plan.resident_units)
+        assert model.plan()['arena_bytes'] == svc.decision.plan.arena_bytes
+        assert {DOG, BICYCLE} <= set(svc.infer(dog).class_ids.tolist())
+        assert model.stats()['peak_weight_bytes'] <= budget * (1 << 20)
+    finally:
+        svc.close()
+
+
+def test_settings_defaults_and_check():
+    values = settings.defaults()
+    assert set(values) == set(settings.PARAM_BY_NAME)
+    values['input_size'].append(1)          # a copy: the table keeps its default
+    assert settings.PARAM_BY_NAME['input_size'].default == [0, 0]
+    with pytest.raises(ValueError, match='score_threshold'):
+        settings.check({'score_threshold': 3.0})
+    settings.check(settings.defaults())
