@@ -188,13 +188,13 @@ RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 def yolo_pack(tmp_path_factory):
     """Pack the real Darknet yolov3-tiny COCO model and profile it for the planner."""
     from demand_layering_ros import pack
-    from demand_layering_ros.planning import planner
+    from demand_layering_ros.planning import profile_file, profiler
     cfg, weights, _ = assets.yolov3_tiny()
     out = tmp_path_factory.mktemp('node_pack') / 'yolov3-tiny'
     pack.write_pack('darknet:' + str(cfg), out, weights=str(weights), progress=False)
-    prof = planner.profile(str(out), device='cpu', repeats=1, warmup=1, progress=False,
-                           activation=False)
-    planner.write_json(prof, out / 'PROFILE.json')
+    prof = profiler.profile(str(out), device='cpu', repeats=1, warmup=1, progress=False,
+                            activation=False)
+    profile_file.save_profile(prof, out / 'PROFILE.json')
     return out
 
 
@@ -552,12 +552,12 @@ def test_budget_change_at_run_time_replans_without_dropping_the_node(harness, ph
 
 def test_budget_below_the_largest_layer_with_a_profile_taken_within_a_budget(harness, photos):
     """A streamed profile checks no split sizes: the executor then splits layers itself."""
-    from demand_layering_ros.planning import planner
+    from demand_layering_ros.planning import profiler
     node = harness.node
     saved = node.service.profile
-    node.service.profile = planner.profile(node.get_parameter('pack_path').value, repeats=1,
-                                           progress=False, activation=False, budget_mb=24.0,
-                                           disk_sizes=(256 << 10, 4 << 20))
+    node.service.profile = profiler.profile(node.get_parameter('pack_path').value, repeats=1,
+                                            progress=False, activation=False, budget_mb=24.0,
+                                            disk_sizes=(256 << 10, 4 << 20))
     try:
         assert node.service.profile['mode'] == 'streamed'
         largest = max(u.length for u in node.model.pack.units)

@@ -15,7 +15,7 @@ import weakref
 from demand_layering_ros import pack as pack_mod
 from demand_layering_ros.models import assets
 from demand_layering_ros.models.detector import read_image
-from demand_layering_ros.planning import planner
+from demand_layering_ros.planning import profile_file, profiler
 from demand_layering_ros.service import settings
 from demand_layering_ros.service.service import DetectorService, process_rss_bytes
 import pytest
@@ -57,9 +57,9 @@ def profiled_pack(bare_pack, tmp_path_factory):
     """Copy the pack and put a PROFILE.json next to it."""
     out = tmp_path_factory.mktemp('service_profiled') / 'yolov3-tiny'
     shutil.copytree(bare_pack, out)
-    prof = planner.profile(str(out), device='cpu', repeats=1, warmup=1, progress=False,
-                           activation=False)
-    planner.write_json(prof, out / 'PROFILE.json')
+    prof = profiler.profile(str(out), device='cpu', repeats=1, warmup=1, progress=False,
+                            activation=False)
+    profile_file.save_profile(prof, out / 'PROFILE.json')
     return out
 
 

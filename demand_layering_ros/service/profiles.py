@@ -7,30 +7,20 @@ The pack's profile, which planning needs: read from a file, or measured once and
 here within memory_budget_mb (streamed when the weights do not fit it, so the budget holds from
 the first byte) and saved as that file where the pack is writable: measured once per pack, not
 per start. `BackgroundProfile` does the same in a thread, for a change at run time that must not
-wait for it. The three calls into planning (`load`, `measure`, `save`) live only here.
+wait for it.
 """
 
 from pathlib import Path
 import threading
 import time
 
-from demand_layering_ros.planning import planner
-
-
-def load(path):
-    """Read a PROFILE.json (planning checks its format)."""
-    return planner.load_profile(path)
+from demand_layering_ros.planning import profile_file, profiler
 
 
 def measure(pack_path, device, budget_mb):
-    """Measure the pack on this machine, within `budget_mb` (None: no budget)."""
-    return planner.profile(pack_path, device=device, repeats=2, warmup=1, progress=False,
-                           activation=False, budget_mb=budget_mb)
-
-
-def save(profile, path):
-    """Write a profile as PROFILE.json (atomically)."""
-    planner.write_json(profile, path)
+    """Measure the pack on this machine, within `budget_mb` (None: no budget), quickly."""
+    return profiler.profile(pack_path, device=device, repeats=2, warmup=1, progress=False,
+                            activation=False, budget_mb=budget_mb)
 
 
 def profile_path(settings):
@@ -42,7 +32,8 @@ def stored(settings):
     """Return the profile read from its file, or None when there is none to read."""
     path = profile_path(settings)
     if settings['profile_file'] or Path(path).is_file():
-        return load(path)   # a profile_file given but unreadable is an error, not a re-measure
+        # a profile_file given but unreadable is an error, not a re-measure
+        return profile_file.load_profile(path)
     return None
 
 
@@ -55,7 +46,7 @@ def measure_and_save(settings, log, when='now'):
     log.info('profiled ' + (f'streamed within memory_budget_mb {budget:g}'
                             if profile['mode'] == 'streamed' else 'fully resident'))
     try:
-        save(profile, path)
+        profile_file.save_profile(profile, path)
         log.info(f'saved the profile as {path}')
     except OSError as e:
         log.info(f'profile kept in memory only ({path}: {e.strerror})')
