@@ -52,43 +52,66 @@ def _points(model):
             yield name, kind_of(name), s
 
 
-def plot_latency_memory(results, path):
-    """Latency vs peak process memory (cgroup, page cache included), one panel per model."""
+def _panels(results):
+    """Return (figure, axes, models): one panel per model that was measured; None if none."""
     plt = _pyplot()
     models = [m for m in results['models'].values() if m.get('configs')]
     if not models:
         return None
     fig, axes = _grid(len(models), plt)
+    return fig, axes, models
+
+
+def _mark_point(ax, kind, x, y):
+    """Draw one configuration's point in its marker and colour; return the handle."""
+    marker, colour = MARKERS[kind]
+    return ax.scatter([x], [y], marker=marker, color=colour, s=46, edgecolors='black',
+                      linewidths=0.4, zorder=3)
+
+
+def _label(ax, title, xlabel):
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel('median latency (ms)', fontsize=7)
+
+
+def _finish(fig, handles, labels, title, path):
+    """Add the shared legend and the title, lay the panels out and save the PNG."""
+    fig.legend(handles, labels, loc='lower center', ncol=min(4, len(handles)), fontsize=7,
+               frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    return _save(fig, path)
+
+
+def plot_latency_memory(results, path):
+    """Latency vs peak process memory (cgroup, page cache included), one panel per model."""
+    panels = _panels(results)
+    if panels is None:
+        return None
+    fig, axes, models = panels
     seen = {}
     for ax, m in zip(axes, models):
         for name, kind, s in _points(m):
             x = s.get('peak_mb') if s.get('peak_mb') is not None else s.get('peak_weight_mb')
             if x is None:
                 continue
-            marker, colour = MARKERS[kind]
-            h = ax.scatter([x], [s['median_ms']], marker=marker, color=colour, s=46,
-                           edgecolors='black', linewidths=0.4, zorder=3)
-            seen.setdefault(kind, h)
+            seen.setdefault(kind, _mark_point(ax, kind, x, s['median_ms']))
         _log_if_spread(ax, [s['median_ms'] for _, _, s in _points(m)])
-        ax.set_title(m['key'], fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
-        ax.set_xlabel('peak memory incl. page cache (MB)', fontsize=7)
-        ax.set_ylabel('median latency (ms)', fontsize=7)
-    fig.legend([seen[k] for k in ORDER if k in seen], [CONFIGS[k][0] for k in ORDER if k in seen],
-               loc='lower center', ncol=min(4, len(seen)), fontsize=7, frameon=False)
-    fig.suptitle(f'latency vs peak memory ({_where(results)})', fontsize=9)
-    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
-    return _save(fig, path)
+        _label(ax, m['key'], 'peak memory incl. page cache (MB)')
+    keys = [k for k in ORDER if k in seen]
+    return _finish(fig, [seen[k] for k in keys], [CONFIGS[k][0] for k in keys],
+                   f'latency vs peak memory ({_where(results)})', path)
 
 
 def plot_tradeoff(results, path):
     """Weight memory vs latency: measured points, the planner's predicted best trade-off."""
-    plt = _pyplot()
-    models = [m for m in results['models'].values() if m.get('configs')]
-    if not models:
+    panels = _panels(results)
+    if panels is None:
         return None
-    fig, axes = _grid(len(models), plt)
+    fig, axes, models = panels
     seen = {}
     for ax, m in zip(axes, models):
         plan = (m.get('plans') or {}).get('dl-smallest') or {}
@@ -106,25 +129,15 @@ def plot_tradeoff(results, path):
         for name, kind, s in _points(m):
             if s.get('peak_weight_mb') is None or kind == 'mmap':
                 continue
-            marker, colour = MARKERS[kind]
-            h = ax.scatter([s['peak_weight_mb']], [s['median_ms']], marker=marker, color=colour,
-                           s=46, edgecolors='black', linewidths=0.4, zorder=3)
-            seen.setdefault(kind, h)
+            seen.setdefault(kind, _mark_point(ax, kind, s['peak_weight_mb'], s['median_ms']))
         _log_if_spread(ax, [s['median_ms'] for _, k, s in _points(m) if k != 'mmap']
                        + [a['latency_ms'] for a in front])
-        ax.set_title(m['key'], fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
-        ax.set_xlabel('peak weight memory (MB)', fontsize=7)
-        ax.set_ylabel('median latency (ms)', fontsize=7)
+        _label(ax, m['key'], 'peak weight memory (MB)')
     keys = [k for k in ('predicted',) + ORDER if k in seen]
     labels = ['planner: predicted best trade-off' if k == 'predicted' else CONFIGS[k][0]
               for k in keys]
-    fig.legend([seen[k] for k in keys], labels, loc='lower center', ncol=min(4, len(keys)),
-               fontsize=7, frameon=False)
-    fig.suptitle(f'memory-latency trade-off, measured ({_where(results)})', fontsize=9)
-    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
-    return _save(fig, path)
+    return _finish(fig, [seen[k] for k in keys], labels,
+                   f'memory-latency trade-off, measured ({_where(results)})', path)
 
 
 def timeline_model(results):

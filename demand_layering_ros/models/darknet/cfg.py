@@ -73,45 +73,33 @@ class Section:
         """Return 'file:line' of the section header or of one option."""
         return f'{self.path}:{self.lines.get(key, self.line)}'
 
-    def _raw(self, key, default):
-        return self.options.get(key, default)
+    def _get(self, key, default, convert, what):
+        """Return convert(option), default when absent; a DarknetError when it does not fit."""
+        raw = self.options.get(key, default)
+        if raw is default:
+            return default
+        try:
+            return convert(raw)
+        except ValueError:
+            raise DarknetError(f'{self.where(key)}: option {key}={raw!r} is not {what}') \
+                from None
 
     def get_int(self, key, default=None):
         """Return an int option (default when absent)."""
-        raw = self._raw(key, default)
-        if raw is default:
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise DarknetError(f'{self.where(key)}: option {key}={raw!r} is not an integer') \
-                from None
+        return self._get(key, default, int, 'an integer')
 
     def get_float(self, key, default=None):
         """Return a float option (default when absent)."""
-        raw = self._raw(key, default)
-        if raw is default:
-            return default
-        try:
-            return float(raw)
-        except ValueError:
-            raise DarknetError(f'{self.where(key)}: option {key}={raw!r} is not a number') \
-                from None
+        return self._get(key, default, float, 'a number')
 
     def get_str(self, key, default=None):
         """Return a string option (default when absent)."""
-        return self._raw(key, default)
+        return self.options.get(key, default)
 
     def get_list(self, key, kind=float, default=None):
         """Return a comma-separated list option."""
-        raw = self._raw(key, default)
-        if raw is default:
-            return default
-        try:
-            return [kind(v) for v in raw.split(',') if v != '']
-        except ValueError:
-            raise DarknetError(f'{self.where(key)}: option {key}={raw!r} is not a list of '
-                               f'{kind.__name__}') from None
+        return self._get(key, default, lambda raw: [kind(v) for v in raw.split(',') if v != ''],
+                         f'a list of {kind.__name__}')
 
 
 def parse_cfg(path_or_text, path=None):
