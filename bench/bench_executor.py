@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from demand_layering_ros import direct_io  # noqa: E402
+from demand_layering_ros import direct_io, load, load_resident  # noqa: E402
 from demand_layering_ros import pack as P  # noqa: E402
 from demand_layering_ros.models import registry  # noqa: E402
-from demand_layering_ros.runtime.executor import load, load_resident, MB  # noqa: E402
+from demand_layering_ros.sizes import MB  # noqa: E402
 import torch  # noqa: E402
 
 DEFAULT_MODELS = ['darknet:yolov3-tiny@416x416', 'darknet:yolov2-tiny@416x416',

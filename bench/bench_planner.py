@@ -35,14 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from demand_layering_ros import load, load_resident  # noqa: E402
 from demand_layering_ros import pack as P  # noqa: E402
 from demand_layering_ros.planning import planner  # noqa: E402
 from demand_layering_ros.runtime import arena  # noqa: E402
-from demand_layering_ros.runtime.executor import load, load_resident  # noqa: E402
+from demand_layering_ros.sizes import MB  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-MB = planner.MB
 DEFAULT_MODELS = ['darknet:yolov2@416x416', 'darknet:yolov3@416x416', 'darknet:resnet152',
                   'darknet:densenet201',
                   'torchvision:fasterrcnn_mobilenet_v3_large_320_fpn',

@@ -15,7 +15,8 @@ import sys
 # command -> (module, one-line help)
 COMMANDS = {
     'detect': ('demand_layering_ros.detect', 'run a detector on image files, print JSON lines'),
-    'pack': ('demand_layering_ros.pack', 'write a weight pack laid out in execution order'),
+    'pack': ('demand_layering_ros.pack.command',
+             'write a weight pack laid out in execution order'),
     'profile': ('demand_layering_ros.planning.command',
                 'measure per-unit compute, disk and copy speed'),
     'plan': ('demand_layering_ros.planning.command',

@@ -11,7 +11,9 @@ is the reference for the demand-layered executor (`--pack`).
 import json
 import sys
 
+from demand_layering_ros import load, load_resident
 from demand_layering_ros.models.detector import read_image
+from demand_layering_ros.pack import Pack
 
 
 def add_arguments(parser, command):
@@ -49,24 +51,12 @@ def add_arguments(parser, command):
 
 
 def _load_from_pack(args):
-    """
-    Return (detector, stats_fn) for a weight pack (--pack); stats_fn() -> dict or None.
-
-    EXECUTOR HOOK: this is the only place where the detect command touches the executor;
-    the executor engineer owns its details.
-    """
-    try:
-        import demand_layering_ros.runtime.executor  # noqa: F401
-    except ImportError as e:
-        raise RuntimeError('--pack needs demand_layering_ros.runtime.executor, which is not '
-                           f'available in this installation ({e})') from e
-    import demand_layering_ros as dlr
+    """Return (detector, stats_fn) for a weight pack (--pack); stats_fn() -> dict or None."""
     if args.resident:
-        from demand_layering_ros.pack import Pack
         det = Pack.open(args.pack).build_detector(device=args.device, meta=True)
-        det.model = dlr.load_resident(args.pack, device=args.device)
+        det.model = load_resident(args.pack, device=args.device)
         return det, lambda: None
-    model = dlr.load(args.pack, device=args.device, budget_mb=args.budget_mb, plan=args.plan)
+    model = load(args.pack, device=args.device, budget_mb=args.budget_mb, plan=args.plan)
     return model.detector, model.stats
 
 

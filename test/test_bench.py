@@ -13,7 +13,9 @@ memory, and that the mmap baseline really ran under the memory the smallest plan
 
 import json
 
-from bench import harness as bench
+from bench import harness, plans, report
+from bench.configs import BenchError, MODELS, PAPER_FAMILY, rep_order, resolve_models
+from demand_layering_ros import quantiles
 import pytest
 from tools import cgroups
 
@@ -95,7 +97,7 @@ def smoke(tmp_path_factory):
             'dl-budget',
             '--out', str(d / 'out'), '--markdown', str(md), '--drop-caches', 'weights',
             '--quiet']
-    assert bench.main(argv) == 0
+    assert harness.main(argv) == 0
     results = json.loads((d / 'out' / 'results.json').read_text())
     return results, d / 'out', md
 
@@ -187,7 +189,7 @@ def test_markdown_section_and_plots(smoke):
         assert (md.parent / 'bench' / png.name).is_file()
         assert f'(bench/cpu_{name}.png)' in text
     # writing again replaces the section instead of appending a second one
-    bench.write_markdown(results, md, 'cpu', {})
+    report.write_markdown(results, md, 'cpu', {})
     again = md.read_text()
     assert again.count('<!-- bench:cpu:begin -->') == 1
     assert 'Text another engineer wrote.' in again and '### Plots' not in again
@@ -195,18 +197,18 @@ def test_markdown_section_and_plots(smoke):
 
 def test_repetitions_alternate_the_order():
     configs = ['dl-smallest', 'naive', 'resident', 'mmap']
-    assert bench.rep_order(configs, 0) == configs
-    assert bench.rep_order(configs, 1) == configs[::-1]
-    assert bench.rep_order(configs, 2) == configs
+    assert rep_order(configs, 0) == configs
+    assert rep_order(configs, 1) == configs[::-1]
+    assert rep_order(configs, 2) == configs
 
 
 def test_percentile_is_nearest_rank():
     values = list(range(1, 21))          # 20 passes: p99 is the slowest, the median is 10.5
-    assert bench.percentile(values, 99) == 20
-    assert bench.percentile(values, 50) == 10
-    assert bench.percentile([3.0], 99) == 3.0
+    assert quantiles.nearest_rank(values, 99) == 20
+    assert quantiles.nearest_rank(values, 50) == 10
+    assert quantiles.nearest_rank([3.0], 99) == 3.0
     with pytest.raises(ValueError):
-        bench.percentile([], 50)
+        quantiles.nearest_rank([], 50)
 
 
 class _Unit:
@@ -229,26 +231,26 @@ def test_pipeline_bound_by_hand():
     bw = 100 * MIB
     # a: max(0+2, 1000)+10 = 1010; b: max(1010, 1500)+700 = 2200; c: max(2203, 3500)+5 = 3505;
     # b again (already in): 3505+1 = 3506; tail: 3510
-    assert bench.pipeline_bound_ms(_Pack, prof, bw) == pytest.approx(3510.0)
+    assert plans.pipeline_bound_ms(_Pack, prof, bw) == pytest.approx(3510.0)
     # c resident: a 1000, b 1500; c: max(2203, 0)+5 = 2208; b: 2209; tail 2213
-    assert bench.pipeline_bound_ms(_Pack, prof, bw, ['c']) == pytest.approx(2213.0)
+    assert plans.pipeline_bound_ms(_Pack, prof, bw, ['c']) == pytest.approx(2213.0)
     # everything resident: the compute alone, 2+10+700+3+5+1+4
-    assert bench.pipeline_bound_ms(_Pack, prof, bw, ['a', 'b', 'c']) == pytest.approx(725.0)
-    with pytest.raises(bench.BenchError, match='call order'):
-        bench.pipeline_bound_ms(_Pack, {'steps': dict(prof['steps'], unit=[0, 1])}, bw)
+    assert plans.pipeline_bound_ms(_Pack, prof, bw, ['a', 'b', 'c']) == pytest.approx(725.0)
+    with pytest.raises(BenchError, match='call order'):
+        plans.pipeline_bound_ms(_Pack, {'steps': dict(prof['steps'], unit=[0, 1])}, bw)
 
 
 def test_unknown_model_and_configuration_are_refused(tmp_path):
     with pytest.raises(ValueError, match='unknown model'):
-        bench.resolve_models(['no-such-model'], 'cpu')
+        resolve_models(['no-such-model'], 'cpu')
     with pytest.raises(SystemExit, match='unknown configurations'):
-        bench.main(['--configs', 'resident,warp-drive', '--out', str(tmp_path)])
+        harness.main(['--configs', 'resident,warp-drive', '--out', str(tmp_path)])
 
 
 def test_default_models_cover_the_issue():
-    assert set(bench.PAPER_FAMILY) <= set(bench.MODELS)
-    assert len(bench.MODELS) == 10
-    assert bench.MODELS['yolov3-tiny'].get('real')
+    assert set(PAPER_FAMILY) <= set(MODELS)
+    assert len(MODELS) == 10
+    assert MODELS['yolov3-tiny'].get('real')
 
 
 def _bench_script(name):

@@ -18,6 +18,8 @@ from pathlib import Path
 import shutil
 import signal
 
+from demand_layering_ros import pack as pack_mod
+from demand_layering_ros.models import assets, darknet
 from demand_layering_ros.service import imaging
 from demand_layering_ros.service.imaging import ImageError
 from hypothesis import given, HealthCheck, settings, strategies as st
@@ -25,6 +27,7 @@ import numpy as np
 import pytest
 import skimage.data
 from tools import cgroups
+import torch
 
 MIB = 1 << 20
 FUZZ = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck),
@@ -220,15 +223,13 @@ def test_real_ros_messages_with_extreme_fields():
 
 @pytest.fixture(scope='module')
 def tiny_pack(tmp_path_factory):
-    pack = pytest.importorskip('demand_layering_ros.pack')
-    torch = pytest.importorskip('torch')
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
                                 torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3),
                                 torch.nn.Conv2d(16, 4, 1)).eval()
     out = tmp_path_factory.mktemp('fuzzpack') / 'tiny'
-    p = pack.write_pack_from_module(model, torch.randn(1, 3, 12, 12), out, {'spec': 'fuzz:tiny'},
-                                    merge_bytes=0, progress=False)
+    p = pack_mod.write_pack_from_module(model, torch.randn(1, 3, 12, 12), out,
+                                        {'spec': 'fuzz:tiny'}, merge_bytes=0, progress=False)
     assert len(p.units) >= 3
     state = {k: v.clone() for k, v in model.state_dict().items()}
     return out, json.loads((out / 'manifest.json').read_text()), state
@@ -278,7 +279,6 @@ def _open_and_read(pack_mod, path):
 @FUZZ
 @given(st.data())
 def test_fuzz_manifest_values(tiny_pack, tmp_path_factory, data):
-    pack_mod = pytest.importorskip('demand_layering_ros.pack')
     src, manifest, _ = tiny_pack
     m = copy.deepcopy(manifest)
     for _ in range(data.draw(st.integers(1, 3))):
@@ -304,7 +304,6 @@ def test_fuzz_manifest_values(tiny_pack, tmp_path_factory, data):
                                                                         max_size=4),
                     max_leaves=20))
 def test_fuzz_random_json_manifest(tiny_pack, tmp_path_factory, doc):
-    pack_mod = pytest.importorskip('demand_layering_ros.pack')
     dst = _copy_pack(tiny_pack[0], tmp_path_factory.getbasetemp() / 'fuzz-json')
     if isinstance(doc, dict) and doc:
         doc.setdefault('format', 'demand_layering_ros.pack')
@@ -318,7 +317,6 @@ def test_fuzz_random_json_manifest(tiny_pack, tmp_path_factory, doc):
 @FUZZ
 @given(st.data())
 def test_fuzz_garbled_manifest_bytes(tiny_pack, tmp_path_factory, data):
-    pack_mod = pytest.importorskip('demand_layering_ros.pack')
     dst = _copy_pack(tiny_pack[0], tmp_path_factory.getbasetemp() / 'fuzz-bytes')
     raw = bytearray((dst / 'manifest.json').read_bytes())
     if data.draw(st.booleans()):
@@ -334,8 +332,6 @@ def test_fuzz_garbled_manifest_bytes(tiny_pack, tmp_path_factory, data):
 @FUZZ
 @given(st.data())
 def test_fuzz_truncated_or_flipped_weights(tiny_pack, tmp_path_factory, data):
-    pack_mod = pytest.importorskip('demand_layering_ros.pack')
-    torch = pytest.importorskip('torch')
     src, manifest, state = tiny_pack
     dst = _copy_pack(src, tmp_path_factory.getbasetemp() / 'fuzz-weights')
     wpath = dst / 'weights.safetensors'
@@ -403,7 +399,6 @@ def cfg_texts(draw):
 
 def _parse_and_build(darknet, text, size):
     """Parse and build on the meta device (no weight memory); only DarknetError may escape."""
-    torch = pytest.importorskip('torch')
     try:
         sections = darknet.parse_cfg(text, path='fuzz.cfg')
         with torch.device('meta'):
@@ -415,21 +410,18 @@ def _parse_and_build(darknet, text, size):
 @FUZZ
 @given(cfg_texts(), st.sampled_from([None, (32, 32), (13, 7)]))
 def test_fuzz_random_cfg_text(text, size):
-    darknet = pytest.importorskip('demand_layering_ros.models.darknet')
     with guard(seconds=10, name='cfg'):
         _parse_and_build(darknet, text, size)
 
 
 @pytest.fixture(scope='module')
 def real_cfg_lines():
-    assets = pytest.importorskip('demand_layering_ros.models.assets')
     return Path(assets.yolov3_tiny()[0]).read_text().splitlines()
 
 
 @FUZZ
 @given(st.data())
 def test_fuzz_mutated_real_cfg(real_cfg_lines, data):
-    darknet = pytest.importorskip('demand_layering_ros.models.darknet')
     lines = list(real_cfg_lines)
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(lines) - 1))

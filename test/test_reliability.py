@@ -24,12 +24,13 @@ import sys
 import threading
 import time
 
+from demand_layering_ros import direct_io
+from demand_layering_ros import pack as pack_mod
+from demand_layering_ros.models import assets
+from demand_layering_ros.runtime import executor
 import pytest
 from tools import cgroups
-
-torch = pytest.importorskip('torch')
-pack_mod = pytest.importorskip('demand_layering_ros.pack')
-executor = pytest.importorskip('demand_layering_ros.runtime.executor')
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
@@ -44,7 +45,6 @@ def _figure(name, n=1):
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     """Write a pack of the real COCO yolov3-tiny; return it, an input and the oracle outputs."""
-    assets = pytest.importorskip('demand_layering_ros.models.assets')
     _, weights, _ = assets.yolov3_tiny()
     out = tmp_path_factory.mktemp('rel') / 'yolov3-tiny'
     pack = pack_mod.write_pack('darknet:yolov3-tiny', out, weights=weights,
@@ -307,7 +307,6 @@ def test_slow_disk_is_slower_but_exact(tiny):
 
 def test_reader_fault_hook_and_leaks_at_the_reader_level(tiny):
     """The same contract one level down: Reader + Pack.read_unit."""
-    direct_io = pytest.importorskip('demand_layering_ros.direct_io')
     pack = tiny[0]
     before = _resources()
     inj = Injector()
@@ -506,7 +505,7 @@ def test_node_budget_holds_under_a_hard_limit_that_kills_the_resident_node(big_p
     avail = cgroups.cgroups_available()
     if not avail:
         pytest.skip(f'memory cgroups: {avail.reason}')
-    pytest.importorskip('demand_layering_ros.ros.node')
+    pytest.importorskip('rclpy')
     probe = executor.load(big_pack.path)
     weight_peak = probe.stats()['arena_bytes'] + probe.stats()['resident_bytes']
     probe.close()
@@ -682,7 +681,6 @@ def test_manifest_names_cannot_escape_the_pack(tiny, tmp_path):
 
 def test_invalid_parameters_are_refused_before_use(tiny):
     pack = tiny[0]
-    direct_io = pytest.importorskip('demand_layering_ros.direct_io')
     from demand_layering_ros.models import registry
     before = _resources()
     for bad in (-1, 0, float('nan'), 'ten', True):

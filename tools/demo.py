@@ -20,13 +20,14 @@ import sys
 import threading
 import time
 
+from demand_layering_ros.sizes import MB
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ('dog', 'person', 'horses', 'giraffe', 'kite', 'eagle')
 SKIMAGE_PHOTOS = ('astronaut', 'coffee')
 CAMERA_TOPIC = '/camera/image_raw'
 DETECTIONS_TOPIC = '/camera/detections'
 LABELS_TOPIC = '/camera/label_info'
-MIB = 1024.0 * 1024.0
 
 
 def add_arguments(parser, command=None):
@@ -239,9 +240,9 @@ def run_phase(ros_node, phase, params_file, overrides, photos, args, out_dir, we
         'deadline_misses': int(cam.get('deadline_misses', 0)),
         'peak_weight_mb': float(model.get('peak_weight_mb', 'nan')),
         'io_mode': model.get('io_mode', ''),
-        'process_peak_mb': result.peak_bytes / MIB,
-        'page_cache_growth_mb': cache_growth / MIB,
-        'weights_file_cached_mb': weights_cached / MIB,
+        'process_peak_mb': result.peak_bytes / MB,
+        'page_cache_growth_mb': cache_growth / MB,
+        'weights_file_cached_mb': weights_cached / MB,
         'detections_received': listener.count,
     }
 
@@ -312,7 +313,7 @@ def run(args, command=None):
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     pk = ensure_pack(args.pack)
-    pack_mb = sum(u.nbytes for u in pk.units) / MIB
+    pack_mb = sum(u.nbytes for u in pk.units) / MB
     photos = demo_photos(out_dir)
     with open(args.params_file, encoding='utf-8') as f:
         params = yaml.safe_load(f)['demand_layering_detector']['ros__parameters']
