@@ -37,7 +37,9 @@ if str(ROOT) not in sys.path:
 
 from demand_layering_ros import load, load_resident  # noqa: E402
 from demand_layering_ros import pack as P  # noqa: E402
-from demand_layering_ros.planning import planner  # noqa: E402
+from demand_layering_ros.planning import planner, profile_file, profiler  # noqa: E402
+from demand_layering_ros.planning.schedule import Schedule  # noqa: E402
+from demand_layering_ros.planning.timing import Timing  # noqa: E402
 from demand_layering_ros.runtime import arena  # noqa: E402
 from demand_layering_ros.sizes import MB  # noqa: E402
 import numpy as np  # noqa: E402
@@ -147,8 +149,8 @@ def rescaled(prof, k):
 
 def bounds(pack, prof, plan_a):
     """Explain what stops the trade-off: the memory floor and the disk-vs-compute bound."""
-    sched = planner.Schedule.from_pack(pack)
-    timing = planner.Timing.from_profile(prof, sched)
+    sched = Schedule.from_pack(pack)
+    timing = Timing.from_profile(prof, sched)
     total = sum(sched.lengths[u] for u in sched.called)
     read_all = sum(1e3 * timing.read.seconds_queued(sched.lengths[u]) for u in sched.called)
     compute = timing.floor()
@@ -180,14 +182,16 @@ def bench_model(text, args):
     pack = P.Pack.open(pack_dir)
     device = args.device
     t0 = time.perf_counter()
-    prof = planner.profile(pack.path, device=device, repeats=args.repeats, progress=False)
-    planner.write_json(prof, pack_dir / 'PROFILE.json')
+    prof = profiler.profile(pack.path, device=device, repeats=args.repeats, progress=False)
+    profile_file.save_profile(prof, pack_dir / 'PROFILE.json')
     total_mb = sum(u.length for u in pack.units) / MB
-    plans = {'smallest': planner.plan(pack, prof, device=device)}
+    plans = {'smallest': planner.plan(pack, prof, device=device).to_dict()}
     full_pred = plans['smallest']['fully_resident']['predicted_latency_ms']
-    plans['overhead_1ms'] = planner.plan(pack, prof, deadline_ms=full_pred + 1.0, device=device)
+    plans['overhead_1ms'] = planner.plan(pack, prof, deadline_ms=full_pred + 1.0,
+                                         device=device).to_dict()
     try:
-        plans['budget_25pct'] = planner.plan(pack, prof, budget_mb=total_mb / 4, device=device)
+        plans['budget_25pct'] = planner.plan(pack, prof, budget_mb=total_mb / 4,
+                                              device=device).to_dict()
     except planner.PlanInfeasible as e:
         print(f'{name}: budget {total_mb / 4:.1f} MB infeasible: {e}', file=sys.stderr)
     period = None
@@ -195,7 +199,7 @@ def bench_model(text, args):
         # the smallest plan again, with idle time between frames to preload the first units
         period = args.period_factor * plans['smallest']['predicted_latency_ms']
         plans['smallest_framed'] = planner.plan(pack, prof, device=device,
-                                                frame_period_ms=period)
+                                                frame_period_ms=period).to_dict()
     det = pack.build_detector(device=device, meta=True)
     h, w = det.input_size or (416, 416)
     img = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)

@@ -51,8 +51,8 @@ def disk_bandwidth(path, request_bytes=4 << 20, repeats=3):
 
 def machine(device, bws):
     """Describe the machine: CPU, cores, memory, disk bandwidth, GPU, library versions."""
-    from demand_layering_ros.planning import profiler
-    info = profiler.machine_info(device)
+    from demand_layering_ros.planning.measure.machine import machine_info
+    info = machine_info(device)
     try:
         import accelerate
         info['accelerate'] = accelerate.__version__

@@ -43,12 +43,12 @@ def make_plans(pk, prof, n_budgets):
     """
     from demand_layering_ros.planning import planner
     plans = {}
-    smallest = planner.plan(pk, prof)
+    smallest = planner.plan(pk, prof).to_dict()
     plans['dl-smallest'] = smallest
     full_ms = (smallest.get('fully_resident') or {}).get('predicted_latency_ms') \
         or prof['resident_latency_ms']
     try:
-        plans['dl-1ms'] = planner.plan(pk, prof, deadline_ms=full_ms + 1.0)
+        plans['dl-1ms'] = planner.plan(pk, prof, deadline_ms=full_ms + 1.0).to_dict()
     except planner.PlanInfeasible as e:
         plans['dl-1ms'] = {'infeasible': str(e)}
     lo = smallest['predicted_peak_weight_mb']
@@ -59,7 +59,7 @@ def make_plans(pk, prof, n_budgets):
         budget = round(lo * (hi / lo) ** (j / (n_budgets + 1)), 2) if lo > 0 else hi
         name = f'dl-budget-{budget:g}'
         try:
-            plans[name] = planner.plan(pk, prof, budget_mb=budget)
+            plans[name] = planner.plan(pk, prof, budget_mb=budget).to_dict()
             plans[name]['budget_mb'] = budget
         except planner.PlanInfeasible as e:
             plans[name] = {'infeasible': str(e), 'budget_mb': budget}

@@ -66,7 +66,7 @@ def prepare_model(key, src, work, device, configs, n_budgets, repeats, log):
     under 'errors' so the other configurations still run.
     """
     from demand_layering_ros import pack as packmod
-    from demand_layering_ros.planning import planner
+    from demand_layering_ros.planning import profile_file, profiler
     d = Path(work) / key
     d.mkdir(parents=True, exist_ok=True)
     info = {'key': key, 'spec': src['spec'], 'input_size': src['input_size'],
@@ -113,8 +113,8 @@ def prepare_model(key, src, work, device, configs, n_budgets, repeats, log):
         prof_path = d / f'profile-{device.split(":")[0]}.json'
         try:
             log(f'{key}: profiling')
-            prof = planner.profile(pack_dir, device=device, repeats=repeats, progress=False)
-            planner.write_json(prof, prof_path)
+            prof = profiler.profile(pack_dir, device=device, repeats=repeats, progress=False)
+            profile_file.save_profile(prof, prof_path)
             info['profile'] = str(prof_path)
             info['resident_profile_ms'] = prof.get('resident_latency_ms')
             log(f'{key}: planning')
