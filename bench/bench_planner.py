@@ -191,7 +191,7 @@ def bench_model(text, args):
                                          device=device).to_dict()
     try:
         plans['budget_25pct'] = planner.plan(pack, prof, budget_mb=total_mb / 4,
-                                              device=device).to_dict()
+                                             device=device).to_dict()
     except planner.PlanInfeasible as e:
         print(f'{name}: budget {total_mb / 4:.1f} MB infeasible: {e}', file=sys.stderr)
     period = None

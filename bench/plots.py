@@ -12,13 +12,7 @@ from pathlib import Path
 import sys
 
 from bench.configs import CONFIGS, DL_KINDS, kind_of, MARKERS, ORDER
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
+from demand_layering_ros import plots
 
 
 def _grid(n, plt, w=3.2, h=2.6):
@@ -54,7 +48,7 @@ def _points(model):
 
 def _panels(results):
     """Return (figure, axes, models): one panel per model that was measured; None if none."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     models = [m for m in results['models'].values() if m.get('configs')]
     if not models:
         return None
@@ -83,7 +77,7 @@ def _finish(fig, handles, labels, title, path):
                frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.12, 1, 0.95))
-    return _save(fig, path)
+    return plots.save(fig, path, dpi=80)
 
 
 def plot_latency_memory(results, path):
@@ -165,7 +159,6 @@ def timeline_model(results):
 
 def plot_timeline(results, path):
     """One pass of the smallest plan as read / copy / compute bars (plots.timeline)."""
-    from demand_layering_ros import plots
     found = timeline_model(results)
     if found is None:
         return None
@@ -175,14 +168,6 @@ def plot_timeline(results, path):
     title = (f'{key}, {CONFIGS[kind_of(config)][0]}: one pass of {shown:.0f} ms '
              f'(median {s.get("median_ms"):.0f} ms; {_where(results)})')
     return plots.timeline(rows, path, title=title)
-
-
-def _save(fig, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    _pyplot().close(fig)
-    return path
 
 
 def _where(results):

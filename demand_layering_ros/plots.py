@@ -24,18 +24,20 @@ PAPER = (  # Ji et al., RTSS 2022 (Jetson AGX Xavier, Darknet, NVMe)
 )
 
 
-def _pyplot():
+def pyplot():
+    """Return matplotlib.pyplot on the file-only Agg backend (no display on a robot or in CI)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig, path):
+def save(fig, path, dpi=110):
+    """Write a figure as PNG (creating the folder) and free it; return the Path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path
 
 
@@ -49,7 +51,7 @@ def tradeoff(plan, path, title=None):
     """
     if isinstance(plan, Plan):
         plan = plan.to_dict()
-    plt = _pyplot()
+    plt = pyplot()
     alts = plan.get('alternatives') or []
     full = plan['fully_resident']
     full_mb, full_ms = full['weight_mb'], full['predicted_latency_ms']
@@ -84,7 +86,7 @@ def tradeoff(plan, path, title=None):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc='upper right')
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def timeline(rows, path, title=None):
@@ -94,7 +96,7 @@ def timeline(rows, path, title=None):
     Each unit is one row, in first-use order: read (blue), copy (orange) and compute (green)
     spans; rows without a read are resident units.
     """
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in rows if r.get('compute_start') is not None]
     n = max(len(rows), 1)
     fig, ax = plt.subplots(figsize=(9, min(2.0 + 0.12 * n, 14)))
@@ -135,4 +137,4 @@ def timeline(rows, path, title=None):
     if used:
         ax.legend(fontsize=8, loc='upper right')
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
