@@ -9,6 +9,7 @@ limit is OOM-killed, one under it survives with the peak it really had, a buffer
 charged as page cache and an O_DIRECT read is not.
 """
 
+import mmap
 import os
 from pathlib import Path
 import signal
@@ -231,9 +232,13 @@ def test_process_figures_move_with_what_the_process_does():
         stop.set()
         t.join()
     rss = cgroups.process_rss()
-    blob = bytearray(b'\x01') * (64 * MIB)
+    # fresh pages from the kernel: a bytearray may reuse memory malloc already holds (after
+    # other tests in the same process) and leave RSS where it was
+    blob = mmap.mmap(-1, 64 * MIB)
+    for off in range(0, 64 * MIB, mmap.PAGESIZE):
+        blob[off] = 1
     assert cgroups.process_rss() - rss >= 60 * MIB
-    del blob
+    blob.close()
     if cgroups.reset_peak_rss():
         assert cgroups.process_peak_rss() < cgroups.process_rss() + 16 * MIB
 
