@@ -21,7 +21,9 @@ from demand_layering_ros.models import registry
 from demand_layering_ros.models.detector import Detector
 from demand_layering_ros.pack import PackError
 from demand_layering_ros.runtime.arena import ArenaTooSmall
-from demand_layering_ros.runtime.executor import ExecutorError, load, load_resident, MB
+from demand_layering_ros.runtime.errors import ExecutorError
+from demand_layering_ros.runtime.loading import load, load_resident
+from demand_layering_ros.sizes import MB
 import pytest
 from tools import cgroups
 import torch
@@ -430,7 +432,7 @@ def test_released_weights_hold_no_memory(packs):
     handle.remove()
     assert seen and seen[0]() is None                  # the arena view died with the release
     assert all(p.is_meta for p in m.module.parameters())
-    arena = weakref.ref(m._engine.arena_host)
+    arena = weakref.ref(m._engine.pipeline.staging.arena)
     threads = threading.active_count()
     del m, conv
     gc.collect()
@@ -481,7 +483,7 @@ def test_memory_figures_match_the_kernel(packs):
     st = m.stats()
     rss_streamed = cgroups.process_rss() - rss0
     # The arena's own mapping holds the pages the figure counts.
-    rss = arena_rss(m._engine.arena_host.data_ptr())
+    rss = arena_rss(m._engine.pipeline.staging.arena.data_ptr())
     assert 0.9 * st['arena_committed_bytes'] <= rss <= st['arena_committed_bytes']
     assert st['peak_weight_bytes'] == st['arena_committed_bytes'] + st['resident_bytes']
     if st['io_mode'] == 'direct':
