@@ -4,7 +4,7 @@
 Demand-layered DNN inference for ROS 2: stream each layer's weights right before it runs.
 
 The package root stays light (no torch import) so that `ros2 launch` and the CLI start fast;
-`load` and `load_resident` import the executor on first use.
+`load` and `load_resident` import the runtime on first use.
 """
 
 __version__ = '0.1.0'
@@ -13,12 +13,12 @@ __all__ = ['load', 'load_resident', '__version__']
 
 
 def load(*args, **kwargs):
-    """Open a weight pack as a demand-layered model (see executor.load)."""
-    from demand_layering_ros.runtime.executor import load as _load
-    return _load(*args, **kwargs)
+    """Open a weight pack as a demand-layered model (see runtime.loading.load)."""
+    from demand_layering_ros.runtime import loading
+    return loading.load(*args, **kwargs)
 
 
 def load_resident(*args, **kwargs):
-    """Open a weight pack as the plain, fully resident model (see executor.load_resident)."""
-    from demand_layering_ros.runtime.executor import load_resident as _load_resident
-    return _load_resident(*args, **kwargs)
+    """Open a weight pack as the plain, fully resident model (see runtime.loading)."""
+    from demand_layering_ros.runtime import loading
+    return loading.load_resident(*args, **kwargs)

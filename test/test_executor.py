@@ -10,6 +10,7 @@ calls, large layers to split). Memory figures are checked against the kernel's o
 """
 
 import gc
+import hashlib
 import json
 import os
 import threading
@@ -20,8 +21,11 @@ from demand_layering_ros import pack as P
 from demand_layering_ros.models import registry
 from demand_layering_ros.models.detector import Detector
 from demand_layering_ros.pack import PackError
+from demand_layering_ros.runtime import slots
 from demand_layering_ros.runtime.arena import ArenaTooSmall
-from demand_layering_ros.runtime.executor import ExecutorError, load, load_resident, MB
+from demand_layering_ros.runtime.errors import ExecutorError
+from demand_layering_ros.runtime.loading import load, load_resident
+from demand_layering_ros.sizes import MB
 import pytest
 from tools import cgroups
 import torch
@@ -430,7 +434,7 @@ def test_released_weights_hold_no_memory(packs):
     handle.remove()
     assert seen and seen[0]() is None                  # the arena view died with the release
     assert all(p.is_meta for p in m.module.parameters())
-    arena = weakref.ref(m._engine.arena_host)
+    arena = weakref.ref(m._engine.pipeline.staging.arena)
     threads = threading.active_count()
     del m, conv
     gc.collect()
@@ -481,7 +485,7 @@ def test_memory_figures_match_the_kernel(packs):
     st = m.stats()
     rss_streamed = cgroups.process_rss() - rss0
     # The arena's own mapping holds the pages the figure counts.
-    rss = arena_rss(m._engine.arena_host.data_ptr())
+    rss = arena_rss(m._engine.pipeline.staging.arena.data_ptr())
     assert 0.9 * st['arena_committed_bytes'] <= rss <= st['arena_committed_bytes']
     assert st['peak_weight_bytes'] == st['arena_committed_bytes'] + st['resident_bytes']
     if st['io_mode'] == 'direct':
@@ -499,6 +503,143 @@ def test_memory_figures_match_the_kernel(packs):
     # The resident model costs the whole model; streaming costs its peak figure.
     saved = rss_resident - rss_streamed
     assert saved > 0.85 * (total - st['peak_weight_bytes']), (rss_resident, rss_streamed)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+# What the runtime configured for each request before budget fitting moved to planning/fit.py and
+# executor.py was split (recorded on the commit before the split): (arena_bytes, split_bytes,
+# prefetch_depth, resident units, slots, digest of plan(), the configuration stats and every
+# slot's name, kind, file offset, bytes, steps, rows, arena offset, rank and pieces), or the
+# message of the ArenaTooSmall it raised.
+CONFIGURED = {
+    ('tiny', '300k'): (286720, None, None, 5, 7, '39a34b88825a468f'),
+    ('tiny', '300k-split'): (114688, 16384, None, 7, 29, '1af8823c85fabc74'),
+    ('tiny', 'big'): (0, None, None, 13, 0, '8eb7286e14aabd68'),
+    ('tiny', 'floor'): (266240, None, None, 1, 11, 'c0b238951cc9b5c6'),
+    ('tiny', 'half-largest'): (98304, 69632, None, 4, 15, '4c546942f076baaa'),
+    ('tiny', 'mid'): (319488, None, None, 8, 4, '036de43a5070818c'),
+    ('tiny', 'mid-depth2'): (319488, None, 2, 8, 4, '68e4c86ee5d9f4dd'),
+    ('tiny', 'none'): (266240, None, None, 1, 11, 'b25c81a3c193364e'),
+    ('tiny', 'plan'): (532480, None, 1, 4, 8, '0a721b22ed7c922c'),
+    ('tiny', 'plan-at-total'):
+        'budget 0.59 MB (614400 bytes) is below the plan: resident units, extra buffers and '
+        'the arena need 696320 bytes',
+    ('tiny', 'plan-at-largest'):
+        'budget 0.25 MB (266240 bytes) is below the plan: resident units, extra buffers and '
+        'the arena need 696320 bytes',
+    ('tiny', 'plan-partial'): (45056, 32768, 1, 1, 28, 'd166e84be8dd5343'),
+    ('tiny', 'plan-partial-budget'): (143360, 32768, None, 10, 12, 'f400ec930c2c214a'),
+    ('tiny', 'split16k'): (40960, 16384, None, 1, 45, '3d470ab48952c473'),
+    ('tiny', 'tiny-budget'):
+        'budget 0.01 MB (10485 bytes) cannot hold the weights needed at step 2: unit '
+        "'big[0:60]' needs 69632 bytes while 4096 bytes are held by units still in use "
+        '(largest free block 0 bytes)',
+    ('tiny', 'total'): (0, None, None, 13, 0, 'c814611ec38ff11b'),
+    ('yolov3-tiny', '300k'): (307200, 151552, None, 0, 253, '7d5cf58cf47e40fa'),
+    ('yolov3-tiny', '300k-split'): (204800, 16384, None, 2, 2539, '97e9caa0866f46de'),
+    ('yolov3-tiny', 'big'): (0, None, None, 12, 0, '11900c3aba901126'),
+    ('yolov3-tiny', 'floor'): (18890752, None, None, 0, 12, '48a8be3d5e5ce2c6'),
+    ('yolov3-tiny', 'half-largest'): (6148096, 4722688, None, 7, 9, '93e4a3376163bbf9'),
+    ('yolov3-tiny', 'mid'): (23609344, None, None, 8, 4, '87590f0103dc2da8'),
+    ('yolov3-tiny', 'mid-depth2'): (23609344, None, 2, 8, 4, 'd714de49a4e42119'),
+    ('yolov3-tiny', 'none'): (18890752, None, None, 0, 12, 'b31d129838a78b9b'),
+    ('yolov3-tiny', 'plan'): (37781504, None, 1, 3, 9, '980493c8bd6d364c'),
+    ('yolov3-tiny', 'plan-at-total'):
+        'budget 33.80 MB (35446784 bytes) is below the plan: resident units, extra buffers '
+        'and the arena need 38182912 bytes',
+    ('yolov3-tiny', 'plan-at-largest'):
+        'budget 18.02 MB (18890752 bytes) is below the plan: resident units, extra buffers '
+        'and the arena need 38182912 bytes',
+    ('yolov3-tiny', 'plan-partial'): (65536, 32768, None, 0, 1616, '2baa33c4cc6525d0'),
+    ('yolov3-tiny', 'plan-partial-budget'): (10612736, 32768, None, 11, 1025, '48727119213db202'),
+    ('yolov3-tiny', 'split16k'): (36864, 16384, 1, 0, 2546, '9af61136c7bfdc0b'),
+    ('yolov3-tiny', 'tiny-budget'):
+        'budget 0.01 MB (10485 bytes) cannot hold the weights needed at step 0: unit '
+        "'layers.0.conv' needs 24576 bytes while 0 bytes are held by units still in use "
+        '(largest free block 8192 bytes)',
+    ('yolov3-tiny', 'total'): (0, None, None, 12, 0, '69f127a760738096'),
+}
+CONFIG_STATS = ('budget_bytes', 'resident_bytes', 'arena_bytes', 'staging_bytes', 'model_bytes',
+                'device', 'staging', 'resident_units', 'streamed_units', 'split_units',
+                'split_bytes', 'prefetch_depth')
+
+
+def config_requests(pack):
+    """Return {case: load() keyword arguments}: budgets from the floor to twice the model."""
+    m = load(pack.path)
+    st = m.stats()
+    m.close()
+    floor, total = st['arena_bytes'] + st['resident_bytes'], model_bytes(pack)
+    mid = (floor + total) // 2
+    largest = max(u.length for u in pack.units)
+    head = [u.name for u in sorted(pack.units, key=lambda u: (u.first_call is None,
+                                                              u.first_call or 0))[:3]]
+    fixed = {'resident_units': head, 'arena_bytes': 2 * largest}
+    return {'none': {}, 'split16k': {'split_bytes': 16 << 10},
+            'floor': {'budget_mb': floor / MB}, 'mid': {'budget_mb': mid / MB},
+            'total': {'budget_mb': total / MB}, 'big': {'budget_mb': 2 * total / MB},
+            'half-largest': {'budget_mb': largest // 2 / MB},
+            '300k': {'budget_mb': (300 << 10) / MB},
+            '300k-split': {'budget_mb': (300 << 10) / MB, 'split_bytes': 16 << 10},
+            'mid-depth2': {'budget_mb': mid / MB, 'prefetch_depth': 2},
+            'plan': {'plan': dict(fixed, prefetch_depth=1)},
+            'plan-partial-budget': {'budget_mb': mid / MB, 'plan': {'split_bytes': 32 << 10}},
+            'plan-partial': {'plan': {'split_bytes': 32 << 10, 'prefetch_depth': 3}},
+            'plan-at-total': {'budget_mb': total / MB, 'plan': fixed},
+            'tiny-budget': {'budget_mb': 0.01},
+            'plan-at-largest': {'budget_mb': largest / MB, 'plan': fixed}}
+
+
+@pytest.mark.parametrize('name', ['tiny', 'yolov3-tiny'])
+def test_configuration_is_the_one_before_the_split(packs, name):
+    """Residents, arena, split, depth and every slot's place, for budgets, plans and options."""
+    pack = packs(name)
+    for case, kw in config_requests(pack).items():
+        want = CONFIGURED[(name, case)]
+        if isinstance(want, str):
+            with pytest.raises(ArenaTooSmall) as err:
+                load(pack.path, **kw)
+            assert str(err.value) == want, case
+            continue
+        m = load(pack.path, **kw)
+        plan, st = m.plan(), m.stats()
+        slots = [[s.name, s.kind, s.file_offset, s.length, s.first_step, s.last_step,
+                  list(s.rows) if s.rows else None, s.offset, s.rank,
+                  [list(p) for p in s.pieces]] for s in m._engine.pipeline.slots]
+        m.close()
+        got = (plan['arena_bytes'], plan['split_bytes'], plan['prefetch_depth'],
+               len(plan['resident_units']), len(slots))
+        assert got == want[:5], (case, got, want)
+        record = {'plan': plan, 'stats': {k: st[k] for k in CONFIG_STATS}, 'slots': slots}
+        text = json.dumps(record, sort_keys=True, separators=(',', ':'))
+        assert hashlib.sha256(text.encode()).hexdigest()[:16] == want[5], (case, plan)
+
+
+STATS_KEYS = ['peak_weight_bytes', 'budget_bytes', 'resident_bytes', 'arena_bytes',
+              'arena_committed_bytes', 'staging_bytes', 'model_bytes', 'io_bytes', 'io_seconds',
+              'io_mode', 'io_fallback_reason', 'stall_ms', 'demand_misses',
+              'demand_misses_last_pass', 'latency_ms', 'passes', 'device', 'staging',
+              'resident_units', 'streamed_units', 'split_units', 'split_bytes', 'prefetch_depth',
+              'timeline', 'calls']
+
+
+def test_stats_keys_and_the_public_slot_layout(packs):
+    """stats() keeps its keys in order; slots.slot_layout on a fresh skeleton is the runtime's."""
+    pack = packs('tiny')
+    m = load(pack.path, split_bytes=16 << 10, budget_mb=0.4)
+    assert list(m.stats()) == STATS_KEYS
+    want_split = m.stats()['split_units']
+    resident = {u.index for u in m._engine.units if u.resident}
+    runtime = [(s.name, s.kind, s.file_offset, s.length, s.first_step, s.last_step, s.rows)
+               for s in m._engine.pipeline.slots]
+    m.close()
+    modules = slots.module_table(pack.build_detector(meta=True).model)
+    layout = slots.slot_layout(pack, modules, resident, 16 << 10)
+    assert [(s.name, s.kind, s.file_offset, s.length, s.first_step, s.last_step, s.rows)
+            for s in layout.slots] == runtime
+    split = [pack.units[i].name for i, us in sorted(layout.units.items()) if us.chunks]
+    assert split == want_split and 'fc' in split
 
 
 # ----------------------------------------------------------------------------- CLI

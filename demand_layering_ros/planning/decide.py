@@ -42,7 +42,13 @@ def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, pr
         return Decision(None, None)
     if profile is None:
         note = '' if deadline_ms is None else 'no profile: the deadline is not planned'
-        return Decision(None, budget_mb, note)
+        if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or \
+                not 0 < budget_mb < float('inf'):
+            return Decision(None, budget_mb, note)     # load() refuses a bad budget by name
+        from demand_layering_ros.pack import Pack
+        from demand_layering_ros.planning.fit import fit_budget
+        pk = pack if isinstance(pack, Pack) else Pack.open(pack)
+        return Decision(fit_budget(pk, None, int(budget_mb * MB)), budget_mb, note)
     from demand_layering_ros.planning import planner
     try:
         return Decision(Plan.coerce(planner.plan(

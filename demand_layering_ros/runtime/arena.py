@@ -14,7 +14,7 @@ memory by calling the very same function. Pure Python, no I/O, deterministic.
 
 from dataclasses import dataclass, field
 
-from demand_layering_ros.sizes import align_up, PAGE
+from demand_layering_ros.sizes import align_up, MB, PAGE
 
 
 class ArenaTooSmall(ValueError):
@@ -123,6 +123,11 @@ class Allocator:
     def free_bytes(self):
         """Return the total free bytes."""
         return self.capacity - self.used
+
+
+def describe_budget(budget_bytes):
+    """Return how refusals name a budget: 'budget 0.59 MB (614400 bytes)'."""
+    return f'budget {budget_bytes / MB:.2f} MB ({budget_bytes} bytes)'
 
 
 @dataclass

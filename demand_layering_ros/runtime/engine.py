@@ -1,0 +1,315 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+The engine: one configuration of a demand-layered model, from plan to hooked, running pipeline.
+
+configure(budget_mb, plan) gets its Plan from `planning.decide.decide_plan` (a budget the plan
+leaves open is fitted by `planning.fit.fit_budget`), lays the streamed slots out
+(`slots.slot_layout`, `slots.arena_layout`), refuses a plan the budget cannot hold, then
+installs it: staging allocated, resident units read (checked against the manifest), split units
+hashed once, hooks attached, loader started. teardown() undoes all of it; run() runs one pass.
+"""
+
+import dataclasses
+import threading
+import time
+
+from demand_layering_ros import direct_io
+from demand_layering_ros.pack import dtype_of, PackError
+from demand_layering_ros.planning.decide import decide_plan
+from demand_layering_ros.planning.fit import fit_budget
+from demand_layering_ros.planning.plan import Plan
+from demand_layering_ros.runtime.arena import ArenaTooSmall, describe_budget
+from demand_layering_ros.runtime.binding import Binding, TensorRef
+from demand_layering_ros.runtime.cuda_staging import DeviceArena, MappedHostArena
+from demand_layering_ros.runtime.errors import ExecutorError, read_error
+from demand_layering_ros.runtime.hooks import attach_hooks, detach_hooks
+from demand_layering_ros.runtime.options import check_options, READER_THREADS
+from demand_layering_ros.runtime.pipeline import Pipeline
+from demand_layering_ros.runtime.slot_state import Slot
+from demand_layering_ros.runtime.slots import arena_layout, slot_layout
+from demand_layering_ros.runtime.staging import HostArena
+from demand_layering_ros.runtime.timeline import Timeline
+from demand_layering_ros.sizes import MB, PAGE
+import torch
+import xxhash
+
+
+class Engine:
+    """
+    Everything that runs a demand-layered pass; owned by a DemandLayeredModel.
+
+    It never references the DemandLayeredModel, so dropping the model finalises the engine
+    (threads stopped, arena freed) without waiting for the cyclic garbage collector.
+    """
+
+    def __init__(self, pack, model, device, staging='copy', threads=READER_THREADS, direct=True,
+                 timeline=True, sync=True, throttle_bytes_per_s=None, fault_injector=None,
+                 split_bytes=None, prefetch_depth=None, staging_bytes=None):
+        """Bind the pack to skeleton `model` and open two readers; configure() does the rest."""
+        self.pack = pack
+        self.model = model
+        self.device = check_options(device=device, staging=staging, threads=threads,
+                                    split_bytes=split_bytes, prefetch_depth=prefetch_depth,
+                                    staging_bytes=staging_bytes)
+        if self.device.type == 'cuda' and self.device.index is None:
+            self.device = torch.device('cuda', torch.cuda.current_device())
+        self.opts = {'staging': staging, 'split_bytes': split_bytes,
+                     'prefetch_depth': prefetch_depth, 'staging_bytes': staging_bytes}
+        self.timeline_on = timeline
+        self.sync = sync
+        self.pass_lock = threading.Lock()
+        self.closed = False
+        self.configured = False
+        self.handles = []
+        self.passes = 0
+        self.last = {'latency_ms': None, 'stall_ms': 0.0, 'demand_misses': 0, 'timeline': []}
+        self.binding = Binding(pack, model)
+        self.units = self.binding.units
+        reader_kw = {'threads': threads, 'direct': direct, 'fault_injector': fault_injector,
+                     'throttle_bytes_per_s': throttle_bytes_per_s}
+        self.reader = pack.reader(**reader_kw)
+        try:
+            self.sync_reader = pack.reader(**reader_kw)   # misses, residents, load-time checks
+        except BaseException:
+            self.reader.close()
+            raise
+        self.pipeline = Pipeline(pack.path, self.reader, self.sync_reader)
+
+    # ------------------------------------------------------------------ configuration
+
+    def configure(self, budget_mb=None, plan=None):
+        """Decide the plan for (budget_mb, plan: a Plan or None), lay it out and install it."""
+        budget_bytes = int(budget_mb * MB) if budget_mb is not None else None
+        run = self._decide(budget_mb, budget_bytes, plan)
+        split_bytes = self._option(run, 'split_bytes')
+        depth = self._option(run, 'prefetch_depth')
+        forced = {u.index for u in self.units if u.info.used_outside_forward}
+        fixed = run is not None and run.fixes_layout
+        residents = (forced | self._named(run.resident_units or [])) if fixed else set(forced)
+        text = describe_budget(budget_bytes) if budget_bytes is not None else None
+        slots = slot_layout(self.pack, self.binding.modules, residents, split_bytes)
+        layout = arena_layout(slots.slots, run.arena_bytes if fixed else None, depth, text)
+        need = sum(self.units[i].info.length for i in residents) + self.binding.extra_bytes + \
+            (layout.capacity if layout else 0)
+        if fixed and budget_bytes is not None and need > budget_bytes:
+            raise ArenaTooSmall(f'{text} is below the plan: resident units, extra buffers and '
+                                f'the arena need {need} bytes', needed=need,
+                                capacity=budget_bytes)
+        self.budget_mb, self.budget_bytes = budget_mb, budget_bytes
+        self.staging = (run.staging if run is not None else None) or self.opts['staging']
+        self.split_bytes = split_bytes
+        self.plan_in = plan
+        self._install(residents, slots, layout)
+
+    def _decide(self, budget_mb, budget_bytes, plan):
+        """Return the Plan to run: decide_plan's, fitted to the budget when it leaves it open."""
+        request = plan
+        if request is None and (self.opts['split_bytes'] is not None
+                                or self.opts['prefetch_depth'] is not None):
+            request = Plan(split_bytes=self.opts['split_bytes'],
+                           prefetch_depth=self.opts['prefetch_depth'])
+        run = decide_plan(self.pack, budget_mb=budget_mb, plan=request,
+                          device=str(self.device)).plan
+        if budget_bytes is None or (run is not None and run.fixes_layout):
+            return run
+        fitted = fit_budget(self.pack, self.binding.modules, budget_bytes,
+                            split_bytes=self._option(run, 'split_bytes'),
+                            prefetch_depth=self._option(run, 'prefetch_depth'),
+                            extra_bytes=self.binding.extra_bytes)
+        return dataclasses.replace(fitted, staging=run.staging if run is not None else None)
+
+    def _option(self, run, key):
+        """Return a plan's split_bytes/prefetch_depth, or load()'s option when it has none."""
+        value = getattr(run, key) if run is not None else None
+        return value if value is not None else self.opts[key]
+
+    def _named(self, names):
+        """Return the unit indices of a plan's resident_units."""
+        index = {u.name: u.index for u in self.units}
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise ExecutorError(f'plan names units the pack {self.pack.path} does not '
+                                f'have: {unknown[:5]}')
+        return {index[n] for n in names}
+
+    def _staging(self):
+        if self.device.type != 'cuda':
+            return HostArena(self.device, self.pipeline.cond, self.timeline_on)
+        if self.staging == 'zero_copy':
+            return MappedHostArena(self.device, self.pipeline.cond, self.timeline_on)
+        return DeviceArena(self.device, self.pipeline.cond, self.timeline_on,
+                           self.opts['staging_bytes'])
+
+    def _install(self, residents, slots, layout):
+        """Allocate memory, load residents, hash split slots, hook modules, start the loader."""
+        for u in self.units:
+            us = slots.units.get(u.index)
+            u.resident = u.index in residents
+            u.main = self._slot(u, us.main) if us is not None and us.main else None
+            u.chunks = [self._slot(u, c) for c in us.chunks] if us is not None else []
+            u.split = (self.binding.modules[us.split.module], us.split.module) \
+                if us is not None and us.split is not None else None
+        by_name = {s.name: s for u in self.units
+                   for s in ([u.main] if u.main is not None else []) + u.chunks}
+        self.layout = layout
+        self.arena_bytes = layout.capacity if layout is not None else 0
+        staging = self._staging()
+        self.pipeline.install([by_name[s.name] for s in slots.slots], layout, staging)
+        self.timeline = Timeline(staging.clock, self.timeline_on)
+        self.resident_buf = self._load_residents(residents)
+        self._hash_split_slots()
+        self.handles = attach_hooks(self.units, self.pipeline, self.timeline)
+        self.configured = True
+        self.pipeline.start()
+
+    def _slot(self, unit, spec):
+        slot = Slot(unit, spec, self.binding.refs(unit, spec))
+        slot.verify = self._verifier(slot)
+        return slot
+
+    # ------------------------------------------------------------------ load-time reads
+
+    def _load_residents(self, residents):
+        """Read resident units into one buffer on the device and bind them; return it."""
+        staging = self.pipeline.staging
+        units = sorted((self.units[i] for i in residents), key=lambda u: u.info.offset)
+        total = sum(u.info.length for u in units)
+        self.pipeline.resident_bytes = total + self.binding.extra_bytes
+        buf = None
+        if total:
+            host = staging.host_buffer(total)
+            futures, pos = [], 0
+            for u in units:
+                futures.append(self.pack.read_unit(self.sync_reader, u.info,
+                                                   host[pos:pos + u.info.length]))
+                pos += u.info.length
+            for u, f in zip(units, futures):
+                try:
+                    f.result()
+                except OSError as e:
+                    raise read_error(e, self.pack.path, u.name, u.info.offset) from e
+            buf = staging.to_device(host)
+            del host
+            pos = 0
+            for u in units:
+                for t in u.info.tensors:
+                    TensorRef(t.name, dtype_of(t.dtype), t.shape, pos + t.offset
+                              - u.info.offset, t.nbytes, u.targets[t.name]).put(buf)
+                pos += u.info.length
+        self.binding.put_extra(self.device)
+        return buf
+
+    def _hash_split_slots(self):
+        """
+        Verify each split unit against the manifest once and remember its pieces' digests.
+
+        The manifest's checksum covers a whole unit; a chunk is read on its own, so at load
+        time the unit is streamed through the arena (verifying the manifest digest) and each
+        chunk's digest is recorded, then checked on every later read of that chunk.
+        """
+        split = [u for u in self.units if u.chunks]
+        if not split:
+            return
+        p = self.pipeline
+        scratch = p.staging.scratch()
+        piece = min(scratch.numel(), 8 * MB) // PAGE * PAGE
+        p.touched = max(p.touched, piece)
+        for u in split:
+            info = u.info
+            h = xxhash.xxh3_64()
+            for off in range(info.offset, info.end, piece):
+                n = min(piece, info.end - off)
+                try:
+                    self.sync_reader.read_into(off, n, scratch[:n])
+                except OSError as e:
+                    raise read_error(e, self.pack.path, info.name, off) from e
+                h.update(direct_io.as_memoryview(scratch[:n]))
+            if h.hexdigest() != info.checksum:
+                raise PackError(f'checksum mismatch over [{info.offset}, {info.end}) '
+                                f'(xxh3_64 {h.hexdigest()}, manifest says {info.checksum}): '
+                                'the weights file is damaged', self.pack.path, info.name,
+                                info.offset)
+            for s in ([u.main] if u.main is not None else []) + u.chunks:
+                self.sync_reader.read_into(s.file_offset, s.length, scratch[:s.length])
+                p.touched = max(p.touched, s.length)
+                s.checksum = direct_io.checksum(scratch[:s.length])
+
+    def _verifier(self, slot):
+        """Return the check of a slot's bytes: the manifest's digest, or the one from load."""
+        if slot.kind == 'unit':
+            info = slot.unit.info
+            return lambda mv: self.pack.verify_unit(info, mv)
+
+        def verify(mv):
+            got = direct_io.checksum(mv[:slot.length])
+            if got != slot.checksum:
+                raise PackError(f'checksum mismatch over [{slot.file_offset}, '
+                                f'{slot.file_offset + slot.length}) ({slot.name}: xxh3_64 '
+                                f'{got}, verified at load as {slot.checksum}): the weights file '
+                                'changed or is damaged', self.pack.path, slot.unit.name,
+                                slot.file_offset)
+        return verify
+
+    # ------------------------------------------------------------------ teardown
+
+    def teardown(self):
+        """Stop the loader, wait for reads, put meta tensors back, free the arena."""
+        if not self.configured:
+            return
+        self.pipeline.stop()
+        detach_hooks(self.handles)
+        self.handles = []
+        for u in self.units:
+            self.pipeline.drop(u)
+            u.unset_all()
+            u.reset()
+            u.clear_layout()
+        self.binding.unset_extra()
+        self.pipeline.clear()
+        self.resident_buf = None
+        self.configured = False
+
+    def close(self):
+        """Tear down and close the files (idempotent)."""
+        if self.closed:
+            return
+        self.teardown()
+        self.reader.close()
+        self.sync_reader.close()
+        self.closed = True
+
+    # ------------------------------------------------------------------ passes
+
+    def run(self, fn, args, kwargs):
+        """Run one forward pass of `fn` with the pipeline."""
+        if self.closed or not self.configured:
+            raise ExecutorError('the demand-layered model is closed')
+        with self.pass_lock:
+            t0 = time.perf_counter()
+            self.pipeline.begin_pass(t0)
+            self.timeline.begin(t0)
+            ok = False
+            try:
+                with torch.no_grad():
+                    out = fn(*args, **kwargs)
+                ok = True
+            finally:
+                self._end_pass(t0, ok)
+            return out
+
+    def _end_pass(self, t0, ok):
+        self.pipeline.staging.end_pass(ok, self.sync)
+        t1 = time.perf_counter()
+        self.timeline.end()
+        self.pipeline.pause()
+        timeline = self.timeline.rows(self.units) if self.timeline_on else []
+        calls = self.timeline.calls()
+        if self.timeline_on:
+            self.timeline.clock.ref()        # before the next pass's copies are queued
+        self.pipeline.next_pass(self.units)
+        self.passes += 1
+        self.last = {'latency_ms': (t1 - t0) * 1e3,
+                     'stall_ms': self.pipeline.last_stall * 1e3,
+                     'demand_misses': self.pipeline.pass_misses, 'timeline': timeline,
+                     'calls': calls, 'ok': ok}
