@@ -170,7 +170,7 @@ def _measure(job, result, t_start):
     import torch
     import accelerate  # noqa: F401 - every configuration imports the same libraries
     import torchvision  # noqa: F401
-    from demand_layering_ros.runtime import executor  # noqa: F401
+    from demand_layering_ros.runtime import loading  # noqa: F401
     from demand_layering_ros.pack import Pack
     if job.get('threads'):
         torch.set_num_threads(int(job['threads']))

@@ -25,7 +25,7 @@ from demand_layering_ros.planning.search import Search
 from demand_layering_ros.planning.simulate import Config, pieces, ReaderBusy, release_steps
 from demand_layering_ros.planning.simulate import simulate
 from demand_layering_ros.planning.timing import Timing, Transfer
-from demand_layering_ros.runtime import arena, executor
+from demand_layering_ros.runtime import arena, loading
 from demand_layering_ros.sizes import MB
 import pytest
 import torch
@@ -372,7 +372,7 @@ def test_split_sizes_are_used_only_where_the_profile_found_them_exact(tiny_pack,
     assert split.split_bytes in sched.split_candidates
     assert split.predicted_peak_weight_mb < whole.predicted_peak_weight_mb
     # the executor holds a split plan within its predicted memory too
-    m = executor.load(tiny_pack.path, plan=split.to_dict())
+    m = loading.load(tiny_pack.path, plan=split.to_dict())
     try:
         with torch.no_grad():
             m(m.detector.example_input(1))
@@ -396,7 +396,7 @@ def test_planner_slots_are_the_executors(tiny_pack):
 
 
 def _run(pack, plan, xs):
-    m = executor.load(pack.path, plan=plan)
+    m = loading.load(pack.path, plan=plan)
     try:
         with torch.no_grad():
             outs = [m(x) for x in xs]
@@ -422,7 +422,7 @@ def test_plans_run_in_the_executor_within_prediction_and_budget(
     g = torch.Generator().manual_seed(0)
     xs = [det.preprocess([torch.randint(0, 256, (64, 64, 3), dtype=torch.uint8,
                                         generator=g).numpy()])[0] for _ in range(2)]
-    ref = executor.load_resident(tiny_pack.path)
+    ref = loading.load_resident(tiny_pack.path)
     with torch.no_grad():
         want = [ref(x) for x in xs]
     outs, stats, used = _run(tiny_pack, plan.to_dict(), xs)
@@ -455,7 +455,7 @@ def test_plan_command_writes_plan_and_pictures_and_refuses_with_numbers(tiny_pac
         assert line[key].endswith('.png')
         with open(line[key], 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
-    m = executor.load(tiny_pack.path, plan=str(out))
+    m = loading.load(tiny_pack.path, plan=str(out))
     assert m.stats()['arena_bytes'] == plan['arena_bytes']
     m.close()
     rc = cli_main(['plan', str(tiny_pack.path), '--profile', str(prof), '--budget-mb',

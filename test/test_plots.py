@@ -11,7 +11,7 @@ nothing to draw), so a plot that silently drops a series fails.
 from demand_layering_ros import pack as P
 from demand_layering_ros import plots
 from demand_layering_ros.planning import planner
-from demand_layering_ros.runtime import executor
+from demand_layering_ros.runtime import loading
 from matplotlib import colors
 import matplotlib.image
 import numpy as np
@@ -45,7 +45,7 @@ def test_tradeoff_marks_chosen_resident_and_paper_points(tmp_path):
 def test_timeline_of_a_real_pass_shows_reads_and_compute(tmp_path):
     pack = P.write_pack('darknet:yolov2-tiny', tmp_path / 'pack', seed=1, input_size='64x64',
                         progress=False, verify=False)
-    m = executor.load(pack.path)
+    m = loading.load(pack.path)
     try:
         with torch.no_grad():
             m(m.detector.example_input(1))

@@ -27,7 +27,7 @@ import time
 from demand_layering_ros import direct_io
 from demand_layering_ros import pack as pack_mod
 from demand_layering_ros.models import assets
-from demand_layering_ros.runtime import executor
+from demand_layering_ros.runtime import errors, loading
 import pytest
 from tools import cgroups
 import torch
@@ -51,7 +51,7 @@ def tiny(tmp_path_factory):
                                input_size=(SIZE, SIZE), progress=False)
     torch.manual_seed(0)
     x = torch.rand(1, 3, SIZE, SIZE)
-    ref = executor.load_resident(out)
+    ref = loading.load_resident(out)
     with torch.no_grad():
         expected = ref(x)
     del ref
@@ -144,7 +144,7 @@ def test_read_error_in_each_unit_fails_that_frame_then_recovers(tiny):
     pack, x, expected = tiny
     before = _resources()
     inj = Injector()
-    model = executor.load(pack.path, fault_injector=inj)
+    model = loading.load(pack.path, fault_injector=inj)
     try:
         assert _equal(model(x), expected)
         committed = model.stats()['arena_committed_bytes']
@@ -187,7 +187,7 @@ def test_truncated_then_restored_pack_file(tiny, tmp_path):
     wfile = path / pack_mod.WEIGHTS_FILE
     original = wfile.read_bytes()
     before = _resources()
-    model = executor.load(path)
+    model = loading.load(path)
     try:
         assert _equal(model(x), expected)
         cut = pack.units[len(pack.units) // 2].offset + 8192
@@ -214,7 +214,7 @@ def test_replaced_pack_file_never_feeds_wrong_weights(tiny, tmp_path):
     shutil.copytree(pack.path, path)
     wfile = path / pack_mod.WEIGHTS_FILE
     original = wfile.read_bytes()
-    model = executor.load(path)
+    model = loading.load(path)
     try:
         assert _equal(model(x), expected)
         junk = bytearray(original)
@@ -243,7 +243,7 @@ def test_byte_flipped_on_disk_after_start_is_caught_at_read_time(tiny, tmp_path)
     path = tmp_path / 'p'
     shutil.copytree(pack.path, path)
     wfile = path / pack_mod.WEIGHTS_FILE
-    model = executor.load(path)
+    model = loading.load(path)
     try:
         assert _equal(model(x), expected)
         for unit in (pack.units[0], pack.units[len(pack.units) // 2], pack.units[-1]):
@@ -272,7 +272,7 @@ def test_resident_units_keep_their_verified_bytes_when_the_disk_changes(tiny, tm
     path = tmp_path / 'p'
     shutil.copytree(pack.path, path)
     wfile = path / pack_mod.WEIGHTS_FILE
-    model = executor.load(path, budget_mb=pack.total_bytes / MIB + 1)
+    model = loading.load(path, budget_mb=pack.total_bytes / MIB + 1)
     try:
         assert model.stats()['streamed_units'] == 0
         assert _equal(model(x), expected)
@@ -290,7 +290,7 @@ def test_resident_units_keep_their_verified_bytes_when_the_disk_changes(tiny, tm
 def test_slow_disk_is_slower_but_exact(tiny):
     pack, x, expected = tiny
     rate = 200 * MIB                                       # ~0.18 s for this 35 MiB model
-    model = executor.load(pack.path, throttle_bytes_per_s=rate)
+    model = loading.load(pack.path, throttle_bytes_per_s=rate)
     try:
         for _ in range(2):
             t0 = time.perf_counter()
@@ -325,8 +325,8 @@ def test_reader_fault_hook_and_leaks_at_the_reader_level(tiny):
 def test_a_program_that_forgets_close_still_exits(tiny):
     """Interpreter shutdown with a streaming model still open must not hang."""
     code = ('import sys, torch\n'
-            'from demand_layering_ros.runtime import executor\n'
-            'model = executor.load(sys.argv[1])\n'
+            'import demand_layering_ros as dlr\n'
+            'model = dlr.load(sys.argv[1])\n'
             'for _ in range(2):\n'
             '    model(torch.rand(1, 3, %d, %d))\n'
             "print('frames done', flush=True)\n" % (SIZE, SIZE))
@@ -343,7 +343,7 @@ def test_a_program_that_forgets_close_still_exits(tiny):
 
 CHILD = r"""
 from demand_layering_ros.pack import Pack
-from demand_layering_ros.runtime import executor
+from demand_layering_ros.runtime import loading
 import json, sys, time
 from tools import cgroups
 import torch
@@ -355,9 +355,9 @@ pack = Pack.open(pack_dir)
 pack.build_detector(meta=True)
 out, stats = None, {}
 if mode == 'resident':
-    model = executor.load_resident(pack)
+    model = loading.load_resident(pack)
 elif mode == 'stream':
-    model = executor.load(pack)
+    model = loading.load(pack)
 if mode != 'base':
     with torch.no_grad():
         for _ in range(frames):
@@ -396,7 +396,7 @@ def test_budget_holds_under_a_hard_limit_that_kills_the_resident_model(big_pack)
     avail = cgroups.cgroups_available()
     if not avail:
         pytest.skip(f'memory cgroups: {avail.reason}')
-    probe = executor.load(big_pack.path)
+    probe = loading.load(big_pack.path)
     weight_peak = probe.stats()['arena_bytes'] + probe.stats()['resident_bytes']
     probe.close()
     model_bytes = big_pack.total_bytes
@@ -506,7 +506,7 @@ def test_node_budget_holds_under_a_hard_limit_that_kills_the_resident_node(big_p
     if not avail:
         pytest.skip(f'memory cgroups: {avail.reason}')
     pytest.importorskip('rclpy')
-    probe = executor.load(big_pack.path)
+    probe = loading.load(big_pack.path)
     weight_peak = probe.stats()['arena_bytes'] + probe.stats()['resident_bytes']
     probe.close()
     free, answered = _node_in_cgroup(big_pack)
@@ -600,9 +600,9 @@ def test_pickle_disguised_as_weights_is_refused_everywhere(evil, tiny, tmp_path)
             m['extra_buffers_file'] = target
             (bad / pack_mod.MANIFEST_FILE).write_text(json.dumps(m))
         with pytest.raises(Exception):
-            executor.load_resident(bad)
+            loading.load_resident(bad)
         with pytest.raises(Exception):
-            executor.load(bad)
+            loading.load(bad)
     assert not marker.exists(), 'a load path unpickled the payload'
 
 
@@ -684,16 +684,16 @@ def test_invalid_parameters_are_refused_before_use(tiny):
     from demand_layering_ros.models import registry
     before = _resources()
     for bad in (-1, 0, float('nan'), 'ten', True):
-        with pytest.raises(executor.ExecutorError, match='budget_mb'):
-            executor.load(pack.path, budget_mb=bad)
+        with pytest.raises(errors.ExecutorError, match='budget_mb'):
+            loading.load(pack.path, budget_mb=bad)
     for plan in ({'arena_bytes': -4096}, {'prefetch_depth': 'x'}, {'staging': 'mmap'},
                  {'resident_units': 'layers.0'}, ['not', 'a', 'mapping']):
-        with pytest.raises(executor.ExecutorError):
-            executor.load(pack.path, plan=plan)
+        with pytest.raises(errors.ExecutorError):
+            loading.load(pack.path, plan=plan)
     for opts in ({'staging': 'bogus'}, {'device': 'tpu'}, {'split_bytes': -1},
                  {'prefetch_depth': -2}, {'threads': 'two'}):
-        with pytest.raises((executor.ExecutorError, ValueError), match=list(opts)[0]):
-            executor.load(pack.path, **opts)
+        with pytest.raises((errors.ExecutorError, ValueError), match=list(opts)[0]):
+            loading.load(pack.path, **opts)
     with pytest.raises(ValueError):
         direct_io.aligned_empty(-1)
     with pytest.raises(ValueError):

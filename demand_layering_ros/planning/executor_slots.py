@@ -5,13 +5,11 @@ The executor's own slot construction, run on the pack's model skeleton (no weigh
 
 The planner predicts what the executor does only if it streams the very slots the executor
 streams: which units split into chunks, each slot's bytes and lifetime, the load order. So it
-asks the executor instead of re-deriving them. This module is the one seam between planning and
-the runtime's internals: it alone touches the engine (`executor._Engine`, `_make_slots`,
-`_splittable`), until the runtime exposes the same construction as public functions.
+calls the runtime's own pure slot layout (`runtime.slots`) instead of re-deriving them.
 """
 
 from demand_layering_ros.planning.streams import Streams
-from demand_layering_ros.runtime import arena
+from demand_layering_ros.runtime import arena, slots
 from demand_layering_ros.sizes import align_up, PAGE
 
 
@@ -21,19 +19,15 @@ class ExecutorSlots:
 
     Calling it with (resident units, split_bytes) gives the Streams the executor would stream,
     so the planner replays what the executor does: which units split into chunks, each slot's
-    bytes and lifetime, and the load order. The executor's own `_make_slots` runs once per
-    split size (every unit streamed) to get each unit's slots; a resident set then only drops
-    units and re-numbers the steps, the way `_make_slots` does (a test checks the two agree).
+    bytes and lifetime, and the load order. `slots.slot_layout` runs once per split size (every
+    unit streamed) to get each unit's slots; a resident set then only drops units and re-numbers
+    the steps, the way `slot_layout` does (a test checks the two agree).
     """
 
     def __init__(self, pack):
-        """Build the skeleton on 'meta' and the executor's unit table."""
-        # SEAM: the runtime's private engine builds the slots; the only use of it in planning.
-        from demand_layering_ros.runtime import executor
-        det = pack.build_detector(device='cpu', meta=True)
-        self.engine = executor._Engine(pack, det.model, 'cpu', timeline=False)
-        self.engine.reader.close()          # slot construction reads nothing
-        self.engine.sync_reader.close()
+        """Build the skeleton on 'meta' (no weights) and its module table."""
+        self.pack = pack
+        self.modules = slots.module_table(pack.build_detector(device='cpu', meta=True).model)
         self.calls = len(pack.call_order)
         self.units = [(u.index, u.first_call, u.last_call) for u in pack.units if u.calls]
         self._templates = {}
@@ -49,17 +43,17 @@ class ExecutorSlots:
         """
         split_bytes = int(split_bytes or 0)
         if split_bytes not in self._templates:
-            e = self.engine
-            e._make_slots(set(), split_bytes or None)
+            lay = slots.slot_layout(self.pack, self.modules, (), split_bytes or None)
             out = {}
-            for u in e.units:
-                if not u.info.calls:
+            for u in self.pack.units:
+                if not u.calls:
                     continue
-                main = (u.main.name, u.main.length) if u.main is not None else None
-                chunks = [(c.name, c.length) for c in u.chunks]
-                pos = e.call_modules.index(u.split[1]) if u.chunks else None
-                module = u.split[1] if u.chunks else None
-                out[u.index] = (main, chunks, pos, module, [c.rows for c in u.chunks])
+                us = lay.units[u.index]
+                main = (us.main.name, us.main.length) if us.main is not None else None
+                chunks = [(c.name, c.length) for c in us.chunks]
+                pos = us.call if us.chunks else None
+                module = us.split.module if us.chunks else None
+                out[u.index] = (main, chunks, pos, module, [c.rows for c in us.chunks])
             self._templates[split_bytes] = out
         return self._templates[split_bytes]
 
@@ -106,17 +100,16 @@ class ExecutorSlots:
 
     def executor_items(self, resident, split_bytes=0):
         """Return the executor's own (name, bytes, first_step, last_step) list (for tests)."""
-        slots = self.engine._make_slots(set(resident), split_bytes or None)
-        return [(s.name, s.length, s.first_step, s.last_step) for s in slots]
+        lay = slots.slot_layout(self.pack, self.modules, set(resident), split_bytes or None)
+        return [(s.name, s.length, s.first_step, s.last_step) for s in lay.slots]
 
     def split_candidates(self):
         """Return split sizes worth trying: halvings of the largest splittable weight."""
-        e = self.engine
         largest = 0
-        for u in e.units:
-            sp = e._splittable(u, PAGE)
+        for u in self.pack.units:
+            sp = slots.splittable(self.pack, self.modules, u, PAGE)
             if sp is not None:
-                largest = max(largest, sp[1].nbytes)
+                largest = max(largest, sp.weight.nbytes)
         out = []
         s = largest // 2
         while s >= 256 << 10 and len(out) < 4:

@@ -58,7 +58,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     """
     import torch
     from demand_layering_ros.pack import Pack
-    from demand_layering_ros.runtime.executor import READER_THREADS
+    from demand_layering_ros.runtime.options import READER_THREADS
     pack = Pack.open(pack_dir)
     sched = Schedule.from_pack(pack)
     device = str(device)

@@ -75,7 +75,7 @@ def executor_overhead(device, blocks=64, repeats=15, progress=None, disk=None):
     from demand_layering_ros import load, load_resident
     from demand_layering_ros import pack as P
     from demand_layering_ros.models import registry
-    from demand_layering_ros.runtime.executor import PIECE_BYTES
+    from demand_layering_ros.runtime.options import PIECE_BYTES
     register_calibration_family()
     det = registry.build(f'{CALIBRATION_FAMILY}:{blocks}', seed=0)
     x = det.example_input(1)
