@@ -674,7 +674,8 @@ def test_budget_change_without_a_profile_profiles_in_the_background(
         assert answered_at < job.finished_at, 'the parameter service waited for the profile'
         assert job.error is None and (pack / 'PROFILE.json').is_file()
         plan = node.service.decision.plan
-        assert plan is not None and node.service.profile['mode'] == 'streamed'
+        assert node.service.decision.source == 'planner'
+        assert node.service.profile['mode'] == 'streamed'
         assert model.plan()['resident_units'] == list(plan.resident_units)
         assert model.plan()['arena_bytes'] == plan.arena_bytes
         assert model.stats()['budget_bytes'] == budget * (1 << 20)

@@ -158,7 +158,7 @@ def test_replan_without_a_profile_applies_at_once_and_profiles_in_the_background
         job = svc.profiling
         # returned with the runtime's own fit in effect, while the profile was still running
         assert job is not None and job.started_at < returned_at
-        assert svc.decision.plan is None and model.stats()['budget_bytes'] == budget * (1 << 20)
+        assert svc.decision.source == 'fit' and model.stats()['budget_bytes'] == budget * (1 << 20)
         returned = len(lines)
         assert not any('re-planned with the profile' in line for line in lines[:returned])
         # a deadline change meanwhile only changes the scheduling (no plan yet)
@@ -172,7 +172,7 @@ def test_replan_without_a_profile_applies_at_once_and_profiles_in_the_background
                  'background' in line or 're-planned with the profile' in line]
         assert len(order) == 2 and order[0] < order[1], lines
         # the planned configuration runs, within the budget
-        assert svc.decision.plan is not None
+        assert svc.decision.source == 'planner'
         assert model.plan()['resident_units'] == list(svc.decision.plan.resident_units)
         assert model.plan()['arena_bytes'] == svc.decision.plan.arena_bytes
         assert {DOG, BICYCLE} <= set(svc.infer(dog).class_ids.tolist())

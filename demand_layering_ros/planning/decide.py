@@ -20,57 +20,68 @@ line) measures first and passes it in.
 from dataclasses import dataclass
 from typing import Optional
 
+from demand_layering_ros.pack import Pack
+from demand_layering_ros.planning import planner
+from demand_layering_ros.planning.fit import fit_budget
 from demand_layering_ros.planning.plan import Plan
 from demand_layering_ros.sizes import MB
 
 
 @dataclass
 class Decision:
-    """The plan to run (None: the smallest arena, or the runtime fits `budget_mb`) and why."""
+    """
+    The plan to run, where it came from, and why it differs from the request.
+
+    source: 'given' (a plan was passed in), 'smallest' (no budget, no deadline: plan None, the
+    runtime streams through its smallest arena), 'fit' (a budget fitted by memory alone; plan
+    None when there is no valid budget to fit), 'planner' (the planner's search with a
+    profile) or 'fastest' (the deadline cannot be met: the fastest plan within the budget).
+    """
 
     plan: Optional[Plan]
     budget_mb: Optional[float] = None
     note: str = ''
+    source: str = 'given'
 
 
 def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, profile=None,
                 plan=None, device='cpu', strict=True):
     """Return the Decision for a request (see the module docstring)."""
     if plan is not None:
-        return Decision(Plan.coerce(plan), budget_mb)
+        return Decision(Plan.coerce(plan), budget_mb, source='given')
     if budget_mb is None and deadline_ms is None:
-        return Decision(None, None)
+        return Decision(None, None, source='smallest')
     if profile is None:
-        note = '' if deadline_ms is None else 'no profile: the deadline is not planned'
-        if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or \
-                not 0 < budget_mb < float('inf'):
-            return Decision(None, budget_mb, note)     # load() refuses a bad budget by name
-        from demand_layering_ros.pack import Pack
-        from demand_layering_ros.planning.fit import fit_budget
-        pk = pack if isinstance(pack, Pack) else Pack.open(pack)
-        return Decision(fit_budget(pk, None, int(budget_mb * MB)), budget_mb, note)
-    from demand_layering_ros.planning import planner
+        return _fit(pack, budget_mb, '' if deadline_ms is None else
+                    'no profile: the deadline is not planned')
     try:
         return Decision(Plan.coerce(planner.plan(
             pack, profile, budget_mb=budget_mb, deadline_ms=deadline_ms,
-            frame_period_ms=frame_period_ms, device=device)), budget_mb)
+            frame_period_ms=frame_period_ms, device=device)), budget_mb, source='planner')
     except planner.PlanInfeasible as e:
         if profile.get('mode') == 'streamed' and budget_mb is not None and \
                 e.min_memory_mb is not None and budget_mb < e.min_memory_mb:
             # A profile measured within the budget checks no split sizes, so the planner's
             # smallest plan holds each layer whole; the runtime's own fit splits them.
-            return Decision(None, budget_mb, (
-                f'{e}; the runtime fits the budget itself, splitting large layers'
-                + ('; the deadline is not planned' if deadline_ms else '')))
+            return _fit(pack, budget_mb, f'{e}; the runtime fits the budget itself, splitting '
+                        'large layers' + ('; the deadline is not planned' if deadline_ms else ''))
         if strict or deadline_ms is None:
             raise
-        room = budget_mb or 2.0 * _total_bytes(pack) / MB
+        room = budget_mb or 2.0 * _open(pack).total_bytes / MB
         fastest = planner.plan(pack, profile, budget_mb=room, device=device,
                                frame_period_ms=frame_period_ms)
-        return Decision(Plan.coerce(fastest), budget_mb, f'deadline cannot be met: {e}')
+        return Decision(Plan.coerce(fastest), budget_mb, f'deadline cannot be met: {e}',
+                        source='fastest')
 
 
-def _total_bytes(pack):
-    from demand_layering_ros.pack import Pack
-    pk = pack if hasattr(pack, 'total_bytes') else Pack.open(pack)
-    return pk.total_bytes
+def _fit(pack, budget_mb, note):
+    """Fit a budget by memory alone (no timing model); a bad budget is left for load() to name."""
+    if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or \
+            not 0 < budget_mb < float('inf'):
+        return Decision(None, budget_mb, note, source='fit')
+    return Decision(fit_budget(_open(pack), None, int(budget_mb * MB)), budget_mb, note,
+                    source='fit')
+
+
+def _open(pack):
+    return pack if isinstance(pack, Pack) else Pack.open(pack)

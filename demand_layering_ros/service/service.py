@@ -213,7 +213,7 @@ class DetectorService:
             if need:
                 self.profile = profiles.stored(s)
             decision = self._decide(s, strict=True)
-            if decision.plan is not None or \
+            if decision.source in ('planner', 'fastest') or \
                     s['memory_budget_mb'] != self.settings['memory_budget_mb']:
                 self._apply(s, decision, 're-planned')
             # else: a deadline change without a plan only changes the scheduling
