@@ -298,10 +298,15 @@ def run_camera(args, ros_args=None, context=None, log=print):
 
 def run(args, command=None):
     """Run the `camera` command; returns the exit status."""
+    return _exit_status(args, None, 'camera')
+
+
+def _exit_status(args, ros_args, prog):
+    """Publish until done or Ctrl-C; a bad source is one line on stderr and status 2."""
     try:
-        run_camera(args)
+        run_camera(args, ros_args=ros_args)
     except SourceError as e:
-        print(f'camera: {e}', file=sys.stderr)
+        print(f'{prog}: {e}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
@@ -316,14 +321,7 @@ def main(argv=None):
                                      description='Publish images or a video as a ROS 2 camera.')
     add_arguments(parser)
     args = parser.parse_args(remove_ros_args(argv)[1:])
-    try:
-        run_camera(args, ros_args=argv)
-    except SourceError as e:
-        print(f'camera_node: {e}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    return _exit_status(args, argv, 'camera_node')
 
 
 if __name__ == '__main__':
