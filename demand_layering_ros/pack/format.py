@@ -16,7 +16,11 @@ from demand_layering_ros.sizes import PAGE
 FORMAT = 'demand_layering_ros.pack'
 VERSION = 1
 ALIGNMENT = PAGE
-TENSOR_ALIGNMENT = 64        # inside a unit: any dtype view is aligned, and cache-line friendly
+# Inside a unit every tensor starts at a multiple of this, from the data start (itself page
+# aligned): a view in the arena is then aligned like a tensor of its own in CUDA's caching
+# allocator as far as cuBLASLt's alignment hints go (256 B), so it gets the same kernels as the
+# resident model. Packs written with 64 (before) still load: the manifest records the value.
+TENSOR_ALIGNMENT = 256
 MERGE_BYTES = 64 << 10       # a unit this small merges into the unit always called right before
 PAD_PREFIX = '__dlr_pad__.'
 WEIGHTS_FILE = 'weights.safetensors'

@@ -58,6 +58,7 @@ def validate_manifest(path, m):
     for i, u in enumerate(units):
         _check_unit(path, m, i, u, prev_end, seen_names)
         prev_end = u['offset'] + u['length']
+    _check_tensor_alignment(path, m)
     for a, target in aliases.items():
         _need(valid_tensor_name(a) and isinstance(target, str) and target in seen_names,
               f'alias {a!r} -> {target!r} is not a stored tensor', path)
@@ -79,6 +80,23 @@ def _check_top(path, m):
     align = m['alignment']
     _need(_is_int(align) and align > 0 and align % PAGE == 0,
           f'alignment {align!r} must be a positive multiple of {PAGE}', path)
+    tensor_align = m.get('tensor_alignment')
+    _need(tensor_align is None or (_is_int(tensor_align) and 0 < tensor_align <= align
+                                   and tensor_align & (tensor_align - 1) == 0),
+          f'tensor_alignment {tensor_align!r} must be a power of two no larger than the '
+          f'alignment {align}', path)
+
+
+def _check_tensor_alignment(path, m):
+    """Check that every tensor starts where the manifest's tensor_alignment says (if it says)."""
+    step = m.get('tensor_alignment')
+    if step is None:                   # packs that predate the key: the dtype check suffices
+        return
+    for u in m['units']:
+        for t in u['tensors']:
+            _need((t['offset'] - m['data_offset']) % step == 0,
+                  f'tensor {t["name"]} is not at a multiple of tensor_alignment {step} from '
+                  'the data start', path, u['name'], t['offset'])
 
 
 def _check_file_names(path, m):
