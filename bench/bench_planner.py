@@ -54,7 +54,7 @@ PAPER = {'smallest': (96.5, '+14.8%'), 'overhead_1ms': (88.4, '< 1 ms')}
 
 def sync(device):
     if str(device).startswith('cuda'):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device(device))
 
 
 def timed(fn, x, device):

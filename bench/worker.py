@@ -178,7 +178,7 @@ def _measure(job, result, t_start):
 
     def sync():
         if cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(torch.device(job['device']))   # the model's GPU
 
     pk = Pack.open(job['pack'])
     base = _cgroup_now() if job.get('cgroup') else None

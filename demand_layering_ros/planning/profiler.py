@@ -83,7 +83,8 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         det, model = _open_model(pack, device, budget_mb if streamed else None)
         x = det.timing_input(1)
         calls = _time_calls(pack, sched, model, x, device, streamed, warmup, repeats, bar)
-        calls['activation_peak_bytes'] = activation_peak(model, x, cuda) if activation else None
+        calls['activation_peak_bytes'] = activation_peak(model, x, device) if activation \
+            else None
         if bar is not None:
             bar.update(1)
         found = _measure_machine(pack, sched, model, x, device, sizes, threads, repeats, bar,
@@ -154,8 +155,7 @@ def _timed_passes(pack, sched, model, x, device, streamed, warmup, repeats, bar)
     import torch
     modules = [m for u in pack.units for m in u.modules]
     # hooked after the executor's own hooks: a call's clock starts once its weights are in
-    clock = CallClock(getattr(model, 'module', model) if streamed else model, modules,
-                      str(device).startswith('cuda'))
+    clock = CallClock(getattr(model, 'module', model) if streamed else model, modules, device)
     passes, plain, waits = [], [], []
     try:
         for r in range(warmup + repeats):

@@ -8,17 +8,18 @@ needs (CUDA's allocator peak on a GPU, the torch profiler's allocations on a CPU
 """
 
 
-def activation_peak(model, x, cuda):
+def activation_peak(model, x, device):
     """Return the bytes one pass allocates at its peak (None when it cannot be measured)."""
     import torch
-    if cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
+    device = torch.device(device)
+    if device.type == 'cuda':                 # the model's GPU, not the current one
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
         with torch.no_grad():
             model(x)
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
     try:
         return activation_peak_cpu(model, x)
     except Exception:  # the profiler is optional: the plan does not need it

@@ -5,7 +5,8 @@ Time every call of one forward pass by hooks on the units' modules, and split a 
 
 The planner replays a pass call by call, so it needs each call's time with its weights in place
 (busy) and the weight-free work before it (gap). Forward pre/post hooks stamp every unit module
-call (host clock on a CPU, CUDA events on a GPU); `split_calls` turns the stamps into busy, gap
+call (host clock on a CPU, CUDA events on the current stream of the model's own GPU, which need
+not be the current device); `split_calls` turns the stamps into busy, gap
 and tail times, and `call_waits` takes the executor's waits for weights out of a streamed pass.
 """
 
@@ -15,11 +16,12 @@ import time
 class CallClock:
     """Forward pre/post hooks on the unit modules that time every call of one pass."""
 
-    def __init__(self, model, module_names, cuda):
-        """Put hooks on the modules (canonical names, like the pack trace)."""
+    def __init__(self, model, module_names, device):
+        """Put hooks on the modules (canonical names, like the pack trace); time on `device`."""
         import torch
         self.torch = torch
-        self.cuda = cuda
+        self.device = torch.device(device)
+        self.cuda = self.device.type == 'cuda'
         self.events = []                 # (stamp, +1 pre / -1 post, module name)
         self.enabled = True
         first = {}
@@ -35,7 +37,7 @@ class CallClock:
     def _stamp(self):
         if self.cuda:
             e = self.torch.cuda.Event(enable_timing=True)
-            e.record()
+            e.record(self.torch.cuda.current_stream(self.device))
             return e
         return time.perf_counter()
 
@@ -64,7 +66,7 @@ class CallClock:
             model(x)
         t1 = self._stamp()
         if self.cuda:
-            self.torch.cuda.synchronize()
+            self.torch.cuda.synchronize(self.device)
             ev = [(t0.elapsed_time(e), s, n) for e, s, n in self.events]
             return ev, t0.elapsed_time(t1)
         return [(1e3 * (t - t0), s, n) for t, s, n in self.events], 1e3 * (t1 - t0)

@@ -16,16 +16,18 @@ H2D_SIZES = (64 << 10, 1 << 20, 16 << 20)
 def h2d_points(sizes, device, progress=None):
     """Measure pinned host -> device copy seconds per request size (CUDA events)."""
     import torch
+    device = torch.device(device)
     points = []
     for size in sizes:
         src = torch.empty(size, dtype=torch.uint8, pin_memory=True)
         dst = torch.empty(size, dtype=torch.uint8, device=device)
+        stream = torch.cuda.current_stream(device)     # where copy_ runs: dst's device
         times = []
         for _ in range(6):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
+            a.record(stream)
             dst.copy_(src, non_blocking=True)
-            b.record()
+            b.record(stream)
             b.synchronize()
             times.append(a.elapsed_time(b) / 1e3)
         s = median(times[1:])

@@ -47,4 +47,4 @@ def sync(device):
     """Wait for the device's queued work (CUDA), so a host clock read after it is meaningful."""
     if str(device).startswith('cuda'):
         import torch
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device(device))   # that GPU, not the current one
