@@ -8,21 +8,23 @@ stream into the device arena at its planned offset; the compute stream waits for
 event before the slot's first kernel, and a copy into a range waits for the release event of
 the last slot that used it. Ring ranges are recycled oldest first once their copies finished.
 MappedHostArena ('zero_copy'): page-locked host memory registered with cudaHostRegister and
-mapped into the GPU's address space (unified memory, e.g. Jetson): the reader writes it in
-place, piece by piece, once the GPU is done with the range, and kernels read it directly.
-CudaClock maps events onto the host's perf_counter axis for the timeline.
+mapped into the GPU's address space (unified memory, e.g. Jetson; `cuda_mapping`): the reader
+writes it in place, piece by piece, once the GPU is done with the range, and kernels read it
+directly. CudaClock maps events onto the host's perf_counter axis for the timeline.
+A pass's stall counts the host's waits for slots and, with timing on, the compute stream's waits
+for copies (an event where the stream arrived, against the copy's end event).
 """
 
 import functools
-import mmap
 import time
 
 from demand_layering_ros import direct_io
 from demand_layering_ros.runtime.arena import Allocator
+from demand_layering_ros.runtime.cuda_mapping import mapped_host_arena
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.runtime.staging import HostArena, Staging
 from demand_layering_ros.runtime.timeline import HostClock
-from demand_layering_ros.sizes import align_up, MB, PAGE
+from demand_layering_ros.sizes import align_up, MB
 import torch
 
 
@@ -64,7 +66,7 @@ class CudaStaging(Staging):
         super().__init__(device, cond, timing)
         self.copy_stream = torch.cuda.Stream(device)
         self.clock = CudaClock(device)
-        self.release_seq = 0
+        self.waits = []               # (event where the stream waited, the copy's end event)
 
     @property
     def can_borrow(self):
@@ -80,34 +82,43 @@ class CudaStaging(Staging):
         return direct_io.aligned_empty(nbytes, pin=True)
 
     def to_device(self, buf):
-        """Copy host bytes to the device."""
-        return buf.to(self.device)
+        """Copy host bytes to the device, on the current stream (asynchronous when pinned)."""
+        return buf.to(self.device, non_blocking=buf.is_pinned())
 
     def thread_init(self):
         """Make the loader thread use the model's device."""
         torch.cuda.set_device(self.device)
 
-    def claimed(self, slot):
-        """Make a copy into the slot's range wait for the last release of a slot overlapping it."""
-        best = max(slot.overlaps, key=lambda q: q.release_seq)
-        slot.wait_event = best.release_event if best.release_seq >= 0 else None
-
     def wait_ready(self, slot):
-        """Make the compute stream wait for the slot's copy."""
+        """Make the compute stream wait for the slot's copy (timed when timing is on)."""
         if slot.copy_event is not None:
-            torch.cuda.current_stream(self.device).wait_event(slot.copy_event)
+            stream = torch.cuda.current_stream(self.device)
+            if self.timing:
+                arrived = torch.cuda.Event(enable_timing=True)
+                arrived.record(stream)
+                self.waits.append((arrived, slot.copy_event))
+            stream.wait_event(slot.copy_event)
 
-    def released(self, slot):
-        """Record when the compute stream is done with a slot that was used (lock held)."""
+    def release_mark(self):
+        """Record an event on the compute stream: a copy into the range waits for it."""
         ev = torch.cuda.Event()
         ev.record(torch.cuda.current_stream(self.device))
-        self.release_seq += 1
-        slot.release_event, slot.release_seq = ev, self.release_seq
+        return ev
 
     def end_pass(self, ok, sync):
         """Wait for the pass's kernels (always after a failed pass: they use held slots)."""
         if sync or not ok:
             torch.cuda.current_stream(self.device).synchronize()
+
+    def device_wait_seconds(self):
+        """Return the compute stream's waits for copies in the pass (waits for its events)."""
+        waits, self.waits = self.waits, []
+        total_ms = 0.0
+        for arrived, copied in waits:
+            copied.synchronize()
+            arrived.synchronize()
+            total_ms += max(0.0, arrived.elapsed_time(copied))
+        return total_ms / 1e3
 
     def synchronize(self):
         """Wait for everything queued on the device."""
@@ -232,34 +243,6 @@ class DeviceArena(CudaStaging):
             self.cond.notify_all()
 
 
-class _DeviceArray:
-    """Expose host memory mapped into the GPU's address space to torch.as_tensor."""
-
-    def __init__(self, addr, nbytes):
-        self.__cuda_array_interface__ = {'shape': (nbytes,), 'typestr': '|u1',
-                                         'data': (addr, False), 'version': 3}
-
-
-def mapped_host_arena(nbytes, device):
-    """Return (host uint8 tensor, CUDA uint8 tensor over the same memory, unregister fn)."""
-    nbytes = max(align_up(nbytes), PAGE)
-    buf = mmap.mmap(-1, nbytes)
-    host = torch.frombuffer(buf, dtype=torch.uint8)
-    addr = host.data_ptr()
-    rc = int(torch.cuda.cudart().cudaHostRegister(addr, nbytes, 2))   # 2: cudaHostRegisterMapped
-    if rc != 0:
-        raise ExecutorError(f'cudaHostRegister of a {nbytes}-byte zero-copy arena failed '
-                            f'(cudaError {rc}); use staging=copy')
-    with torch.cuda.device(device):
-        dev = torch.as_tensor(_DeviceArray(addr, nbytes), device=device)
-
-    def unregister():
-        torch.cuda.synchronize(device)
-        torch.cuda.cudart().cudaHostUnregister(host.data_ptr())   # before the mmap goes
-
-    return host, dev, unregister
-
-
 class MappedHostArena(CudaStaging, HostArena):
     """Staging 'zero_copy': the reader writes mapped host memory that kernels read in place."""
 
@@ -281,10 +264,12 @@ class MappedHostArena(CudaStaging, HostArena):
 
     def free(self):
         """Unregister the arena (after the device is done with it) and drop it."""
-        if self.unregister is not None:
-            self.unregister()
-            self.unregister = None
-        self.arena = self.device_arena = None
+        unregister, self.unregister = self.unregister, None
+        try:
+            if unregister is not None:
+                unregister()            # while the host tensor still holds the mapping
+        finally:
+            self.arena = self.device_arena = None
 
     def view(self, offset, nbytes):
         """Return the arena bytes as the GPU sees them."""

@@ -7,7 +7,8 @@ configure(budget_mb, plan) gets its Plan from `planning.decide.decide_plan` (a b
 leaves open is fitted by `planning.fit.fit_budget`), lays the streamed slots out
 (`slots.slot_layout`, `slots.arena_layout`), refuses a plan the budget cannot hold, then
 installs it: staging allocated, resident units read (checked against the manifest), split units
-hashed once, hooks attached, loader started. teardown() undoes all of it; run() runs one pass.
+hashed once, hooks attached, loader started. teardown() undoes all of it, also what a configure
+that failed half-way had installed (registered host memory, the arena); run() runs one pass.
 """
 
 import dataclasses
@@ -24,7 +25,7 @@ from demand_layering_ros.runtime.binding import Binding, TensorRef
 from demand_layering_ros.runtime.cuda_staging import DeviceArena, MappedHostArena
 from demand_layering_ros.runtime.errors import ExecutorError, read_error
 from demand_layering_ros.runtime.hooks import attach_hooks, detach_hooks
-from demand_layering_ros.runtime.options import check_options, READER_THREADS
+from demand_layering_ros.runtime.options import check_options, default_staging, READER_THREADS
 from demand_layering_ros.runtime.pipeline import Pipeline
 from demand_layering_ros.runtime.slot_state import Slot
 from demand_layering_ros.runtime.slots import arena_layout, slot_layout
@@ -43,7 +44,7 @@ class Engine:
     (threads stopped, arena freed) without waiting for the cyclic garbage collector.
     """
 
-    def __init__(self, pack, model, device, staging='copy', threads=READER_THREADS, direct=True,
+    def __init__(self, pack, model, device, staging=None, threads=READER_THREADS, direct=True,
                  timeline=True, sync=True, throttle_bytes_per_s=None, fault_injector=None,
                  split_bytes=None, prefetch_depth=None, staging_bytes=None):
         """Bind the pack to skeleton `model` and open two readers; configure() does the rest."""
@@ -60,7 +61,8 @@ class Engine:
         self.sync = sync
         self.pass_lock = threading.Lock()
         self.closed = False
-        self.configured = False
+        self.configured = False       # ready to run a pass
+        self.installed = False        # something of a configuration is in place (teardown)
         self.handles = []
         self.passes = 0
         self.last = {'latency_ms': None, 'stall_ms': 0.0, 'demand_misses': 0, 'timeline': []}
@@ -97,7 +99,8 @@ class Engine:
                                 f'the arena need {need} bytes', needed=need,
                                 capacity=budget_bytes)
         self.budget_mb, self.budget_bytes = budget_mb, budget_bytes
-        self.staging = (run.staging if run is not None else None) or self.opts['staging']
+        self.staging = (run.staging if run is not None else None) or self.opts['staging'] \
+            or default_staging(self.device)
         self.split_bytes = split_bytes
         self.plan_in = plan
         self._install(residents, slots, layout)
@@ -155,13 +158,18 @@ class Engine:
         self.layout = layout
         self.arena_bytes = layout.capacity if layout is not None else 0
         staging = self._staging()
-        self.pipeline.install([by_name[s.name] for s in slots.slots], layout, staging)
-        self.timeline = Timeline(staging.clock, self.timeline_on)
-        self.resident_buf = self._load_residents(residents)
-        self._hash_split_slots()
-        self.handles = attach_hooks(self.units, self.pipeline, self.timeline)
+        self.installed = True
+        try:
+            self.pipeline.install([by_name[s.name] for s in slots.slots], layout, staging)
+            self.timeline = Timeline(staging.clock, self.timeline_on)
+            self.resident_buf = self._load_residents(residents)
+            self._hash_split_slots()
+            self.handles = attach_hooks(self.units, self.pipeline, self.timeline)
+            self.pipeline.start()
+        except BaseException:
+            self.teardown()             # frees what was allocated: arena, registered memory
+            raise
         self.configured = True
-        self.pipeline.start()
 
     def _slot(self, unit, spec):
         slot = Slot(unit, spec, self.binding.refs(unit, spec))
@@ -190,6 +198,7 @@ class Engine:
                 except OSError as e:
                     raise read_error(e, self.pack.path, u.name, u.info.offset) from e
             buf = staging.to_device(host)
+            staging.synchronize()       # a pass may run on another stream than this copy's
             del host
             pos = 0
             for u in units:
@@ -255,8 +264,9 @@ class Engine:
 
     def teardown(self):
         """Stop the loader, wait for reads, put meta tensors back, free the arena."""
-        if not self.configured:
+        if not self.installed:
             return
+        self.configured = False
         self.pipeline.stop()
         detach_hooks(self.handles)
         self.handles = []
@@ -268,7 +278,7 @@ class Engine:
         self.binding.unset_extra()
         self.pipeline.clear()
         self.resident_buf = None
-        self.configured = False
+        self.installed = False
 
     def close(self):
         """Tear down and close the files (idempotent)."""
@@ -299,8 +309,10 @@ class Engine:
             return out
 
     def _end_pass(self, t0, ok):
-        self.pipeline.staging.end_pass(ok, self.sync)
+        staging = self.pipeline.staging
+        staging.end_pass(ok, self.sync)
         t1 = time.perf_counter()
+        device_wait = staging.device_wait_seconds()       # CUDA: the stream's waits for copies
         self.timeline.end()
         self.pipeline.pause()
         timeline = self.timeline.rows(self.units) if self.timeline_on else []
@@ -310,6 +322,6 @@ class Engine:
         self.pipeline.next_pass(self.units)
         self.passes += 1
         self.last = {'latency_ms': (t1 - t0) * 1e3,
-                     'stall_ms': self.pipeline.last_stall * 1e3,
+                     'stall_ms': (self.pipeline.last_stall + device_wait) * 1e3,
                      'demand_misses': self.pipeline.pass_misses, 'timeline': timeline,
                      'calls': calls, 'ok': ok}

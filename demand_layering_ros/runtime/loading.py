@@ -7,15 +7,17 @@ from demand_layering_ros.runtime.model import DemandLayeredModel
 import torch
 
 
-def load(pack_dir, device='cpu', budget_mb=None, plan=None, staging='copy', **opts):
+def load(pack_dir, device='cpu', budget_mb=None, plan=None, staging=None, **opts):
     """
     Open a pack as a DemandLayeredModel.
 
     budget_mb: weight memory (MiB) for resident units plus the arena; plan: a Plan, a dict or a
     PLAN.yaml path (resident_units, arena_bytes, split_bytes, prefetch_depth, staging); neither:
     fully streamed, the smallest arena the recorded schedule allows. staging ('copy' or
-    'zero_copy') matters on CUDA only. opts: threads, direct, split_bytes, prefetch_depth,
-    timeline, sync, throttle_bytes_per_s, fault_injector, staging_bytes.
+    'zero_copy') matters on CUDA only; a plan's staging wins, and with neither an integrated
+    GPU gets 'zero_copy' and a discrete one 'copy' (`options.default_staging`). opts: threads,
+    direct, split_bytes, prefetch_depth, timeline, sync, throttle_bytes_per_s, fault_injector,
+    staging_bytes.
     """
     return DemandLayeredModel(pack_dir, device=device, budget_mb=budget_mb, plan=plan,
                               staging=staging, **opts)

@@ -101,7 +101,7 @@ class DemandLayeredModel(nn.Module):
     this object.
     """
 
-    def __init__(self, pack, device='cpu', budget_mb=None, plan=None, staging='copy', **opts):
+    def __init__(self, pack, device='cpu', budget_mb=None, plan=None, staging=None, **opts):
         """Open the pack, build the skeleton on 'meta' and configure the pipeline."""
         super().__init__()
         check_options(device=device, staging=staging, **{

@@ -12,7 +12,7 @@ PIECE_BYTES = 4 * MB              # a slot's range is claimed and read piece by 
 WAIT_TIMEOUT_S = 300.0            # a wait this long for one unit is reported, not endured
 
 
-def check_options(device='cpu', staging='copy', threads=READER_THREADS, split_bytes=None,
+def check_options(device='cpu', staging=None, threads=READER_THREADS, split_bytes=None,
                   prefetch_depth=None, staging_bytes=None):
     """Validate load() options before anything is opened; return the torch.device."""
     try:
@@ -23,8 +23,8 @@ def check_options(device='cpu', staging='copy', threads=READER_THREADS, split_by
         raise ExecutorError(f'device {device!r}: only cpu and cuda are supported')
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise ExecutorError(f'device {device!r}: CUDA is not available on this machine')
-    if staging not in STAGINGS:
-        raise ExecutorError(f'staging must be one of {STAGINGS}, got {staging!r}')
+    if staging is not None and staging not in STAGINGS:
+        raise ExecutorError(f'staging must be one of {STAGINGS} or None, got {staging!r}')
     for name, value, low in (('threads', threads, 1), ('split_bytes', split_bytes, 0),
                              ('prefetch_depth', prefetch_depth, 0),
                              ('staging_bytes', staging_bytes, 0)):
@@ -34,3 +34,19 @@ def check_options(device='cpu', staging='copy', threads=READER_THREADS, split_by
             raise ExecutorError(f'{name} must be an integer >= {low}'
                                 f'{" or None" if name != "threads" else ""}, got {value!r}')
     return dev
+
+
+def default_staging(device):
+    """
+    Return the staging a device gets when neither the plan nor load() names one.
+
+    An integrated GPU (a Jetson) reads the same DRAM as the CPU, so a device arena fed by a
+    pinned copy ring would only hold every streamed byte twice: 'zero_copy'. A discrete GPU
+    would read mapped host memory over PCIe on every use: 'copy'. The CPU has one staging;
+    'copy' is what a plan records for it.
+    """
+    dev = torch.device(device)
+    if dev.type != 'cuda':
+        return 'copy'
+    props = torch.cuda.get_device_properties(dev)
+    return 'zero_copy' if getattr(props, 'is_integrated', False) else 'copy'

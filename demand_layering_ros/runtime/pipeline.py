@@ -112,6 +112,7 @@ class Pipeline:
         """Forget the configuration's slots and free the staging (after the device is done)."""
         self.staging.synchronize()
         self.slots, self.order = [], []
+        self.loader = None
         self.staging.free()
 
     def committed(self):
@@ -154,10 +155,18 @@ class Pipeline:
         self.wait_reads()
 
     def next_pass(self, units):
-        """Give back all ranges, unbind streamed units, reset slots; let the loader go on."""
+        """
+        Give back all ranges, unbind streamed units, reset slots; let the loader go on.
+
+        A slot still held here belongs to a unit called fewer times than recorded (or to one
+        prefetched and not called): its release is noted now, so the next pass's write into
+        the range waits for the kernels that may still read it (CUDA with sync=False).
+        """
         with self.cond:
             for s in self.slots:
                 if s.claimed:
+                    if s.state == SlotState.READY:
+                        self.staging.released(s)
                     self.unclaim(s)
             for u in units:
                 if u.loaded and not u.resident:

@@ -11,11 +11,13 @@ One interface, `Staging`, three implementations:
   MappedHostArena (cuda_staging): page-locked host memory mapped into the GPU's address space
       (cudaHostRegister), read in place like the host arena and used by kernels directly.
 
-The pipeline owns slot states and the arena's allocator; a staging owns the bytes. Reads are
-issued by the loader from `reads(slot, pieces)`; their completion callbacks verify the bytes
-and mark the slot READY (or FAILED) under the pipeline's lock. The ordering hooks
-(`thread_init`, `halt`, `claimed`, `wait_ready`, `released`, `end_pass`, `synchronize`) are
-no-ops on the CPU and carry CUDA's events and streams elsewhere.
+The pipeline owns slot states and the arena's allocator; a staging owns the bytes, and it is
+dtype-agnostic: bytes in, bytes out. Reads are issued by the loader from `reads(slot, pieces)`;
+their completion callbacks verify the bytes and mark the slot READY (or FAILED) under the
+pipeline's lock. The ordering hooks (`thread_init`, `halt`, `claimed`, `wait_ready`,
+`released`, `end_pass`, `synchronize`) carry CUDA's events and streams; on the CPU only the
+release bookkeeping runs (every release gets a sequence number, and a claim notes the last
+release of a range it overlaps), with nothing to wait for: the CPU's kernels have returned.
 """
 
 import functools
@@ -45,6 +47,7 @@ class Staging:
         self.cond = cond
         self.timing = timing
         self.clock = HostClock()
+        self.release_seq = 0
 
     # ------------------------------------------------------------------ memory
 
@@ -105,16 +108,29 @@ class Staging:
         """Give up any wait for staging space: the loader stops (lock held)."""
 
     def claimed(self, slot):
-        """Note a claim of the slot's range (lock held)."""
+        """Note a claim (lock held): writes into the range wait for its last release's mark."""
+        last = max(slot.overlaps, key=lambda q: q.release_seq, default=None)
+        slot.wait_event = last.release_event if last is not None and last.release_seq >= 0 \
+            else None
 
     def wait_ready(self, slot):
         """Make the model's next kernels wait for the slot's bytes."""
 
     def released(self, slot):
-        """Note the model is done with the slot's range (lock held)."""
+        """Note the model is done with the slot's range (lock held): number it, mark it."""
+        self.release_seq += 1
+        slot.release_event, slot.release_seq = self.release_mark(), self.release_seq
+
+    def release_mark(self):
+        """Return what a later write into a released range waits for (nothing on the CPU)."""
+        return None
 
     def end_pass(self, ok, sync):
         """Wait for the pass's kernels when asked to (or after a failed pass)."""
+
+    def device_wait_seconds(self):
+        """Return (and forget) the time the device waited for slots in the pass just ended."""
+        return 0.0
 
     def synchronize(self):
         """Wait for everything queued on the device."""
