@@ -310,6 +310,35 @@ def test_overlapping_tensors_are_refused(fresh_pack):
     assert e.value.unit == u['name']
 
 
+def test_tensor_alignment_256_and_packs_written_at_64_still_load(net_pack, tmp_path,
+                                                                 monkeypatch):
+    model, x, pack = net_pack
+    assert P.TENSOR_ALIGNMENT == 256 and pack.manifest['tensor_alignment'] == 256
+    from demand_layering_ros.pack import writer
+    monkeypatch.setattr(writer, 'TENSOR_ALIGNMENT', 64)
+    old = P.write_pack_from_module(model, x, tmp_path / 'old', {'spec': 'test:net'},
+                                   progress=False)
+    monkeypatch.undo()
+    offsets = [t.offset for u in old.units for t in u.tensors]
+    assert old.manifest['tensor_alignment'] == 64 and any(o % 256 for o in offsets)
+    state = Pack.open(old.path).load_state_dict()
+    for k, v in real_state(model).items():
+        assert torch.equal(state[k], v), k
+    # a manifest that promises more alignment than its layout has is refused
+    m = json.loads((old.path / P.MANIFEST_FILE).read_text())
+    m['tensor_alignment'] = 256
+    rewrite(old.path, m)
+    with pytest.raises(PackError, match='not at a multiple of tensor_alignment 256') as e:
+        Pack.open(old.path)
+    bad = next(t for u in m['units'] for t in u['tensors'] if t['offset'] % 256)
+    assert e.value.offset == bad['offset'] and bad['name'] in str(e.value)
+    for value in (0, 96, 8192, '64'):
+        m['tensor_alignment'] = value
+        rewrite(old.path, m)
+        with pytest.raises(PackError, match='tensor_alignment'):
+            Pack.open(old.path)
+
+
 def test_unknown_version_is_refused(fresh_pack):
     m, out = fresh_pack
     m['version'] = 99
