@@ -279,3 +279,28 @@ def test_executor_bounds_with_and_without_an_arena():
     assert be.arena_bound(pk, two, 10.0, 1.0, 5) is None      # a unit larger than the arena
     # released when its compute ends (2 s into the 5 s before the next call), not 3 s later
     assert be.arena_bound(pk, two, 10.0, 1.0, 10, ends={0: 2.0}) == 27.0
+
+
+def test_merge_adds_the_second_runs_configurations(tmp_path):
+    """The GPU check runs the harness twice (ours, then the plain ones) and merges the results."""
+    from bench import merge
+
+    def results(configs, seconds):
+        return {'settings': {'configs': configs}, 'seconds': seconds, 'command': 'c',
+                'models': {'m': {'key': 'm', 'configs': {c: {'summary': {'status': 'ok'}}
+                                                         for c in configs}}}}
+    ours, plain = results(['dl-smallest', 'dl-1ms'], 10), results(['accelerate-disk',
+                                                                   'resident'], 5)
+    main_path, extra_path = tmp_path / 'a.json', tmp_path / 'b.json'
+    main_path.write_text(json.dumps(ours))
+    extra_path.write_text(json.dumps(plain))
+    assert merge.main([str(main_path), str(extra_path)]) == 0
+    got = json.loads(main_path.read_text())
+    assert got['settings']['configs'] == ['dl-smallest', 'dl-1ms', 'resident', 'accelerate-disk']
+    assert set(got['models']['m']['configs']) == set(got['settings']['configs'])
+    assert got['seconds'] == 15
+    missing = tmp_path / 'none.json'
+    assert merge.main([str(missing), str(extra_path)]) == 0          # only the plain run
+    assert json.loads(missing.read_text())['settings']['configs'] == ['accelerate-disk',
+                                                                      'resident']
+    assert merge.main([str(tmp_path / 'x.json'), str(tmp_path / 'y.json')]) == 1
