@@ -30,6 +30,7 @@ from torch import nn
 
 CUDA = torch.cuda.is_available()
 
+
 class Repeat(nn.Module):
     """`block` runs once per 32 pixels of width: fewer calls than traced on a narrower input."""
 
