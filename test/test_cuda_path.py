@@ -92,6 +92,16 @@ def tiny_yolo(tmp_path_factory):
                         verify=False)
 
 
+@pytest.fixture
+def no_tf32():
+    """Exactness on CUDA: TF32 off for cuDNN and cuBLAS while the test runs."""
+    b = torch.backends
+    saved = b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32
+    b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = False
+    yield
+    b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32 = saved
+
+
 def same(a, b):
     return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
 
@@ -168,7 +178,8 @@ def test_failed_configure_frees_what_it_allocated(tiny_yolo, monkeypatch):
     ('cpu', None),
     pytest.param('cuda:0', 'copy', marks=pytest.mark.skipif(not CUDA, reason='needs CUDA')),
     pytest.param('cuda:0', 'zero_copy', marks=pytest.mark.skipif(not CUDA, reason='needs CUDA'))])
-def test_a_unit_called_fewer_times_than_recorded_is_released(repeat_pack, device, staging):
+def test_a_unit_called_fewer_times_than_recorded_is_released(repeat_pack, device, staging,
+                                                             no_tf32):
     """
     Its range is handed back when the pass ends, with its release noted (CUDA: an event).
 

@@ -16,6 +16,7 @@ round trip proves that a kernel reads what the host wrote before any weight goes
 
 import ctypes
 import ctypes.util
+import functools
 import mmap
 import os
 
@@ -51,6 +52,7 @@ def _loaded_cudart_paths():
     return paths
 
 
+@functools.lru_cache(maxsize=1)
 def cudart_library():
     """
     Return a ctypes handle on the CUDA runtime torch uses (the very library, when loaded).
