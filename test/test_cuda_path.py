@@ -130,11 +130,25 @@ def loader_threads():
 # ----------------------------------------------------------------------------- defect 4
 
 
-def test_failed_configure_frees_what_it_allocated(tiny_yolo, monkeypatch):
+def freed(staging):
+    """Return True when a staging holds no memory (arena, copy ring, registered memory)."""
+    return staging.arena is None and getattr(staging, 'ring', None) is None \
+        and getattr(staging, 'unregister', None) is None
+
+
+ON_EACH_DEVICE = pytest.mark.parametrize('device,staging', [
+    ('cpu', None),
+    pytest.param('cuda:0', 'copy', marks=pytest.mark.skipif(not CUDA, reason='needs CUDA')),
+    pytest.param('cuda:0', 'zero_copy', marks=pytest.mark.skipif(not CUDA, reason='needs CUDA'))])
+
+
+@ON_EACH_DEVICE
+def test_failed_configure_frees_what_it_allocated(tiny_yolo, monkeypatch, device, staging,
+                                                  no_tf32):
     """A read fails after the staging was allocated: teardown still frees it (both paths)."""
     pack = tiny_yolo
-    x = yolo_input(pack)
-    want = first_output(resident_out(pack, [x])[0])
+    x = yolo_input(pack).to(device)
+    want = first_output(resident_out(pack, [x], device)[0])
     head = min((u for u in pack.units if u.calls), key=lambda u: u.first_call)
     failing = {'on': False}
 
@@ -151,33 +165,31 @@ def test_failed_configure_frees_what_it_allocated(tiny_yolo, monkeypatch):
 
     monkeypatch.setattr(Engine, '_staging', staging_spy)
     before = loader_threads()
-    m = load(pack.path, fault_injector=inject)
+    m = load(pack.path, device=device, staging=staging, fault_injector=inject)
     assert same(first_output(m(x)), want)
     failing['on'] = True
     with pytest.raises(OSError, match='injected fault'):
         m.reconfigure(plan={'resident_units': [head.name]})    # the resident read fails
     failing['on'] = False
     assert len(made) == 3                   # the first, the failed one, the restored first
-    assert made[1].arena is None, 'the failed configuration kept its arena'
-    assert made[0].arena is None and made[2].arena is not None
+    assert freed(made[1]), 'the failed configuration kept its arena'
+    assert freed(made[0]) and made[2].arena is not None
     assert m._engine.configured and loader_threads() == before + 1
     assert same(first_output(m(x)), want)
     m.close()
-    assert made[2].arena is None and loader_threads() == before
+    assert freed(made[2]) and loader_threads() == before
 
     failing['on'] = True
     with pytest.raises(OSError, match='injected fault'):
-        load(pack.path, plan={'resident_units': [head.name]}, fault_injector=inject)
-    assert len(made) == 4 and made[3].arena is None and loader_threads() == before
+        load(pack.path, device=device, staging=staging, plan={'resident_units': [head.name]},
+             fault_injector=inject)
+    assert len(made) == 4 and freed(made[3]) and loader_threads() == before
 
 
 # ----------------------------------------------------------------------------- defect 7
 
 
-@pytest.mark.parametrize('device,staging', [
-    ('cpu', None),
-    pytest.param('cuda:0', 'copy', marks=pytest.mark.skipif(not CUDA, reason='needs CUDA')),
-    pytest.param('cuda:0', 'zero_copy', marks=pytest.mark.skipif(not CUDA, reason='needs CUDA'))])
+@ON_EACH_DEVICE
 def test_a_unit_called_fewer_times_than_recorded_is_released(repeat_pack, device, staging,
                                                              no_tf32):
     """
