@@ -31,7 +31,7 @@ CUDA = torch.cuda.is_available()
 
 @pytest.fixture(scope='module')
 def real_packs(tmp_path_factory):
-    """The real COCO yolov3-tiny at 416x416 as a float32 and a float16 pack."""
+    """Write the real COCO yolov3-tiny at 416x416 as a float32 and a float16 pack."""
     cfg, weights, _ = assets.yolov3_tiny()
     root = tmp_path_factory.mktemp('fp16')
     return {dtype: P.write_pack(f'darknet:{cfg}', root / str(dtype), weights=str(weights),
