@@ -302,6 +302,8 @@ class Pipeline:
 
     def converting(self, nbytes, locked=False):
         """Note conversion copies made (nbytes > 0) or freed (< 0): weight memory too."""
+        if not nbytes:
+            return None
         if not locked:
             with self.cond:
                 return self.converting(nbytes, locked=True)
