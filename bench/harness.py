@@ -34,7 +34,7 @@ from pathlib import Path
 import shlex
 import sys
 
-from bench.configs import CONFIGS, MODELS, ORDER
+from bench.configs import CONFIGS, DEFAULT_MODELS, MODELS, ORDER
 from bench.jobs import run_all
 from bench.report import report
 from bench.worker import worker
@@ -47,9 +47,10 @@ def _csv(value):
 def add_arguments(parser, command):
     """Add the `bench` command's options."""
     root = os.geteuid() == 0 if hasattr(os, 'geteuid') else False
-    parser.add_argument('--models', type=_csv, default=list(MODELS),
-                        help='comma-separated model keys or specs FAMILY:ARG (default: all '
-                             f'{len(MODELS)}: {", ".join(MODELS)})')
+    parser.add_argument('--models', type=_csv, default=list(DEFAULT_MODELS),
+                        help='comma-separated model keys or specs FAMILY:ARG (default: '
+                             f'{len(DEFAULT_MODELS)}: {", ".join(DEFAULT_MODELS)}; also '
+                             f'{", ".join(k for k in MODELS if k not in DEFAULT_MODELS)})')
     parser.add_argument('--configs', type=_csv, default=list(ORDER),
                         help=f'comma-separated configurations (default all: {", ".join(ORDER)})')
     parser.add_argument('--passes', type=int, default=20,

@@ -14,6 +14,7 @@ import sys
 from demand_layering_ros import load, load_resident
 from demand_layering_ros.models.detector import read_image
 from demand_layering_ros.pack import Pack
+from demand_layering_ros.runtime.binding import compute_dtype
 
 
 def add_arguments(parser, command):
@@ -37,7 +38,9 @@ def add_arguments(parser, command):
     parser.add_argument('--batch', type=int, default=4,
                         help='images per forward pass (default 4)')
     parser.add_argument('--device', default='cpu', help="'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument('--fp16', action='store_true', help='float16 inference (CUDA only)')
+    parser.add_argument('--fp16', action='store_true',
+                        help='float16 inference (CUDA only; with --pack: whatever the pack '
+                             'stores, see `pack --dtype`)')
     pack = parser.add_argument_group('demand layering (weights streamed from a pack)')
     pack.add_argument('--pack', metavar='PACK_DIR', default=None,
                       help='run from a weight pack instead of --model/--weights')
@@ -51,12 +54,25 @@ def add_arguments(parser, command):
 
 
 def _load_from_pack(args):
-    """Return (detector, stats_fn) for a weight pack (--pack); stats_fn() -> dict or None."""
+    """
+    Return (detector, stats_fn) for a weight pack (--pack); stats_fn() -> dict or None.
+
+    The model computes in the pack's dtype on CUDA (float16 straight from the arena) and in
+    float32 on the CPU; --fp16 (CUDA) asks for float16 whatever the pack stores, a float32
+    pack's weights being converted as they land.
+    """
+    import torch
+    dtype = torch.float16 if args.fp16 else None
+    pack = Pack.open(args.pack)
     if args.resident:
-        det = Pack.open(args.pack).build_detector(device=args.device, meta=True)
-        det.model = load_resident(args.pack, device=args.device)
+        det = pack.build_detector(device=args.device, meta=True)
+        dtype = compute_dtype(pack, args.device, dtype)
+        if dtype is not None:
+            det.set_dtype(dtype)
+        det.model = load_resident(pack, device=args.device, dtype=dtype)
         return det, lambda: None
-    model = load(args.pack, device=args.device, budget_mb=args.budget_mb, plan=args.plan)
+    model = load(pack, device=args.device, budget_mb=args.budget_mb, plan=args.plan,
+                 dtype=dtype)
     return model.detector, model.stats
 
 
@@ -89,11 +105,13 @@ def run(args, command):
     try:
         import torch
         if args.fp16 and not str(args.device).startswith('cuda'):
-            raise ValueError('--fp16 needs a CUDA device (--device cuda)')
+            raise ValueError('--fp16 needs a CUDA device (--device cuda)' + (
+                '; on the CPU a float16 pack runs without it, each unit converted to float32 '
+                'as it lands' if args.pack else ''))
         if str(args.device).startswith('cuda') and not torch.cuda.is_available():
             raise ValueError(f'--device {args.device}: CUDA is not available here')
         det, stats_fn = _build(args)
-        if args.fp16:
+        if args.fp16 and not args.pack:
             det.half()
         for start in range(0, len(args.images), args.batch):
             paths = args.images[start:start + args.batch]

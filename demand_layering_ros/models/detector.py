@@ -185,10 +185,15 @@ class Detector:
         return self.set_dtype(torch.float16)
 
     def set_dtype(self, dtype):
-        """Set the floating point type of the model and of its inputs."""
+        """
+        Set the floating point type of the model and of its inputs.
+
+        A 'meta' skeleton is cast too (its placeholders then carry the dtype the weights will
+        have), and a model that cannot be cast (a demand-layered one computing in another
+        dtype) raises rather than leave model and inputs disagreeing.
+        """
+        self.model.to(dtype=dtype)
         self.dtype = dtype
-        if not _is_meta(self.model):
-            self.model.to(dtype=dtype)
         return self
 
     def __repr__(self):

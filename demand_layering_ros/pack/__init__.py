@@ -28,8 +28,9 @@ No pickle anywhere.
 from demand_layering_ros.pack.format import (ALIGNMENT, CFG_FILE, dtype_name, dtype_of,
                                              EXTRA_FILE, FORMAT, itemsize, MANIFEST_FILE,
                                              MAX_HEADER_BYTES, MERGE_BYTES, NAMES_FILE,
-                                             PackError, PAD_PREFIX, ST_CODES, TENSOR_ALIGNMENT,
-                                             TensorInfo, Unit, VERSION, WEIGHTS_FILE)
+                                             PackError, PAD_PREFIX, ST_CODES, STORED_DTYPES,
+                                             stored_tensor, TENSOR_ALIGNMENT, TensorInfo, Unit,
+                                             VERSION, WEIGHTS_FILE)
 from demand_layering_ros.pack.store import Pack, unit_table
 from demand_layering_ros.pack.tracing import group_units, Trace, trace, UnitPlan
 from demand_layering_ros.pack.writer import write_pack, write_pack_from_module
@@ -37,7 +38,7 @@ from demand_layering_ros.pack.writer import write_pack, write_pack_from_module
 __all__ = [
     'ALIGNMENT', 'CFG_FILE', 'dtype_name', 'dtype_of', 'EXTRA_FILE', 'FORMAT', 'group_units',
     'itemsize', 'MANIFEST_FILE', 'MAX_HEADER_BYTES', 'MERGE_BYTES', 'NAMES_FILE', 'Pack',
-    'PackError', 'PAD_PREFIX', 'ST_CODES', 'TENSOR_ALIGNMENT', 'TensorInfo', 'trace', 'Trace',
-    'Unit', 'unit_table', 'UnitPlan', 'VERSION', 'WEIGHTS_FILE', 'write_pack',
-    'write_pack_from_module',
+    'PackError', 'PAD_PREFIX', 'ST_CODES', 'STORED_DTYPES', 'stored_tensor',
+    'TENSOR_ALIGNMENT', 'TensorInfo', 'trace', 'Trace', 'Unit', 'unit_table', 'UnitPlan',
+    'VERSION', 'WEIGHTS_FILE', 'write_pack', 'write_pack_from_module',
 ]

@@ -5,7 +5,7 @@
 import json
 
 from demand_layering_ros import direct_io
-from demand_layering_ros.pack.format import MERGE_BYTES
+from demand_layering_ros.pack.format import MERGE_BYTES, STORED_DTYPES
 from demand_layering_ros.pack.store import Pack
 from demand_layering_ros.pack.writer import write_pack
 
@@ -20,6 +20,9 @@ def add_arguments(parser, command):
     parser.add_argument('--merge-bytes', type=int, default=MERGE_BYTES,
                         help='merge units up to this size into the unit called right before '
                              '(0: one unit per module)')
+    parser.add_argument('--dtype', choices=STORED_DTYPES, default=None,
+                        help='store floating point weights as this dtype (float16/bfloat16: '
+                             'half the bytes to read; default: as the model)')
     parser.add_argument('--no-verify', action='store_true',
                         help='skip reading the pack back and comparing it with the model')
     parser.add_argument('--check', metavar='PACK_DIR', default=None,
@@ -41,6 +44,6 @@ def run(args, command):
         raise SystemExit('pack: --model and --out are required (or --check PACK_DIR)')
     pack = write_pack(args.model, args.out, weights=args.weights, seed=args.seed,
                       input_size=args.input_size, merge_bytes=args.merge_bytes,
-                      verify=not args.no_verify)
+                      verify=not args.no_verify, dtype=args.dtype)
     print(json.dumps(pack.summary()))
     return 0

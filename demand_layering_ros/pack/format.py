@@ -38,6 +38,8 @@ ST_CODES = {
     'float8_e4m3fn': 'F8_E4M3', 'float8_e5m2': 'F8_E5M2', 'complex64': 'C64',
 }
 _NAME_PART = re.compile(r'^[A-Za-z0-9_\-:+@]+$')
+# what `pack --dtype` may store floating point weights as (manifest 'stored_dtype')
+STORED_DTYPES = ('float32', 'float16', 'bfloat16')
 
 
 def dtype_of(name):
@@ -55,6 +57,18 @@ def dtype_name(dtype):
         raise ValueError(f'dtype {dtype} cannot be stored in a pack '
                          f'(supported: {", ".join(ST_CODES)})')
     return name
+
+
+def stored_tensor(t, dtype):
+    """
+    Return tensor `t` as a pack stores it with stored dtype `dtype` (a torch dtype or None).
+
+    Floating point tensors are cast (float32 -> float16 halves the bytes); integer and bool
+    tensors (counters, indices) keep their dtype; None keeps every tensor as the model has it.
+    """
+    if dtype is None or not t.is_floating_point() or t.dtype == dtype:
+        return t
+    return t.to(dtype)
 
 
 def itemsize(name):

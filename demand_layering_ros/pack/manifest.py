@@ -16,7 +16,7 @@ import re
 from demand_layering_ros import direct_io
 from demand_layering_ros.pack.format import (FORMAT, full_name, itemsize, MAX_HEADER_BYTES,
                                              PackError, PAD_PREFIX, safe_file_name, ST_CODES,
-                                             valid_tensor_name, VERSION)
+                                             STORED_DTYPES, valid_tensor_name, VERSION)
 from demand_layering_ros.sizes import PAGE
 
 UNIT_KEYS = ('index', 'name', 'modules', 'offset', 'length', 'nbytes', 'checksum', 'calls',
@@ -77,6 +77,9 @@ def _check_top(path, m):
     _need(m['checksum_algorithm'] == direct_io.CHECKSUM_ALGORITHM,
           f'unknown checksum algorithm {m["checksum_algorithm"]!r}', path)
     _need(isinstance(m['model'], dict), "manifest 'model' must be an object", path)
+    stored = m.get('stored_dtype')          # absent (packs before it) or None: as the model
+    _need(stored is None or stored in STORED_DTYPES, f'stored_dtype {stored!r} must be one of '
+          f'{STORED_DTYPES} or null', path)
     align = m['alignment']
     _need(_is_int(align) and align > 0 and align % PAGE == 0,
           f'alignment {align!r} must be a positive multiple of {PAGE}', path)

@@ -79,6 +79,16 @@ class Pack:
         return pack
 
     @property
+    def stored_dtype(self):
+        """
+        Return the dtype name floating point weights were stored as, or None: as the model.
+
+        A 'float16' or 'bfloat16' pack holds half the bytes of the float32 model it was written
+        from (`pack --dtype`); packs written before the key existed read as None.
+        """
+        return self.manifest.get('stored_dtype')
+
+    @property
     def total_bytes(self):
         """Return the sum of all unit extents (what streaming the whole pack reads)."""
         return sum(u.length for u in self.units)
@@ -228,6 +238,7 @@ class Pack:
                 'units': len(self.units), 'uncalled_units': len(self.uncalled_units),
                 'calls': len(self.call_order), 'file_size': self.file_size,
                 'payload_bytes': self.manifest['total_nbytes'],
+                'stored_dtype': self.stored_dtype,
                 'largest_unit': max(lengths) if lengths else 0,
                 'smallest_unit': min(lengths) if lengths else 0,
                 'checksum_algorithm': self.manifest['checksum_algorithm']}

@@ -18,8 +18,8 @@ from demand_layering_ros import atomic, direct_io
 from demand_layering_ros.pack.format import (ALIGNMENT, CFG_FILE, dtype_name, EXTRA_FILE,
                                              FORMAT, MANIFEST_FILE, MERGE_BYTES, NAMES_FILE,
                                              PAD_PREFIX, safe_file_name, ST_CODES,
-                                             TENSOR_ALIGNMENT, valid_tensor_name, VERSION,
-                                             WEIGHTS_FILE)
+                                             STORED_DTYPES, stored_tensor, TENSOR_ALIGNMENT,
+                                             valid_tensor_name, VERSION, WEIGHTS_FILE)
 from demand_layering_ros.pack.store import Pack
 from demand_layering_ros.pack.tracing import group_units, non_persistent_buffers, trace
 from demand_layering_ros.sizes import align_up
@@ -31,8 +31,12 @@ def _tensor_bytes(t):
     return t.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
 
 
-def _layout(plans, call_order, span_end, tr):
-    """Compute offsets relative to the data start; returns (units dicts, header entries, size)."""
+def _layout(plans, call_order, span_end, tr, dtype=None):
+    """
+    Compute offsets relative to the data start; returns (units dicts, header entries, size).
+
+    dtype: the stored dtype of floating point tensors (None: as the model has them).
+    """
     entries, units = [], []
     pos, npad = 0, 0
 
@@ -47,6 +51,7 @@ def _layout(plans, call_order, span_end, tr):
         start = pos
         tensors = []
         for name, t, module, attr, kind, aliases in p.tensors:
+            t = stored_tensor(t, dtype)
             pad(align_up(pos, TENSOR_ALIGNMENT) - pos)
             nbytes = t.numel() * t.element_size()
             entries.append((name, t, nbytes, pos))
@@ -59,7 +64,8 @@ def _layout(plans, call_order, span_end, tr):
         names = {n for e in p.tensors for n in [e[0]] + e[5]}
         units.append({
             'index': i, 'name': p.modules[0] or '(root)', 'modules': list(p.modules),
-            'offset': start, 'length': pos - start, 'nbytes': p.nbytes, 'checksum': None,
+            'offset': start, 'length': pos - start,
+            'nbytes': sum(t['nbytes'] for t in tensors), 'checksum': None,
             'calls': len(positions),
             'first_call': positions[0] if positions else None,
             'last_call': max(span_end[k] for k in positions) if positions else None,
@@ -144,9 +150,21 @@ def _copy_file(src, dst):
     atomic.write_bytes(dst, copy, 'wb')
 
 
+def storage_dtype(dtype):
+    """Return the torch dtype for `pack --dtype` (a name, a torch dtype or None: as the model)."""
+    if dtype is None:
+        return None
+    name = dtype_name(dtype) if not isinstance(dtype, str) else dtype
+    if name not in STORED_DTYPES:
+        raise ValueError(f'a pack stores weights as one of {", ".join(STORED_DTYPES)}, '
+                         f'not {dtype!r}')
+    import torch
+    return getattr(torch, name)
+
+
 def write_pack_from_module(model, example_input, out_dir, model_info, input_info=None,
                            merge_bytes=MERGE_BYTES, progress=True, extra_files=None,
-                           source=None, file_roles=None):
+                           source=None, file_roles=None, dtype=None):
     """
     Trace an already-built model and write a pack to `out_dir`; return the opened Pack.
 
@@ -156,9 +174,12 @@ def write_pack_from_module(model, example_input, out_dir, model_info, input_info
     file_roles: {role: file name} recorded as manifest['model_files'] (default: name -> name).
     String values of model_info equal to such a file name (or 'FAMILY:file name') are made
     absolute by Pack.model_args().
+    dtype: store floating point weights as 'float16' or 'bfloat16' (half the bytes) or
+    'float32' (None: as the model has them); recorded as manifest['stored_dtype'].
     Files are written under temporary names and renamed; the manifest comes last, so a directory
     with a manifest always holds a complete pack.
     """
+    dtype = storage_dtype(dtype)
     on_meta = [n for n, t in model.state_dict().items() if t.device.type == 'meta']
     if on_meta:
         raise ValueError(f'cannot pack a model whose weights are on the meta device '
@@ -173,7 +194,7 @@ def write_pack_from_module(model, example_input, out_dir, model_info, input_info
             raise ValueError(f'extra file name {name!r} must be a plain file name')
     tr = trace(model, example_input)
     plans, call_order, span_end, aliases = group_units(model, tr, merge_bytes=merge_bytes)
-    units, entries, data_size = _layout(plans, call_order, span_end, tr)
+    units, entries, data_size = _layout(plans, call_order, span_end, tr, dtype)
     for name, _, _, _ in entries:
         if not name.startswith(PAD_PREFIX) and not valid_tensor_name(name):
             raise ValueError(f'tensor name {name!r} cannot be stored in a pack '
@@ -197,6 +218,7 @@ def write_pack_from_module(model, example_input, out_dir, model_info, input_info
         'data_offset': data_start,
         'alignment': ALIGNMENT,
         'tensor_alignment': TENSOR_ALIGNMENT,
+        'stored_dtype': dtype_name(dtype) if dtype is not None else None,
         'checksum_algorithm': direct_io.CHECKSUM_ALGORITHM,
         'total_nbytes': sum(u['nbytes'] for u in units),
         'merge_bytes': merge_bytes,
@@ -225,13 +247,14 @@ def _darknet_cfg_path(arg):
 
 
 def write_pack(spec, out_dir, weights=None, seed=None, input_size=None, progress=True,
-               merge_bytes=MERGE_BYTES, verify=True):
+               merge_bytes=MERGE_BYTES, verify=True, dtype=None):
     """
     Build `spec` through the registry, trace it and write a pack; return the opened Pack.
 
     For darknet the cfg text is copied into the pack as model.cfg and manifest['model']['spec']
     refers to it relative to the pack ('darknet:model.cfg'). verify=True reads the pack back
-    (O_DIRECT, checksums) and compares every tensor with the model's state dict.
+    (O_DIRECT, checksums) and compares every tensor with the model's state dict (cast to the
+    stored dtype). dtype: see write_pack_from_module.
     """
     from demand_layering_ros.models import registry
     det = registry.build(spec, weights=weights, seed=seed, input_size=input_size)
@@ -253,7 +276,9 @@ def write_pack(spec, out_dir, weights=None, seed=None, input_size=None, progress
     pack = write_pack_from_module(det.model, det.example_input(1), out_dir, info,
                                   input_info=input_info, merge_bytes=merge_bytes,
                                   progress=progress, extra_files=extra_files, source=source,
-                                  file_roles=roles)
+                                  file_roles=roles, dtype=dtype)
     if verify:
-        pack.check_against(det.model.state_dict())
+        stored = storage_dtype(dtype)
+        pack.check_against({k: stored_tensor(t, stored)
+                            for k, t in det.model.state_dict().items()})
     return pack

@@ -16,12 +16,12 @@ import threading
 import time
 
 from demand_layering_ros import direct_io
-from demand_layering_ros.pack import dtype_of, PackError
+from demand_layering_ros.pack import PackError
 from demand_layering_ros.planning.decide import decide_plan
 from demand_layering_ros.planning.fit import fit_budget
 from demand_layering_ros.planning.plan import Plan
 from demand_layering_ros.runtime.arena import ArenaTooSmall, describe_budget
-from demand_layering_ros.runtime.binding import Binding, TensorRef
+from demand_layering_ros.runtime.binding import Binding
 from demand_layering_ros.runtime.cuda_staging import DeviceArena, MappedHostArena
 from demand_layering_ros.runtime.errors import ExecutorError, read_error
 from demand_layering_ros.runtime.hooks import attach_hooks, detach_hooks
@@ -83,7 +83,8 @@ class Engine:
     def configure(self, budget_mb=None, plan=None):
         """Decide the plan for (budget_mb, plan: a Plan or None), lay it out and install it."""
         budget_bytes = int(budget_mb * MB) if budget_mb is not None else None
-        run = self._decide(budget_mb, budget_bytes, plan)
+        room, reserve = self._room(budget_bytes)
+        run = self._decide(room / MB if reserve and room is not None else budget_mb, room, plan)
         split_bytes = self._option(run, 'split_bytes')
         depth = self._option(run, 'prefetch_depth')
         forced = {u.index for u in self.units if u.info.used_outside_forward}
@@ -93,17 +94,36 @@ class Engine:
         slots = slot_layout(self.pack, self.binding.modules, residents, split_bytes)
         layout = arena_layout(slots.slots, run.arena_bytes if fixed else None, depth, text)
         need = sum(self.units[i].info.length for i in residents) + self.binding.extra_bytes + \
-            (layout.capacity if layout else 0)
+            (layout.capacity if layout else 0) + reserve
         if fixed and budget_bytes is not None and need > budget_bytes:
-            raise ArenaTooSmall(f'{text} is below the plan: resident units, extra buffers and '
-                                f'the arena need {need} bytes', needed=need,
-                                capacity=budget_bytes)
+            what = 'extra buffers, the arena and conversion copies' if reserve else \
+                'extra buffers and the arena'
+            raise ArenaTooSmall(f'{text} is below the plan: resident units, {what} need '
+                                f'{need} bytes', needed=need, capacity=budget_bytes)
         self.budget_mb, self.budget_bytes = budget_mb, budget_bytes
         self.staging = (run.staging if run is not None else None) or self.opts['staging'] \
             or default_staging(self.device)
         self.split_bytes = split_bytes
         self.plan_in = plan
         self._install(residents, slots, layout)
+
+    def _room(self, budget_bytes):
+        """
+        Return (bytes the plan may hold, conversion reserve) for a budget (None: no budget).
+
+        A pack stored in another dtype than the model computes in (float16 on the CPU) is
+        converted as each unit lands; the copies alive at once (`Binding.convert_reserve`) are
+        weight memory outside the plan, so the plan gets the budget less that reserve.
+        """
+        reserve = self.binding.convert_reserve
+        if budget_bytes is None or not reserve:
+            return budget_bytes, reserve
+        if budget_bytes <= reserve:
+            raise ArenaTooSmall(f'{describe_budget(budget_bytes)} cannot hold the {reserve} '
+                                f'bytes of the weights converted from the pack of '
+                                f'{self.pack.stored_dtype} as they land', needed=reserve + 1,
+                                capacity=budget_bytes)
+        return budget_bytes - reserve, reserve
 
     def _decide(self, budget_mb, budget_bytes, plan):
         """Return the Plan to run: decide_plan's, fitted to the budget when it leaves it open."""
@@ -202,9 +222,13 @@ class Engine:
             del host
             pos = 0
             for u in units:
-                for t in u.info.tensors:
-                    TensorRef(t.name, dtype_of(t.dtype), t.shape, pos + t.offset
-                              - u.info.offset, t.nbytes, u.targets[t.name]).put(buf)
+                refs = self.binding.resident_refs(u, pos)
+                if any(r.compute is not None for r in refs) and not u.info.used_outside_forward:
+                    u.landing = (refs, buf)        # converted each pass as it lands (hooks)
+                else:
+                    for r in refs:
+                        r.put(buf)
+                    self.pipeline.resident_bytes += sum(r.converted_bytes for r in refs)
                 pos += u.info.length
         self.binding.put_extra(self.device)
         return buf

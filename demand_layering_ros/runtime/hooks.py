@@ -53,7 +53,12 @@ class HookChain(ModelHook):
 
 
 class StreamHook(ModelHook):
-    """Streams a unit: acquire its main slot before the first call, release after the last."""
+    """
+    Streams a unit: acquire its main slot before the first call, release after the last.
+
+    A resident unit stored in another dtype than the model computes in (a float16 pack on the
+    CPU) gets one too: it lands, converted, before its first call and is dropped after its last.
+    """
 
     def __init__(self, unit, pipeline):
         """Stream run-time Unit `unit` through `pipeline`."""
@@ -69,6 +74,9 @@ class StreamHook(ModelHook):
                 buf, unit.lease = self.pipeline.acquire(
                     unit.main, borrow=unit.leaf and unit.split is None)
                 unit.main.put(buf)
+            elif unit.landing is not None:
+                unit.land()                  # a resident unit converted as it lands
+            self.pipeline.hold_converted(unit)
             unit.loaded = True
         unit.active += 1
         unit.wait_s = time.perf_counter() - t0
@@ -124,7 +132,9 @@ class ChunkedCompute(ModelHook):
             t0 = time.perf_counter()
             buf, lease = self.pipeline.acquire(slot, borrow=True)
             self.timeline.log_call(self.unit.index, time.perf_counter() - t0, j)
-            w = slot.tensors[0].view(buf)
+            w = slot.tensors[0].tensor(buf)           # converted when the pack's dtype differs
+            held = slot.tensors[0].converted_bytes
+            self.pipeline.converting(held)
             r0, r1 = slot.rows
             b = bias[r0:r1] if bias is not None else None
             self.timeline.stamp(slot.t, 'compute_start')
@@ -134,6 +144,7 @@ class ChunkedCompute(ModelHook):
                 outs.append(F.linear(x, w, b))
             self.timeline.stamp(slot.t, 'compute_end')
             del w
+            self.pipeline.converting(-held)
             if lease is not None:
                 self.pipeline.return_lease(lease)
             self.pipeline.release(slot)
@@ -178,16 +189,18 @@ def attach_hooks(units, pipeline, timeline):
     """
     Attach hooks to every unit that needs them; return the handles for detach_hooks.
 
-    Streamed units get a StreamHook (and ChunkedCompute on a split layer); with the timeline
-    on, every unit gets a TimingHook too, resident ones only when something streams.
+    Streamed units get a StreamHook (and ChunkedCompute on a split layer), and so do resident
+    units converted as they land; with the timeline on, every unit gets a TimingHook too,
+    resident ones only when something streams.
     """
     streamed = any(not u.resident for u in units)
     handles = []
     for u in units:
         timing = timeline.enabled and (streamed or not u.resident)
-        if u.resident and not timing:
+        stream = not u.resident or u.landing is not None
+        if not stream and not timing:
             continue
-        hooks = ([] if u.resident else [StreamHook(u, pipeline)]) + \
+        hooks = ([StreamHook(u, pipeline)] if stream else []) + \
             ([TimingHook(u, timeline)] if timing else [])
         for m in u.modules:
             handles.append(attach_hook(m, HookChain(hooks)))

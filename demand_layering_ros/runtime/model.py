@@ -27,6 +27,7 @@ import weakref
 
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.planning.plan import Plan, PlanError
+from demand_layering_ros.runtime.binding import compute_dtype
 from demand_layering_ros.runtime.engine import Engine
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.runtime.options import check_options
@@ -101,8 +102,9 @@ class DemandLayeredModel(nn.Module):
     this object.
     """
 
-    def __init__(self, pack, device='cpu', budget_mb=None, plan=None, staging=None, **opts):
-        """Open the pack, build the skeleton on 'meta' and configure the pipeline."""
+    def __init__(self, pack, device='cpu', budget_mb=None, plan=None, staging=None,
+                 dtype=None, **opts):
+        """Open the pack, build the skeleton on 'meta' (in the compute dtype), configure."""
         super().__init__()
         check_options(device=device, staging=staging, **{
             k: v for k, v in opts.items() if k in ('threads', 'split_bytes', 'prefetch_depth',
@@ -111,6 +113,12 @@ class DemandLayeredModel(nn.Module):
         plan = coerce_plan(plan)
         pack = pack if isinstance(pack, Pack) else Pack.open(pack)
         template = pack.build_detector(device=device, meta=True)
+        try:
+            dtype = compute_dtype(pack, device, dtype)
+        except ValueError as e:
+            raise ExecutorError(str(e)) from None
+        if dtype is not None:
+            template.set_dtype(dtype)          # e.g. CUDA: the pack's stored float16
         self.module = template.model
         self.pack = pack
         self._template = template
@@ -144,11 +152,11 @@ class DemandLayeredModel(nn.Module):
         return self._engine.device
 
     def to(self, *args, **kwargs):
-        """Accept only the device and dtype the model was loaded with (weights stay put)."""
+        """Accept only the device and dtype the model computes in (weights stay put)."""
         device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
         same = device is None or (torch.device(device).type == self.device.type and (
             torch.device(device).index in (None, self.device.index)))
-        if not same or dtype not in (None, torch.float32):
+        if not same or dtype not in (None, self._template.dtype):
             raise ExecutorError(NO_MOVING)
         return self
 

@@ -61,6 +61,7 @@ class Pipeline:
         self.peak = 0
         self.resident_bytes = 0
         self.transient_bytes = 0
+        self.converted_bytes = 0          # conversion copies held (a pack in another dtype)
         self.total_misses = 0
         self.pass_misses = 0
         self.last_stall = 0.0
@@ -122,7 +123,7 @@ class Pipeline:
     def note_peak(self):
         """Raise peak to the weight memory in use now (lock held)."""
         self.peak = max(self.peak, self.committed() + self.resident_bytes
-                        + self.transient_bytes)
+                        + self.transient_bytes + self.converted_bytes)
 
     def wait_reads(self):
         """Wait until no read is in flight."""
@@ -169,7 +170,7 @@ class Pipeline:
                         self.staging.released(s)
                     self.unclaim(s)
             for u in units:
-                if u.loaded and not u.resident:
+                if u.loaded and (not u.resident or u.landing is not None):
                     self.drop(u, locked=True)
                 u.reset()
             for u in units:
@@ -308,12 +309,35 @@ class Pipeline:
             slot.used()                             # unread ones are skipped by the loader
             self.unclaim(slot)
 
+    def converting(self, nbytes, locked=False):
+        """Note conversion copies made (nbytes > 0) or freed (< 0): weight memory too."""
+        if not nbytes:
+            return None
+        if not locked:
+            with self.cond:
+                return self.converting(nbytes, locked=True)
+        self.converted_bytes += nbytes
+        if nbytes > 0:
+            self.note_peak()
+
+    def hold_converted(self, unit):
+        """Note the conversion copies a unit made as it landed (held until its drop)."""
+        n = unit.convert_bytes
+        if n:
+            unit.converted = n
+            self.converting(n)
+
     def drop(self, unit, locked=False):
         """Unbind a streamed unit's weights and give back a demand miss's bytes."""
-        if unit.resident:
+        if unit.resident and unit.landing is None:
             return
         if unit.main is not None:
             unit.main.unset()
+        elif unit.landing is not None:
+            unit.unset_all()                     # the conversion copies go
+        if unit.converted:
+            self.converting(-unit.converted, locked)
+            unit.converted = 0
         if unit.lease is not None:
             self.return_lease(unit.lease, locked)
             unit.lease = None

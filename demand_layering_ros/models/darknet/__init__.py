@@ -1,7 +1,7 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
 """
-Darknet models (YOLOv2/v3, ResNet, DenseNet, VGG, AlexNet) as plain PyTorch modules.
+Darknet models (YOLOv2/v3/v4, ResNet, DenseNet, VGG, AlexNet) as plain PyTorch modules.
 
 The Demand Layering paper ran Darknet networks, so we read Darknet's own files. `build` (the
 registry's 'darknet' family) puts the parts together:
@@ -9,12 +9,14 @@ registry's 'darknet' family) puts the parts together:
   layers    the cfg layers as modules (Convolutional, Route, Yolo, ...);
   model     DarknetModel: every cfg layer is the submodule `layers.<i>`;
   weights   `.weights` reader and writer, seeded init;
-  detector  letterbox, yolo/region decoding, NMS: DarknetDetector.
+  detector  letterbox, yolo/region decoding, NMS: DarknetDetector;
+  yolov4    YOLOv4's cfg written from its published description (no registry carries it).
 """
 
 from pathlib import Path
 
 from demand_layering_ros.models import assets
+from demand_layering_ros.models.darknet import yolov4
 from demand_layering_ros.models.darknet.cfg import DarknetError, parse_cfg, Section
 from demand_layering_ros.models.darknet.detector import (class_names_for, correct_boxes,
                                                          DarknetDetector, decode_head,
@@ -43,17 +45,29 @@ __all__ = [
 
 
 def resolve_cfg(arg):
-    """Turn 'yolov3' or a path into the path of an existing cfg file."""
+    """
+    Turn 'yolov3' or a path into the path of an existing cfg file.
+
+    A name is looked up in Debian's cfg directory, then among the cfgs built in code
+    (`yolov4.BUILTIN`: YOLOv4, which no package registry carries).
+    """
     p = Path(arg).expanduser()
     if p.is_file():
         return p.resolve()
     if '/' not in arg:
-        d = assets.darknet_dir() / 'cfg'
         name = arg[:-4] if arg.endswith('.cfg') else arg
-        if not (d / f'{name}.cfg').is_file():
-            known = ', '.join(sorted(p.stem for p in d.glob('*.cfg')))
-            raise FileNotFoundError(f'no Darknet cfg named {arg!r} in {d} (known: {known})')
-        return (d / f'{name}.cfg').resolve()
+        try:
+            d = assets.darknet_dir() / 'cfg'
+        except FileNotFoundError:
+            if name in yolov4.BUILTIN:
+                return yolov4.builtin_cfg(name)
+            raise
+        if (d / f'{name}.cfg').is_file():
+            return (d / f'{name}.cfg').resolve()
+        if name in yolov4.BUILTIN:
+            return yolov4.builtin_cfg(name)
+        known = ', '.join(sorted({p.stem for p in d.glob('*.cfg')} | set(yolov4.BUILTIN)))
+        raise FileNotFoundError(f'no Darknet cfg named {arg!r} in {d} (known: {known})')
     raise FileNotFoundError(f'Darknet cfg file {arg} not found')
 
 
