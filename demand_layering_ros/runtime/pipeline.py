@@ -47,12 +47,18 @@ class Pipeline:
     total_misses, and per pass pass_misses and last_stall (seconds waited).
     """
 
-    def __init__(self, pack_path, reader, sync_reader):
-        """Use `reader` for the loader's reads and `sync_reader` for demand misses."""
+    def __init__(self, pack_path, reader, sync_reader, shared=None):
+        """
+        Use `reader` for the loader's reads and `sync_reader` for demand misses.
+
+        shared: the parts a group of models shares (`runtime.shared.SharedParts`): its lock,
+        its loader thread, its memory figure and its choice of the model that reads ahead.
+        """
         self.pack_path = pack_path
         self.reader = reader
         self.sync_reader = sync_reader
-        self.cond = threading.Condition()
+        self.shared = shared
+        self.cond = shared.cond if shared is not None else threading.Condition()
         self.staging = None
         self.slots, self.order = [], []
         self.alloc = Allocator(0)
@@ -122,6 +128,8 @@ class Pipeline:
         """Raise peak to the weight memory in use now (lock held)."""
         self.peak = max(self.peak, self.committed() + self.resident_bytes
                         + self.transient_bytes)
+        if self.shared is not None:
+            self.shared.note_peak()
 
     def wait_reads(self):
         """Wait until no read is in flight."""
@@ -153,8 +161,13 @@ class Pipeline:
             self.loader.hold()
         self.wait_reads()
 
-    def next_pass(self, units):
-        """Give back all ranges, unbind streamed units, reset slots; let the loader go on."""
+    def next_pass(self, units, resume=True):
+        """
+        Give back all ranges, unbind streamed units, reset slots; let the loader go on.
+
+        resume=False leaves the loader held (a group parks a model that does not read ahead);
+        in a group the group chooses which model's loader goes on.
+        """
         with self.cond:
             for s in self.slots:
                 if s.claimed:
@@ -170,7 +183,12 @@ class Pipeline:
                 raise ExecutorError(f'internal error: {self.alloc.used} arena bytes still '
                                     'held after the pass')
             self.started = 0
-            self.loader.resume()
+            if not resume:
+                return
+            if self.shared is not None:
+                self.shared.after_pass(self)
+            else:
+                self.loader.resume()
 
     # ------------------------------------------------------------------ compute side
 
