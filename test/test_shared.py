@@ -134,10 +134,10 @@ def test_three_models_share_one_reader_and_one_loader(packs, oracle):
         assert sum(1 for t in threading.enumerate() if t.name == 'dlr-loader') - \
             sum(1 for n in before if n == 'dlr-loader') == 1
         readers = [n for n in threads if n.startswith('dlr-reader')]
-        assert len(readers) <= 4                 # two pools of 2 threads, however many models
+        assert len(readers) <= 2                 # one pool of 2 threads, however many models
         st = models.stats()
         assert st['group_peak_weight_bytes'] <= budget * MB
-        assert st['reader_threads'] == 4 and st['loader_threads'] == 1
+        assert st['reader_threads'] == 2 and st['loader_threads'] == 1
         assert set(st['models']) == set(names)
     finally:
         models.close()

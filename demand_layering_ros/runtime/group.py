@@ -190,20 +190,21 @@ class ModelGroup:
             self.parts.begin_pass(name)
             return engine.run(fn, args, kwargs)
 
-    def prefetch(self, name):
+    def prefetch(self, name, after_pass=False):
         """
         Say which model runs next, so its first units are read ahead for it.
 
         Between passes the arena goes to that model at once (what another model had read ahead
-        is dropped); during a pass, when the pass ends. Without a hint the model that waited
-        longest reads ahead.
+        is dropped); during a pass, when the pass ends. after_pass=True only notes the guess
+        for when the next pass ends (a scheduler about to run one model says which comes after
+        it). Without a hint the model that waited longest reads ahead.
         """
         if name not in self.engines:
             raise ExecutorError(f'no model {name!r} in the group (models: '
                                 f'{sorted(self.engines)})')
         with self.parts.cond:
             self.parts.hint = name
-        if self.pass_lock.acquire(blocking=False):
+        if not after_pass and self.pass_lock.acquire(blocking=False):
             try:
                 if self.engines[name].configured:
                     self.parts.activate(name)
@@ -280,7 +281,7 @@ class ModelGroup:
                 'prefetch_dropped_bytes': p.dropped_bytes,
                 'io_bytes': sum(r.bytes_read for r in readers),
                 'io_seconds': sum(r.seconds for r in readers),
-                'reader_threads': sum(pool.threads for pool in p.pools),
+                'reader_threads': p.pool.threads,
                 'loader_threads': 1,
                 'models': models,
             }
@@ -311,9 +312,9 @@ class SharedModels(dict):
         """Return the group's figures (group_peak_weight_bytes, ...; 'models': per model)."""
         return self.group.stats()
 
-    def prefetch(self, name):
+    def prefetch(self, name, after_pass=False):
         """Tell the group which model runs next (see ModelGroup.prefetch)."""
-        self.group.prefetch(name)
+        self.group.prefetch(name, after_pass=after_pass)
 
     def reconfigure(self, budget_mb=None, plan=None):
         """Between frames: a new shared budget or group plan (see ModelGroup.reconfigure)."""

@@ -79,10 +79,11 @@ class SharedParts:
     """
 
     def __init__(self, device, staging='copy', threads=2, timing=True):
-        """Create the lock, the two reader pools and the loader thread (started on close)."""
+        """Create the lock, the reader threads and the loader thread."""
         self.device = device
         self.cond = threading.Condition()
-        self.pools = (direct_io.ReadPool(threads), direct_io.ReadPool(threads))
+        self.pool = direct_io.ReadPool(threads)      # one queue: read-ahead, misses, residents
+        self.pools = (self.pool, self.pool)          # (the loader's reader, the sync reader)
         self.staging = SharedStaging(make_staging(device, staging, self.cond, timing))
         self.staging_option = staging
         self.timing = timing
@@ -251,8 +252,7 @@ class SharedParts:
             self.cond.notify_all()
         if self.thread is not threading.current_thread():
             self.thread.join()
-        for pool in self.pools:
-            pool.close()
+        self.pool.close()
         with self.cond:
             self.staging.real.synchronize()
             self.staging.real.free()
