@@ -14,7 +14,7 @@ import random
 import threading
 import time
 
-from demand_layering_ros import load_resident, load_shared
+from demand_layering_ros import direct_io, load_resident, load_shared
 from demand_layering_ros import pack as P
 from demand_layering_ros.cli import main as cli_main
 from demand_layering_ros.planning import planner, profiler
@@ -139,11 +139,32 @@ def test_three_models_share_one_reader_and_one_loader(packs, oracle):
         assert st['group_peak_weight_bytes'] <= budget * MB
         assert st['reader_threads'] == 2 and st['loader_threads'] == 1
         assert set(st['models']) == set(names)
+        assert all(s['split_units'] == [] for s in st['models'].values())
     finally:
         models.close()
     time.sleep(0.05)
     assert not [t for t in threading.enumerate() if t.name not in before
                 and t.name.startswith('dlr-')]
+
+
+def test_readers_of_several_files_share_one_pool(packs):
+    pool = direct_io.ReadPool(2)
+    before = threading.active_count()
+    readers = [direct_io.Reader(packs[n].weights_path, pool=pool) for n in ('front', 'rear')]
+    try:
+        for r, n in zip(readers, ('front', 'rear')):
+            unit = packs[n].units[-1]
+            buf = direct_io.aligned_empty(unit.length)
+            packs[n].read_unit(r, unit, buf).result()     # the checksum is verified
+        readers[0].close()                               # the other file's reads go on
+        unit = packs['rear'].units[0]
+        packs['rear'].read_unit(readers[1], unit, direct_io.aligned_empty(unit.length)).result()
+        assert threading.active_count() - before <= 3    # 2 reader threads + 1 verify thread
+        assert all(r.threads == 2 for r in readers)
+    finally:
+        for r in readers:
+            r.close()
+        pool.close()
 
 
 def _settle(models, timeout=20.0):

@@ -31,6 +31,7 @@ from demand_layering_ros.runtime.model import check_budget, DemandLayeredModel
 from demand_layering_ros.runtime.options import check_options, READER_THREADS
 from demand_layering_ros.runtime.shared import SharedParts
 from demand_layering_ros.sizes import align_up, MB
+import torch
 
 
 class SharedModel(DemandLayeredModel):
@@ -86,6 +87,8 @@ class ModelGroup:
                                                    'staging_bytes')})
         if 'shared' in opts:
             raise ExecutorError('load_shared makes the shared parts itself')
+        if dev.type == 'cuda' and dev.index is None:
+            dev = torch.device('cuda', torch.cuda.current_device())
         self.budget_mb = check_budget(budget_mb)
         self.plan_in = _coerce(plan)
         self.device, self.staging = dev, staging
