@@ -6,7 +6,7 @@ ENV := source scripts/env.sh &&
 COLCON := colcon --log-base .colcon/log
 COLCON_PATHS := --base-paths . --build-base .colcon/build --install-base .colcon/install
 
-.PHONY: setup build test lint demo bench soak gpu-check clean
+.PHONY: setup build test lint demo bench bench-shared soak gpu-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,9 @@ demo: build
 
 bench: build
 	@$(ENV) python -m bench.harness --out bench/out --markdown BENCHMARKS.md
+
+bench-shared: build
+	@$(ENV) python -m bench.bench_shared --json bench/out/shared.json --markdown BENCHMARKS.md
 
 soak: build
 	@$(ENV) python -m pytest test/test_soak.py -q --soak-frames 5000

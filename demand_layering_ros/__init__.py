@@ -9,7 +9,7 @@ The package root stays light (no torch import) so that `ros2 launch` and the CLI
 
 __version__ = '0.1.0'
 
-__all__ = ['load', 'load_resident', '__version__']
+__all__ = ['load', 'load_resident', 'load_shared', '__version__']
 
 
 def load(*args, **kwargs):
@@ -22,3 +22,9 @@ def load_resident(*args, **kwargs):
     """Open a weight pack as the plain, fully resident model (see runtime.loading)."""
     from demand_layering_ros.runtime import loading
     return loading.load_resident(*args, **kwargs)
+
+
+def load_shared(*args, **kwargs):
+    """Open several packs as models under one memory budget (see runtime.group.load_shared)."""
+    from demand_layering_ros.runtime import loading
+    return loading.load_shared(*args, **kwargs)

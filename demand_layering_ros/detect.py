@@ -11,7 +11,7 @@ is the reference for the demand-layered executor (`--pack`).
 import json
 import sys
 
-from demand_layering_ros import load, load_resident
+from demand_layering_ros import load, load_resident, load_shared
 from demand_layering_ros.models.detector import read_image
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.runtime.binding import compute_dtype
@@ -42,11 +42,14 @@ def add_arguments(parser, command):
                         help='float16 inference (CUDA only; with --pack: whatever the pack '
                              'stores, see `pack --dtype`)')
     pack = parser.add_argument_group('demand layering (weights streamed from a pack)')
-    pack.add_argument('--pack', metavar='PACK_DIR', default=None,
-                      help='run from a weight pack instead of --model/--weights')
+    pack.add_argument('--pack', metavar='PACK_DIR', default=None, action='append',
+                      help='run from a weight pack instead of --model/--weights; repeat it to '
+                           'run several models under one budget (one line per image and '
+                           'model, with "model": the pack directory)')
     pack.add_argument('--budget-mb', type=float, default=None, metavar='B',
-                      help='weight memory budget in MiB')
-    pack.add_argument('--plan', metavar='PLAN', default=None, help='a PLAN.yaml from `plan`')
+                      help='weight memory budget in MiB (with several packs: of them all)')
+    pack.add_argument('--plan', metavar='PLAN', default=None,
+                      help='a PLAN.yaml from `plan` (with several packs: a group plan)')
     pack.add_argument('--resident', action='store_true',
                       help='load every weight of the pack (the baseline/oracle)')
     pack.add_argument('--stats', action='store_true',
@@ -102,6 +105,10 @@ def run(args, command):
     if args.batch < 1:
         print('detect: error: --batch must be at least 1', file=sys.stderr)
         return 2
+    packs = args.pack or []
+    if len(packs) > 1:
+        return _run_group(args, packs)
+    args.pack = packs[0] if packs else None
     try:
         import torch
         if args.fp16 and not str(args.device).startswith('cuda'):
@@ -120,6 +127,55 @@ def run(args, command):
                                  nms_iou=args.nms_iou, max_detections=args.max_detections)
             for path, res in zip(paths, results):
                 print(json.dumps({'image': path, 'detections': res.to_json()}), flush=True)
+            if args.stats:
+                print(json.dumps({'stats': _jsonable(stats_fn())}), file=sys.stderr,
+                      flush=True)
+    except (ValueError, KeyError, TypeError, FileNotFoundError, RuntimeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f'detect: error: {msg}', file=sys.stderr)
+        return 2
+    return 0
+
+
+def _load_group(args, packs):
+    """Return ([(pack as given, detector)], stats_fn) for several packs (one budget)."""
+    if len(set(packs)) != len(packs):
+        raise ValueError('give each --pack once')
+    if args.model or args.weights or args.seed is not None:
+        raise ValueError('--pack replaces --model/--weights/--seed; give one or the other')
+    if args.resident:
+        out = []
+        for p in packs:
+            det = Pack.open(p).build_detector(device=args.device, meta=True)
+            det.model = load_resident(p, device=args.device)
+            out.append((p, det))
+        return out, lambda: None
+    models = load_shared({p: p for p in packs}, device=args.device, budget_mb=args.budget_mb,
+                         plan=args.plan)
+    return [(p, models[p].detector) for p in packs], models.stats
+
+
+def _run_group(args, packs):
+    """Run every model on each batch of images; one JSON line per (image, model)."""
+    try:
+        if args.batch < 1:
+            raise ValueError('--batch must be at least 1')
+        if args.fp16:
+            raise ValueError('--fp16 runs one model resident; not with several --pack')
+        import torch
+        if str(args.device).startswith('cuda') and not torch.cuda.is_available():
+            raise ValueError(f'--device {args.device}: CUDA is not available here')
+        dets, stats_fn = _load_group(args, packs)
+        for start in range(0, len(args.images), args.batch):
+            paths = args.images[start:start + args.batch]
+            images = [read_image(p) for p in paths]
+            results = [det.detect(images, score_threshold=args.threshold,
+                                  nms_iou=args.nms_iou, max_detections=args.max_detections)
+                       for _, det in dets]
+            for i, path in enumerate(paths):
+                for (name, _), res in zip(dets, results):
+                    print(json.dumps({'image': path, 'model': name,
+                                      'detections': res[i].to_json()}), flush=True)
             if args.stats:
                 print(json.dumps({'stats': _jsonable(stats_fn())}), file=sys.stderr,
                       flush=True)

@@ -154,11 +154,37 @@ class _Request:
         self.hash_lock = threading.Lock()
 
 
+class ReadPool:
+    """
+    The I/O threads and the verify thread of one or more Readers: one queue, served in order.
+
+    A Reader makes its own pool; Readers of several files (models sharing one memory budget)
+    can share one instead, so the files' reads go through one set of threads and one queue.
+    Whoever made a shared pool closes it, after its Readers.
+    """
+
+    def __init__(self, threads=2):
+        """Start `threads` reader threads and one verify thread (lazily, on first use)."""
+        self.threads = max(1, int(threads))
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.threads, thread_name_prefix='dlr-reader')
+        # Checksums and verify callbacks run here, so reader threads go straight on to the next
+        # read and the disk queue stays full while finished chunks are hashed.
+        self.verify_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix='dlr-verify')
+
+    def close(self):
+        """Wait for queued work and stop the threads."""
+        self.pool.shutdown(wait=True)
+        self.verify_pool.shutdown(wait=True)
+
+
 class Reader:
     """
     Parallel O_DIRECT reader of one file into caller-provided aligned buffers.
 
-    Reader(path, threads=2, direct=True, throttle_bytes_per_s=None, fault_injector=None)
+    Reader(path, threads=2, direct=True, throttle_bytes_per_s=None, fault_injector=None,
+           pool=None)
       mode: 'direct' or 'buffered'; fallback_reason: why not direct (None in direct mode).
       read_into(offset, length, dest): blocking read of [offset, offset+length) into dest[:length].
       submit(offset, length, dest, verify=None, expected_checksum=None, checksum_error=None)
@@ -170,15 +196,17 @@ class Reader:
       throttle_bytes_per_s: cap the aggregate rate (simulates a slow disk in tests).
       fault_injector(offset, length): called before every chunk read; may raise OSError to
         simulate a failing disk.
+      pool: a ReadPool shared with other Readers (None: the Reader makes its own of `threads`);
+        close() then waits for this file's reads only and leaves the pool running.
     In direct mode offset, length and the destination address must be multiples of PAGE (pack
     units always are). The object is thread-safe; use it as a context manager or call close().
     """
 
     def __init__(self, path, threads=2, direct=True, throttle_bytes_per_s=None,
-                 fault_injector=None, chunk_bytes=CHUNK_BYTES):
-        """Open `path` (O_DIRECT if possible) and start the worker threads."""
+                 fault_injector=None, chunk_bytes=CHUNK_BYTES, pool=None):
+        """Open `path` (O_DIRECT if possible) and start (or share) the worker threads."""
         self.path = os.fspath(path)
-        self.threads = max(1, int(threads))
+        self.threads = max(1, int(threads)) if pool is None else pool.threads
         self.chunk_bytes = align_up(max(int(chunk_bytes), PAGE))
         self.throttle_bytes_per_s = throttle_bytes_per_s
         self.fault_injector = fault_injector
@@ -193,6 +221,7 @@ class Reader:
         self._throttle_lock = threading.Lock()
         self._throttle_next = 0.0
         self._closed = False
+        self._pending = set()             # futures not done yet (a shared pool's close waits)
         if direct:
             self._open_direct()
         else:
@@ -202,12 +231,10 @@ class Reader:
             # No readahead: pages read ahead of a chunk would stay cached after its DONTNEED.
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
         self.file_size = os.fstat(self._fd).st_size
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.threads, thread_name_prefix='dlr-reader')
-        # Checksums and verify callbacks run here, so reader threads go straight on to the next
-        # read and the disk queue stays full while finished chunks are hashed.
-        self._verify_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix='dlr-verify')
+        self._own_pool = pool is None
+        self._read_pool = ReadPool(self.threads) if pool is None else pool
+        self._pool = self._read_pool.pool
+        self._verify_pool = self._read_pool.verify_pool
 
     def _open_direct(self):
         flags = os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0)
@@ -252,8 +279,12 @@ class Reader:
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=True)
-        self._verify_pool.shutdown(wait=True)
+        if self._own_pool:
+            self._read_pool.close()
+        else:
+            with self._stats_lock:
+                pending = list(self._pending)
+            concurrent.futures.wait(pending)
         if self.mode == 'buffered':
             os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(self._fd)
@@ -299,6 +330,10 @@ class Reader:
                     f'to {PAGE}: offset={offset} length={length} address={addr:#x}')
         fut = ReadFuture(offset, length)
         fut.set_running_or_notify_cancel()
+        if not self._own_pool:
+            with self._stats_lock:
+                self._pending.add(fut)
+            fut.add_done_callback(self._done)
         chunks = [(offset + a, mv[a:a + self.chunk_bytes])
                   for a in range(0, length, self.chunk_bytes)]
         req = _Request(fut, mv, chunks, expected_checksum, checksum_error, verify)
@@ -309,6 +344,10 @@ class Reader:
         for k in range(len(chunks)):
             self._pool.submit(self._chunk, req, k)
         return fut
+
+    def _done(self, fut):
+        with self._stats_lock:
+            self._pending.discard(fut)
 
     def _chunk(self, req, k):
         fut = req.fut

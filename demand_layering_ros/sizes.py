@@ -20,3 +20,8 @@ def align_up(n, alignment=PAGE):
 def mib(nbytes, digits=3):
     """Return bytes as MiB rounded to `digits` decimals (None stays None), for reports."""
     return None if nbytes is None else round(nbytes / MB, digits)
+
+
+def mib_up(nbytes):
+    """Return bytes as MiB rounded up to 0.001 (None stays None): a stated peak never under."""
+    return None if nbytes is None else -(-int(nbytes) * 1000 // MB) / 1000

@@ -12,14 +12,22 @@ import json
 from pathlib import Path
 import sys
 
-from demand_layering_ros.planning import planner, profiler
+from demand_layering_ros.planning import group_command, planner, profiler
 from demand_layering_ros.planning.profile_file import load_profile, save_profile
 from demand_layering_ros.sizes import mib
 
 
 def add_arguments(parser, command):
     """Add the options of the `profile` and `plan` commands."""
-    parser.add_argument('pack_dir', metavar='PACK_DIR', help='weight pack directory')
+    if command == 'plan':
+        parser.add_argument('pack_dir', metavar='PACK_DIR', nargs='?', default=None,
+                            help='weight pack directory (or --pack, repeated, for a group)')
+        parser.add_argument('--pack', metavar='PACK_DIR', action='append', default=None,
+                            help='plan several models under one budget: repeat per model; '
+                                 '--profile, --deadline-ms and --frame-period-ms then take '
+                                 'one value per --pack, in order (or one for all)')
+    else:
+        parser.add_argument('pack_dir', metavar='PACK_DIR', help='weight pack directory')
     parser.add_argument('--device', default='cpu', help='cpu or cuda (default cpu)')
     if command == 'profile':
         parser.add_argument('--out', default=None,
@@ -31,13 +39,13 @@ def add_arguments(parser, command):
                                  'exceed it the model runs streamed within it, not resident')
         parser.add_argument('--no-progress', action='store_true', help='no progress bar')
         return
-    parser.add_argument('--profile', default=None,
+    parser.add_argument('--profile', default=None, action='append',
                         help='PROFILE.json (default PACK_DIR/PROFILE.json, else profile now)')
     parser.add_argument('--budget-mb', type=float, default=None,
                         help='weight memory budget in MiB: minimise latency within it')
-    parser.add_argument('--deadline-ms', type=float, default=None,
+    parser.add_argument('--deadline-ms', type=float, default=None, action='append',
                         help='latency deadline: minimise weight memory subject to it')
-    parser.add_argument('--frame-period-ms', type=float, default=None,
+    parser.add_argument('--frame-period-ms', type=float, default=None, action='append',
                         help='time between frames; idle time preloads the first units')
     parser.add_argument('--host-budget-mb', type=float, default=0,
                         help='accepted for compatibility; must be 0 (this release has no '
@@ -53,6 +61,19 @@ def run(args, command):
     """Run `profile` or `plan`; return the exit status (2: bad option, 3: infeasible)."""
     if command == 'profile':
         return _profile(args)
+    packs = ([args.pack_dir] if args.pack_dir else []) + (args.pack or [])
+    if len(packs) > 1:
+        return group_command.run(args, packs)
+    for key in ('profile', 'deadline_ms', 'frame_period_ms'):
+        values = getattr(args, key)
+        if values is not None and len(values) > 1:
+            print(f'plan: one pack takes one --{key.replace("_", "-")}', file=sys.stderr)
+            return 2
+        setattr(args, key, values[0] if values else None)
+    if not packs:
+        print('plan: give PACK_DIR (or --pack, repeated, for a group)', file=sys.stderr)
+        return 2
+    args.pack_dir = packs[0]
     return _plan(args)
 
 

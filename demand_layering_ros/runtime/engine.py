@@ -46,8 +46,13 @@ class Engine:
 
     def __init__(self, pack, model, device, staging=None, threads=READER_THREADS, direct=True,
                  timeline=True, sync=True, throttle_bytes_per_s=None, fault_injector=None,
-                 split_bytes=None, prefetch_depth=None, staging_bytes=None):
-        """Bind the pack to skeleton `model` and open two readers; configure() does the rest."""
+                 split_bytes=None, prefetch_depth=None, staging_bytes=None, shared=None):
+        """
+        Bind the pack to skeleton `model` and open two readers; configure() does the rest.
+
+        shared: a group's SharedParts (`runtime.shared`): the readers then use the group's
+        threads, and the lock, staging and loader thread are the group's.
+        """
         self.pack = pack
         self.model = model
         self.device = check_options(device=device, staging=staging, threads=threads,
@@ -70,13 +75,15 @@ class Engine:
         self.units = self.binding.units
         reader_kw = {'threads': threads, 'direct': direct, 'fault_injector': fault_injector,
                      'throttle_bytes_per_s': throttle_bytes_per_s}
-        self.reader = pack.reader(**reader_kw)
-        try:
-            self.sync_reader = pack.reader(**reader_kw)   # misses, residents, load-time checks
+        self.shared = shared
+        pools = shared.pools if shared is not None else (None, None)
+        self.reader = pack.reader(pool=pools[0], **reader_kw)
+        try:   # misses, residents, load-time checks
+            self.sync_reader = pack.reader(pool=pools[1], **reader_kw)
         except BaseException:
             self.reader.close()
             raise
-        self.pipeline = Pipeline(pack.path, self.reader, self.sync_reader)
+        self.pipeline = Pipeline(pack.path, self.reader, self.sync_reader, shared)
 
     # ------------------------------------------------------------------ configuration
 
@@ -157,6 +164,8 @@ class Engine:
         return {index[n] for n in names}
 
     def _staging(self):
+        if self.shared is not None:
+            return self.shared.staging
         if self.device.type != 'cuda':
             return HostArena(self.device, self.pipeline.cond, self.timeline_on)
         if self.staging == 'zero_copy':

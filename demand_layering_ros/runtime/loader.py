@@ -29,6 +29,7 @@ class Loader:
         self.depth = prefetch_depth
         self.cursor = 0
         self.gen = 1                  # the pass to read for
+        self.walked = 0               # the generation the cursor belongs to
         self.loaded_gen = 0           # the last pass whose slots were all claimed
         self.holding = False
         self.busy = False
@@ -37,7 +38,10 @@ class Loader:
         self.thread = None
 
     def start(self):
-        """Start the thread."""
+        """Start the thread (in a group, the group's one loader thread serves this loader)."""
+        if self.p.shared is not None:
+            self.p.shared.wake()
+            return
         self.thread = threading.Thread(target=self._main, name='dlr-loader', daemon=True)
         self.thread.start()
 
@@ -47,6 +51,8 @@ class Loader:
             self.stopping = True
             self.p.staging.halt()
             self.p.cond.notify_all()
+            while self.thread is None and self.busy:     # a group's thread is walking us
+                self.p.cond.wait()
         if self.thread is not None:
             self.thread.join()
             self.thread = None
@@ -87,33 +93,48 @@ class Loader:
         ranges.sort()
         return all(ranges[i][1] <= ranges[i + 1][0] for i in range(len(ranges) - 1))
 
+    def has_work(self):
+        """Return True when there is a pass to read and the loader may read it (lock held)."""
+        return (not self.stopping and not self.holding and self.error is None
+                and self.loaded_gen != self.gen)
+
+    def begin(self):
+        """Start a walk of the current pass (lock held); return its generation."""
+        self.busy = True
+        if self.walked != self.gen:
+            self.walked, self.cursor = self.gen, 0
+        return self.gen
+
+    def serve(self, gen):
+        """Walk the pass of generation `gen` as far as allowed (lock not held), then idle."""
+        p = self.p
+        try:
+            if self._walk():
+                with p.cond:
+                    if not self.holding and self.cursor >= len(p.order):
+                        self.loaded_gen = gen
+        except BaseException as e:  # noqa: B902 - reported to the forward pass that waits
+            with p.cond:
+                self.error = e
+        finally:
+            with p.cond:
+                self.busy = False
+                p.cond.notify_all()
+
     def _main(self):
         """Place and read the slots of each pass in load order."""
         p = self.p
         p.staging.thread_init()
-        walked = 0                                   # the generation the cursor belongs to
-        try:
-            while True:
-                with p.cond:
-                    self.busy = False
-                    p.cond.notify_all()
-                    while not self.stopping and (self.holding or self.loaded_gen == self.gen):
-                        p.cond.wait()
-                    if self.stopping:
-                        return
-                    gen = self.gen
-                    if walked != gen:
-                        walked, self.cursor = gen, 0
-                    self.busy = True
-                if self._walk():
-                    with p.cond:
-                        if not self.holding and self.cursor >= len(p.order):
-                            self.loaded_gen = gen
-        except BaseException as e:  # noqa: B902 - reported to the forward pass that waits
+        while True:
             with p.cond:
-                self.error = e
-                self.busy = False
-                p.cond.notify_all()
+                while not self.stopping and not self.has_work():
+                    if self.error is not None:
+                        return
+                    p.cond.wait()
+                if self.stopping:
+                    return
+                gen = self.begin()
+            self.serve(gen)
 
     def _walk(self):
         """

@@ -1,8 +1,9 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
-"""The runtime's two entry points: a pack as a demand-layered model, or fully resident."""
+"""The runtime's entry points: a pack demand-layered or fully resident; several packs shared."""
 
 from demand_layering_ros.pack import Pack
+from demand_layering_ros.runtime import group
 from demand_layering_ros.runtime.binding import compute_dtype, landed_state
 from demand_layering_ros.runtime.model import DemandLayeredModel
 import torch
@@ -47,3 +48,14 @@ def load_resident(pack_dir, device='cpu', dtype=None):
     if torch.device(device).type != 'cpu':
         model.to(device)
     return model.eval()
+
+
+def load_shared(packs, device='cpu', budget_mb=None, plan=None, staging='copy', **opts):
+    """
+    Open several packs as models sharing one arena, one reader and one loader under one budget.
+
+    packs: {model name: pack directory}; returns {name: model} (each as load() returns it) with
+    the group's stats(), prefetch(name), reconfigure() and close(); see runtime.group.
+    """
+    return group.load_shared(packs, device=device, budget_mb=budget_mb, plan=plan,
+                             staging=staging, **opts)

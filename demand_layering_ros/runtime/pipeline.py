@@ -47,12 +47,18 @@ class Pipeline:
     total_misses, and per pass pass_misses and last_stall (seconds waited).
     """
 
-    def __init__(self, pack_path, reader, sync_reader):
-        """Use `reader` for the loader's reads and `sync_reader` for demand misses."""
+    def __init__(self, pack_path, reader, sync_reader, shared=None):
+        """
+        Use `reader` for the loader's reads and `sync_reader` for demand misses.
+
+        shared: the parts a group of models shares (`runtime.shared.SharedParts`): its lock,
+        its loader thread, its memory figure and its choice of the model that reads ahead.
+        """
         self.pack_path = pack_path
         self.reader = reader
         self.sync_reader = sync_reader
-        self.cond = threading.Condition()
+        self.shared = shared
+        self.cond = shared.cond if shared is not None else threading.Condition()
         self.staging = None
         self.slots, self.order = [], []
         self.alloc = Allocator(0)
@@ -124,6 +130,8 @@ class Pipeline:
         """Raise peak to the weight memory in use now (lock held)."""
         self.peak = max(self.peak, self.committed() + self.resident_bytes
                         + self.transient_bytes + self.converted_bytes)
+        if self.shared is not None:
+            self.shared.note_peak()
 
     def wait_reads(self):
         """Wait until no read is in flight."""
@@ -155,13 +163,15 @@ class Pipeline:
             self.loader.hold()
         self.wait_reads()
 
-    def next_pass(self, units):
+    def next_pass(self, units, resume=True):
         """
         Give back all ranges, unbind streamed units, reset slots; let the loader go on.
 
         A slot still held here belongs to a unit called fewer times than recorded (or to one
         prefetched and not called): its release is noted now, so the next pass's write into
         the range waits for the kernels that may still read it (CUDA with sync=False).
+        resume=False leaves the loader held (a group parks a model that does not read ahead);
+        in a group the group chooses which model's loader goes on.
         """
         with self.cond:
             for s in self.slots:
@@ -180,7 +190,12 @@ class Pipeline:
                 raise ExecutorError(f'internal error: {self.alloc.used} arena bytes still '
                                     'held after the pass')
             self.started = 0
-            self.loader.resume()
+            if not resume:
+                return
+            if self.shared is not None:
+                self.shared.after_pass(self)
+            else:
+                self.loader.resume()
 
     # ------------------------------------------------------------------ compute side
 
