@@ -22,7 +22,7 @@ from demand_layering_ros.planning.measure.activation import activation_peak
 from demand_layering_ros.planning.measure.call_clock import call_waits, CallClock, split_calls
 from demand_layering_ros.planning.measure.checksum import checksum_speed
 from demand_layering_ros.planning.measure.contention import read_contention
-from demand_layering_ros.planning.measure.disk import disk_points, DISK_SIZES
+from demand_layering_ros.planning.measure.disk import DISK_ROUNDS, DISK_SIZES, DiskRounds
 from demand_layering_ros.planning.measure.h2d import h2d_points, H2D_SIZES
 from demand_layering_ros.planning.measure.machine import machine_info, sync
 from demand_layering_ros.planning.measure.splits import split_costs, split_exactness
@@ -35,7 +35,7 @@ from demand_layering_ros.sizes import MB, mib, PAGE
 
 def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_sizes=DISK_SIZES,
             reader_threads=None, activation=True, executor_overhead=True, check_splits=True,
-            budget_mb=None):
+            budget_mb=None, threads=None):
     """
     Measure, on this machine, what a plan's latency and memory depend on; return PROFILE dict.
 
@@ -47,8 +47,12 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     checksum speed, how much reading slows compute, on CUDA the pinned host-to-device copy
     time, the executor's own cost per slot and per pass, which split sizes give bit-exact
     outputs and what chunking costs each split layer, the activation peak, the resident
-    end-to-end latency (no hooks) and the machine (torch's thread count included: plan and run
-    with the same).
+    end-to-end latency (no hooks) and the machine. The disk is measured in rounds at the start,
+    after the calls, after the executor's costs and at the end (its speed varies; `disk.rounds`).
+
+    threads: torch's intra-op thread count to measure at (None: this process's, torch's default
+    unless set); compute, contention and the executor's costs depend on it, so the profile
+    records it (`threads`) and a plan is made for that count only. Restored afterwards.
 
     budget_mb: when the weights do not fit it, the model is not loaded resident: it runs
     streamed through the executor within the budget, and each call's wait for its weights
@@ -65,13 +69,13 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     cuda = device.startswith('cuda')
     if cuda and not torch.cuda.is_available():
         raise RuntimeError(f'profile: device {device!r} requested but CUDA is not available')
-    threads = reader_threads or READER_THREADS
+    readers = reader_threads or READER_THREADS
     streamed = budget_mb is not None and pack.total_bytes > budget_mb * MB
     limit = budget_mb * MB if streamed else float('inf')    # the read buffer is weights too
     sizes = [s for s in disk_sizes
              if s <= min(max(pack.file_size - pack.data_offset, 0), limit)] or [PAGE]
     check_splits = check_splits and not streamed
-    total = warmup + repeats + len(sizes) + (len(H2D_SIZES) if cuda else 0) + 1 + \
+    total = warmup + repeats + DISK_ROUNDS * len(sizes) + (len(H2D_SIZES) if cuda else 0) + 1 + \
         (1 if executor_overhead else 0) + max(3, repeats) + \
         (len(sched.split_candidates) if check_splits else 0)
     bar = None
@@ -79,21 +83,28 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         from tqdm import tqdm
         bar = tqdm(total=total, desc=f'profile {Path(pack_dir).name}', unit='step')
     t_start = time.perf_counter()
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
     try:
+        disk = DiskRounds(pack, sizes, readers, progress=bar)
+        disk.measure('start')
         det, model = _open_model(pack, device, budget_mb if streamed else None)
         x = det.timing_input(1)
         calls = _time_calls(pack, sched, model, x, device, streamed, warmup, repeats, bar)
         calls['activation_peak_bytes'] = activation_peak(model, x, cuda) if activation else None
         if bar is not None:
             bar.update(1)
-        found = _measure_machine(pack, sched, model, x, device, sizes, threads, repeats, bar,
+        found = _measure_machine(pack, sched, model, x, device, disk, readers, repeats, bar,
                                  executor_overhead, check_splits)
+        found['threads'] = torch.get_num_threads()
         if streamed:
             found['peak_weight_bytes'] = model.stats()['peak_weight_bytes']
             model.close()
         del model, det
         found['h2d'] = h2d_points(H2D_SIZES, device, progress=bar) if cuda else None
     finally:
+        torch.set_num_threads(before)
         if bar is not None:
             bar.close()
     return _profile_dict(pack, sched, device, repeats, budget_mb if streamed else None, calls,
@@ -182,14 +193,15 @@ def _timed_passes(pack, sched, model, x, device, streamed, warmup, repeats, bar)
     return passes, plain, waits
 
 
-def _measure_machine(pack, sched, model, x, device, sizes, threads, repeats, bar,
+def _measure_machine(pack, sched, model, x, device, disk, threads, repeats, bar,
                      executor_overhead, check_splits):
-    """Measure disk, executor costs, split exactness and costs, checksum and contention."""
-    found = {'disk': disk_points(pack, sizes, threads, progress=bar), 'executor': None,
-             'split_exact': {}, 'split_cost': {}, 'peak_weight_bytes': None}
+    """Measure the disk (more rounds), executor costs, splits, checksum and contention."""
+    disk.measure('after calls')
+    found = {'executor': None, 'split_exact': {}, 'split_cost': {}, 'peak_weight_bytes': None}
     if executor_overhead:
         found['executor'] = executor_costs.executor_overhead(device, progress=bar,
-                                                             disk=found['disk'])
+                                                             disk=disk.result())
+        disk.measure('after executor costs')
     if check_splits:
         exact = found['split_exact'] = split_exactness(pack, sched, device, model, progress=bar)
         found['split_cost'] = split_costs(model, x, sched, [sp for sp in sched.split_candidates
@@ -198,6 +210,9 @@ def _measure_machine(pack, sched, model, x, device, sizes, threads, repeats, bar
     found['checksum'] = checksum_speed()
     found['contention'] = read_contention(pack, model, x, device, max(3, repeats), threads,
                                           progress=bar)
+    while len(disk.rounds) < DISK_ROUNDS:
+        disk.measure('end')
+    found['disk'] = disk.result()
     return found
 
 
@@ -214,6 +229,7 @@ def _profile_dict(pack, sched, device, repeats, budget_mb, calls, found, t_start
     return {
         'format': PROFILE_FORMAT,
         'version': PROFILE_VERSION,
+        'threads': found['threads'],
         'pack': {'path': str(pack.path), 'spec': sched.spec, 'file_size': pack.file_size,
                  'units': len(pack.units), 'calls': sched.steps,
                  'input': pack.manifest.get('input')},
