@@ -128,15 +128,17 @@ def _honest(sched, prof, chosen, frame_period_ms, device, disk_pct):
     cfg = chosen.cfg
     fast, slow = compute_spread(prof)
 
-    def at(pct, compute=1.0):
+    def at(pct, compute=1.0, floor=True):
         timing = Timing.from_profile(prof, sched, device, disk_pct=pct)
         if compute != 1.0:
             timing = timing.scaled(compute=compute)
+        if not floor:       # the fast end: the disk at its fastest, not held to its slowest
+            timing.bound_rate = None
         se = Search(sched, timing, split_bytes=cfg.split_bytes, frame_period_ms=frame_period_ms)
         return se.simulate(cfg).latency_ms
 
     expected = at(50) if disk_pct != 50 else chosen.latency
-    lo, hi = at(0, fast), at(100, slow)
+    lo, hi = at(0, fast, floor=False), at(100, slow)
     disk = prof.get('disk') or {}
     rate = disk_noise.bound_rate(disk)
     return {
