@@ -13,10 +13,11 @@ the dict. Kept apart from `planner`, so that planning (pure arithmetic on this d
 imports what profiling needs to run a model; `plan_for` profiles first when it has no profile.
 """
 
+import math
 from pathlib import Path
 import time
 
-from demand_layering_ros.planning import planner
+from demand_layering_ros.planning import disk_noise, planner
 from demand_layering_ros.planning.measure import executor_costs
 from demand_layering_ros.planning.measure.activation import activation_peak
 from demand_layering_ros.planning.measure.call_clock import call_waits, CallClock, split_calls
@@ -25,10 +26,12 @@ from demand_layering_ros.planning.measure.contention import read_contention
 from demand_layering_ros.planning.measure.disk import DISK_ROUNDS, DISK_SIZES, DiskRounds
 from demand_layering_ros.planning.measure.h2d import h2d_points, H2D_SIZES
 from demand_layering_ros.planning.measure.machine import machine_info, sync
+from demand_layering_ros.planning.measure.probe import fit_probe_handoff, tight_pass
 from demand_layering_ros.planning.measure.splits import split_costs, split_exactness
 from demand_layering_ros.planning.profile_file import load_profile, PROFILE_FORMAT
 from demand_layering_ros.planning.profile_file import PROFILE_VERSION
 from demand_layering_ros.planning.schedule import Schedule
+from demand_layering_ros.planning.timing import Timing
 from demand_layering_ros.quantiles import median
 from demand_layering_ros.sizes import MB, mib, PAGE
 
@@ -75,13 +78,10 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     sizes = [s for s in disk_sizes
              if s <= min(max(pack.file_size - pack.data_offset, 0), limit)] or [PAGE]
     check_splits = check_splits and not streamed
-    total = warmup + repeats + DISK_ROUNDS * len(sizes) + (len(H2D_SIZES) if cuda else 0) + 1 + \
-        (1 if executor_overhead else 0) + max(3, repeats) + \
-        (len(sched.split_candidates) if check_splits else 0)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc=f'profile {Path(pack_dir).name}', unit='step')
+    probe = executor_overhead and not streamed      # the tight pass needs its own arena
+    bar = _progress_bar(progress, pack_dir, warmup + repeats + DISK_ROUNDS * len(sizes) + (
+        len(H2D_SIZES) if cuda else 0) + 1 + int(executor_overhead) + int(probe) + (
+        max(3, repeats)) + (len(sched.split_candidates) if check_splits else 0))
     t_start = time.perf_counter()
     before = torch.get_num_threads()
     if threads:
@@ -96,7 +96,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         if bar is not None:
             bar.update(1)
         found = _measure_machine(pack, sched, model, x, device, disk, readers, repeats, bar,
-                                 executor_overhead, check_splits)
+                                 executor_overhead, check_splits, probe)
         found['threads'] = torch.get_num_threads()
         if streamed:
             found['peak_weight_bytes'] = model.stats()['peak_weight_bytes']
@@ -107,8 +107,36 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         torch.set_num_threads(before)
         if bar is not None:
             bar.close()
-    return _profile_dict(pack, sched, device, repeats, budget_mb if streamed else None, calls,
+    prof = _profile_dict(pack, sched, device, repeats, budget_mb if streamed else None, calls,
                          found, t_start)
+    return _fit_probe(prof, sched)
+
+
+def _progress_bar(progress, pack_dir, total):
+    if not progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=f'profile {Path(pack_dir).name}', unit='step')
+
+
+def _fit_probe(prof, sched):
+    """
+    Fit the hand-off to the tight pass of the real pack (measure.probe); return the profile.
+
+    The disk is taken at the level of the two rounds around the probe (their geometric mean);
+    the hand-off calibrated on the small model stays as `handoff_calibration_ms`.
+    """
+    probe = prof.get('probe')
+    if not probe or probe.get('error') or not probe.get('arena_bytes'):
+        return prof
+    levels = disk_noise.round_levels(prof['disk'])[-2:]
+    level = math.exp(sum(math.log(v) for v in levels) / len(levels))
+    timing = Timing.from_profile(prof, sched).scaled(disk=level)
+    ex = prof['executor'] = dict(prof.get('executor') or {})
+    ex['handoff_calibration_ms'] = ex.get('handoff_ms')
+    ex['handoff_ms'] = fit_probe_handoff(sched, timing, probe)
+    probe['disk_level'] = round(level, 4)
+    return prof
 
 
 def _open_model(pack, device, budget_mb=None):
@@ -194,7 +222,7 @@ def _timed_passes(pack, sched, model, x, device, streamed, warmup, repeats, bar)
 
 
 def _measure_machine(pack, sched, model, x, device, disk, threads, repeats, bar,
-                     executor_overhead, check_splits):
+                     executor_overhead, check_splits, probe=False):
     """Measure the disk (more rounds), executor costs, splits, checksum and contention."""
     disk.measure('after calls')
     found = {'executor': None, 'split_exact': {}, 'split_cost': {}, 'peak_weight_bytes': None}
@@ -210,6 +238,12 @@ def _measure_machine(pack, sched, model, x, device, disk, threads, repeats, bar,
     found['checksum'] = checksum_speed()
     found['contention'] = read_contention(pack, model, x, device, max(3, repeats), threads,
                                           progress=bar)
+    found['probe'] = None
+    if probe:
+        try:
+            found['probe'] = tight_pass(pack, device, x, max(3, repeats), progress=bar)
+        except Exception as e:  # reported in the profile; the calibrated hand-off stays
+            found['probe'] = {'error': f'{type(e).__name__}: {e}'}
     while len(disk.rounds) < DISK_ROUNDS:
         disk.measure('end')
     found['disk'] = disk.result()
@@ -257,6 +291,7 @@ def _profile_dict(pack, sched, device, repeats, budget_mb, calls, found, t_start
         'executor': found['executor'],
         'checksum': found['checksum'],
         'contention': found['contention'],
+        'probe': found['probe'],
         'split_exact': found['split_exact'],
         'split_cost': found['split_cost'],
         'seconds': round(time.perf_counter() - t_start, 2),
