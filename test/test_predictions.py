@@ -285,7 +285,12 @@ def test_a_corrected_profile_predicts_the_running_plan_at_the_measured_ratio():
     prof['executor'] = {'overhead_ms_per_slot': 0.01, 'overhead_ms_per_pass': 0.3,
                         'handoff_ms': 0.05}
     prof['checksum'] = {'bytes_per_s': 4e9}
+    prof['contention'] = {'compute_slowdown': 1.1, 'read_slowdown': 1.05,
+                          'alone_all_ms': [12.0, 13.8, 12.4]}
     p = planner.plan(manifest, prof, budget_mb=11.0)
+    # the spread of every resident pass the profile timed: 11.875 .. 13.8 around 12.45
+    assert p.details['prediction']['compute_spread'] == pytest.approx([11.875 / 12.45,
+                                                                      13.8 / 12.45], abs=1e-4)
     fixed = correction.corrected_profile(prof, 1.25, why='test')
     again = correction.corrected_profile(fixed, 0.9)
     assert again['correction']['ratio'] == pytest.approx(1.125) and prof.get('correction') is None

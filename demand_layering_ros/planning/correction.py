@@ -39,6 +39,9 @@ def corrected_profile(prof, ratio, why=''):
             out[key] *= ratio
     out['resident_latency_all_ms'] = [v * ratio for v in out.get('resident_latency_all_ms')
                                       or []]
+    mutual = out.get('contention') or {}
+    if mutual.get('alone_all_ms'):
+        mutual['alone_all_ms'] = [v * ratio for v in mutual['alone_all_ms']]
     disk = out.get('disk') or {}
     _scale_points(disk.get('points'), ratio)
     for r in disk.get('rounds') or []:

@@ -115,8 +115,15 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
 
 
 def compute_spread(prof):
-    """Return (fastest, slowest) resident pass over the median the profile measured (1, 1)."""
+    """
+    Return (fastest, slowest) resident pass over their median, of all the profile timed.
+
+    The resident passes of the call timing and of the contention measurement (alone) are the
+    same model on the same input at different moments of the profile: their spread is how much
+    compute itself varied on this machine. (1, 1) when fewer than two were timed.
+    """
     plain = [float(v) for v in prof.get('resident_latency_all_ms') or [] if v]
+    plain += [float(v) for v in (prof.get('contention') or {}).get('alone_all_ms') or [] if v]
     if len(plain) < 2:
         return 1.0, 1.0
     mid = median(plain)

@@ -108,6 +108,7 @@ def read_contention(pack, model, x, device, repeats, threads, progress=None):
             'pattern': 'streamed pass', 'queued': QUEUED, 'piece_bytes': PIECE_BYTES,
             'threads': torch.get_num_threads(), 'reader_threads': threads,
             'alone_ms': round(1e3 * median(alone), 4),
+            'alone_all_ms': [round(1e3 * v, 4) for v in alone],
             'with_reads_ms': round(1e3 * median(loaded), 4),
             'read_alone_ms_per_mb': round(1e3 * median(read_alone) * (1 << 20), 5),
             'read_while_computing_ms_per_mb': round(1e3 * median(read_loaded) * (1 << 20), 5)}
