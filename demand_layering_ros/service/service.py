@@ -232,6 +232,7 @@ class DetectorService:
         with self.lock:
             self.model.reconfigure(budget_mb=s['memory_budget_mb'] or None, plan=plan)
             self.decision, self.plan_note = decision, decision.note
+            self.drift_note = ''
             self.latency = LatencyModel()
             if plan and plan.get('predicted_latency_ms'):
                 self.latency.update(1, plan['predicted_latency_ms'] / 1e3,
@@ -268,9 +269,11 @@ class DetectorService:
         Called after every batch (`record_latency`); cheap unless the model reports a drift
         (`latency_drift` in its stats: the median of its recent one-frame passes). With a
         profile and a planned configuration, the profile is corrected by the measured ratio
-        (`planning.correction`) and the request planned again between two frames; a given plan
-        or a budget fitted without a profile cannot be re-planned: that is logged once.
-        Returns the line logged, or None.
+        (`planning.correction`) and the request planned again between two frames. Not
+        re-planned, and logged once: a given plan or a budget fitted without a profile; passes
+        faster than expected while frame_period_ms is unknown (idle time between frames lets
+        the loader read ahead, which a plan for back-to-back frames does not count on: a plan
+        for less memory would lose it). Returns the line logged, or None.
         """
         st = self.model_stats
         if not st.get('latency_drift') or self.model is None or self.drift_note:
@@ -282,6 +285,10 @@ class DetectorService:
             if self.profile is None or decision is None or \
                     decision.source not in ('planner', 'fastest'):
                 self.drift_note = f'{what}; the plan was not made here, so it is not re-planned'
+            elif ratio < 1.0 and not self.settings['frame_period_ms']:
+                self.drift_note = (f'{what}; not re-planned for less memory: set '
+                                   'frame_period_ms if idle time between frames reads ahead')
+            if self.drift_note:
                 self.log.warning(self.drift_note)
                 return self.drift_note
             self.profile = corrected_profile(self.profile, ratio, why=what)
