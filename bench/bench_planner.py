@@ -17,11 +17,11 @@ Per plan: predicted latency and range, measured median, error, within 10%?, is t
 at or above the bound measured in the same run?, does the measured median fall inside the
 predicted range (and what share of the passes does)?, and the compute drift (resident now /
 resident when profiled). Printed and written as markdown (`--markdown`), with the "Done when"
-counts, a plot of measured against predicted (`--out`), and JSON (`--json`). The paper's table
+counts, a plot of measured against predicted (`--plot`), and JSON (`--json`). The paper's table
 (reduction and overhead of the smallest and <= 1 ms plans) follows.
 
 Usage: python bench/bench_planner.py [--models KEY ...] [--passes N] [--budgets N]
-       [--profile-repeats N] [--threads N] [--device cpu|cuda] [--work DIR] [--out DIR]
+       [--profile-repeats N] [--threads N] [--device cpu|cuda] [--work DIR] [--plot PNG]
        [--markdown FILE] [--json FILE]
 """
 
@@ -238,6 +238,7 @@ def tables(rows, meta):
             f"{v['streamed']} ({100 * v['inside_range'] / n:.0f}%; goal ≥ 90%)**"
             + (f"; passes inside the range: {v['passes_inside_pct']:.0f}% on average."
                if v['passes_inside_pct'] is not None else '.')]
+    out += [f'Not measured: {k} ({why}).' for k, why in meta.get('failed', {}).items()]
     return '\n'.join(out + [''] + paper_table(rows))
 
 
@@ -300,8 +301,9 @@ def main(argv=None):
     ap.add_argument('--threads', type=int, default=None,
                     help="torch intra-op threads (default: torch's own, what users run)")
     ap.add_argument('--work', default=str(ROOT / 'bench' / 'out' / 'planner'))
-    ap.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'planner'),
-                    help='where the plot goes (planner_predictions.png)')
+    ap.add_argument('--plot', default=str(ROOT / 'bench' / 'planner_predictions.png'),
+                    help='the plot of measured against predicted (default '
+                         'bench/planner_predictions.png, beside the plots of make bench)')
     ap.add_argument('--json', default=None)
     ap.add_argument('--markdown', default=None)
     args = ap.parse_args(argv)
@@ -309,9 +311,14 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     started, load0 = time.time(), os.getloadavg()[0]
-    rows = []
+    rows, failed = [], {}
     for key, src in resolve_models(args.models, args.device):
-        row = bench_model(key, src, args)
+        try:
+            row = bench_model(key, src, args)
+        except Exception as e:  # noqa: B902 - one broken model must not stop the others
+            failed[key] = f'{type(e).__name__}: {e}'
+            print(f'{key}: failed: {failed[key]}', file=sys.stderr)
+            continue
         rows.append(row)
         print(f"{key}: {row['seconds']:.0f} s (profile {row['profile_seconds']:.0f} s), " +
               ', '.join(f"{p['plan']} {p['predicted_ms']:.1f}/{p['latency_ms']:.1f} ms "
@@ -321,11 +328,14 @@ def main(argv=None):
     meta = {'started': time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(started)),
             'command': 'python bench/bench_planner.py ' + ' '.join(argv or sys.argv[1:]),
             'seconds': time.time() - started, 'machine': machine(args.device, []),
-            'threads': torch.get_num_threads(), 'load': (load0, os.getloadavg()[0])}
+            'threads': torch.get_num_threads(), 'load': (load0, os.getloadavg()[0]),
+            'failed': failed}
     md = tables(rows, meta)
-    picture = plot(rows, Path(args.out) / 'planner_predictions.png')
+    picture = plot(rows, Path(args.plot))
     if picture:
-        md += f'\n\n![measured against predicted]({picture})'
+        shown = picture.resolve()
+        shown = shown.relative_to(ROOT) if ROOT in shown.parents else shown
+        md += f'\n\n![measured against predicted]({shown})'
     print(md)
     if args.markdown:
         Path(args.markdown).write_text(md + '\n')
