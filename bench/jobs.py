@@ -192,6 +192,9 @@ def run_all(args):
     def log(msg):
         (tqdm.write if not args.quiet else print)(f'[bench] {msg}', file=sys.stderr)
 
+    if args.threads:    # profiles and plans hold at the thread count the workers run with
+        import torch
+        torch.set_num_threads(args.threads)
     bws = []
     for key, src in models:
         bar.set_postfix_str(f'{key} prepare', refresh=True)

@@ -85,23 +85,20 @@ def pipeline_bound_ms(pk, prof, bytes_per_s, resident_units=()):
     profile's per-call busy and gap times were measured with the model resident, so the bound
     has no executor overhead and an arena that never makes the reader wait.
     """
+    from demand_layering_ros.planning.bound import pipeline_bound_ms as bound
+    from demand_layering_ros.planning.schedule import Schedule
     steps = prof['steps']
-    units, busy, gap = steps['unit'], steps['busy_ms'], steps['gap_ms']
-    if list(units) != list(pk.call_order):
+    if list(steps['unit']) != list(pk.call_order):
         raise BenchError(f'profile of {prof.get("pack", {}).get("path")} does not match pack '
                          f'{pk.path} (call order differs)')
-    resident = set(resident_units) | {u.name for u in pk.units if u.used_outside_forward}
-    arrive, disk = {}, 0.0
-    for u in units:
-        if u not in arrive:
-            unit = pk.units[u]
-            if unit.name not in resident:
-                disk += 1e3 * unit.length / bytes_per_s
-            arrive[u] = disk if unit.name not in resident else 0.0
-    t = 0.0
-    for s, u in enumerate(units):
-        t = max(t + gap[s], arrive[u]) + busy[s]
-    return t + float(steps.get('tail_ms') or 0.0)
+    units = list(pk.units)
+    sched = Schedule(names=[u.name for u in units], lengths=[u.length for u in units],
+                     first=[None] * len(units), last=[None] * len(units),
+                     call_order=list(pk.call_order), pack_path=str(pk.path),
+                     forced=frozenset(i for i, u in enumerate(units) if u.used_outside_forward))
+    resident = {sched.index(n) for n in resident_units}
+    return bound(sched, steps['busy_ms'], steps['gap_ms'], steps.get('tail_ms') or 0.0,
+                 resident, bytes_per_s)
 
 
 def executor_plan(plan):

@@ -53,7 +53,8 @@ def add_arguments(parser, command):
     pack.add_argument('--resident', action='store_true',
                       help='load every weight of the pack (the baseline/oracle)')
     pack.add_argument('--stats', action='store_true',
-                      help='print executor statistics as JSON on stderr after each batch')
+                      help='print executor statistics as JSON on stderr after each batch '
+                           '(with predicted_latency_ms, measured_latency_ms, latency_ratio)')
 
 
 def _load_from_pack(args):
@@ -118,6 +119,7 @@ def run(args, command):
         if str(args.device).startswith('cuda') and not torch.cuda.is_available():
             raise ValueError(f'--device {args.device}: CUDA is not available here')
         det, stats_fn = _build(args)
+        warned = False
         if args.fp16 and not args.pack:
             det.half()
         for start in range(0, len(args.images), args.batch):
@@ -127,9 +129,11 @@ def run(args, command):
                                  nms_iou=args.nms_iou, max_detections=args.max_detections)
             for path, res in zip(paths, results):
                 print(json.dumps({'image': path, 'detections': res.to_json()}), flush=True)
+            stats = stats_fn()
             if args.stats:
-                print(json.dumps({'stats': _jsonable(stats_fn())}), file=sys.stderr,
+                print(json.dumps({'stats': _jsonable(stats)}), file=sys.stderr,
                       flush=True)
+            warned = warned or _warn_drift(stats)
     except (ValueError, KeyError, TypeError, FileNotFoundError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f'detect: error: {msg}', file=sys.stderr)
@@ -184,6 +188,17 @@ def _run_group(args, packs):
         print(f'detect: error: {msg}', file=sys.stderr)
         return 2
     return 0
+
+
+def _warn_drift(stats):
+    """Warn once, in one line, when the passes drift beyond 10% from the plan; return if so."""
+    if not stats or not stats.get('latency_drift'):
+        return False
+    print(f'detect: warning: passes take {stats["measured_latency_ms"]:.1f} ms (median of the '
+          f'recent one-image passes), the plan expected {stats["expected_latency_ms"]:.1f} ms '
+          f'(x{stats["latency_ratio"]:.2f}): profile and plan again on this machine',
+          file=sys.stderr, flush=True)
+    return True
 
 
 def _jsonable(value):

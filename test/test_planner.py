@@ -19,6 +19,7 @@ from demand_layering_ros import pack as P
 from demand_layering_ros.cli import main as cli_main
 from demand_layering_ros.planning import planner, profiler
 from demand_layering_ros.planning.measure.call_clock import call_waits, split_calls
+from demand_layering_ros.planning.measure.disk import DISK_ROUNDS
 from demand_layering_ros.planning.profile_file import PROFILE_FORMAT, save_profile
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.search import Search
@@ -322,17 +323,20 @@ def test_call_waits_split_into_before_and_within_each_call():
 def test_profile_within_a_budget_streams_and_never_exceeds_it(tiny_pack, tiny_profile):
     budget = max(u.length for u in tiny_pack.units) * 1.2 / (1 << 20)
     assert budget * (1 << 20) < tiny_pack.total_bytes
+    threads = torch.get_num_threads()
     prof = profiler.profile(tiny_pack.path, repeats=2, progress=False, budget_mb=budget,
-                            disk_sizes=(64 << 10, 1 << 20, 4 << 20, 64 << 20))
+                            disk_sizes=(64 << 10, 1 << 20, 4 << 20, 64 << 20), threads=1)
+    assert torch.get_num_threads() == threads              # measured at 1, then restored
+    assert prof['threads'] == 1 and prof['contention']['threads'] == 1
     assert prof['mode'] == 'streamed' and prof['budget_mb'] == budget
     assert 0 < prof['peak_weight_bytes'] <= budget * (1 << 20)
     assert max(p['request_bytes'] for p in prof['disk']['points']) <= budget * (1 << 20)
     assert prof['steps']['unit'] == tiny_pack.call_order
     assert all(b >= 0 for b in prof['steps']['busy_ms']) and sum(prof['steps']['busy_ms']) > 0
     assert prof['split_exact'] == {} and prof['resident_latency_ms'] > 0
-    # it plans like a resident profile, and the plan keeps the budget
-    p = planner.plan(tiny_pack.path, prof, budget_mb=budget)
-    assert p.predicted_peak_weight_mb <= budget
+    # it plans like a resident profile, and the plan keeps the budget (at 1 thread)
+    p = planner.plan(tiny_pack.path, prof, budget_mb=budget, threads=1)
+    assert p.predicted_peak_weight_mb <= budget and p.details['threads'] == 1
     assert tiny_profile['mode'] == 'resident' and tiny_profile['peak_weight_bytes'] is None
     # a budget that holds the whole model profiles it resident
     whole = profiler.profile(tiny_pack.path, repeats=1, progress=False, check_splits=False,
@@ -359,6 +363,16 @@ def test_profile_measures_every_call_and_the_disk(tiny_pack, tiny_profile):
     assert sorted(prof['split_exact']) == sorted(str(s) for s in sched.split_candidates)
     assert all(isinstance(v, bool) for v in prof['split_exact'].values())
     assert prof['machine']['cores'] >= 1
+    # measured at this process's thread count, the disk in rounds, contention as the executor
+    # reads
+    assert prof['threads'] == torch.get_num_threads() == prof['contention']['threads']
+    assert len(prof['disk']['rounds']) == DISK_ROUNDS
+    assert [r['at'] for r in prof['disk']['rounds']][0] == 'start'
+    for r in prof['disk']['rounds']:
+        assert [p['request_bytes'] for p in r['points']] == sizes
+    assert prof['contention']['compute_slowdown'] >= 1.0
+    assert prof['contention']['read_slowdown'] >= 1.0
+    assert prof['contention']['pattern'] == 'streamed pass'
     json.dumps(prof)
 
 
@@ -451,6 +465,12 @@ def test_plan_command_writes_plan_and_pictures_and_refuses_with_numbers(tiny_pac
     plan = yaml.safe_load(out.read_text())
     assert plan['predicted_peak_weight_mb'] <= total * 0.5
     assert line['predicted_latency_ms'] == plan['predicted_latency_ms']
+    lo, hi = plan['predicted_latency_range_ms']
+    assert isinstance(plan['predicted_latency_ms'], float)
+    assert lo <= plan['predicted_latency_ms'] <= hi
+    assert line['predicted_latency_range_ms'] == [lo, hi]
+    assert plan['threads'] == line['threads'] == torch.get_num_threads()
+    assert plan['prediction']['disk_rounds'] == DISK_ROUNDS
     for key in ('tradeoff', 'timeline'):
         assert line[key].endswith('.png')
         with open(line[key], 'rb') as f:

@@ -5,14 +5,15 @@ The `profile` and `plan` commands: measure a pack here, then plan it for a budge
 
 `profile` writes PROFILE.json; `plan` reads it (or profiles first), writes PLAN.yaml and, unless
 told not to, the trade-off and timeline pictures, and prints one JSON line. An infeasible
-request exits 3 with the numbers that would be feasible.
+request exits 3 with the numbers that would be feasible; a profile measured at another torch
+thread count than the plan is for exits 2 with one line that says so.
 """
 
 import json
 from pathlib import Path
 import sys
 
-from demand_layering_ros.planning import group_command, planner, profiler
+from demand_layering_ros.planning import group_command, planner, profiler, threads
 from demand_layering_ros.planning.profile_file import load_profile, save_profile
 from demand_layering_ros.sizes import mib
 
@@ -29,6 +30,9 @@ def add_arguments(parser, command):
     else:
         parser.add_argument('pack_dir', metavar='PACK_DIR', help='weight pack directory')
     parser.add_argument('--device', default='cpu', help='cpu or cuda (default cpu)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help="torch threads the model will run with (default: torch's own); "
+                             'a plan holds only at the thread count it was profiled at')
     if command == 'profile':
         parser.add_argument('--out', default=None,
                             help='PROFILE.json to write (default PACK_DIR/PROFILE.json)')
@@ -59,8 +63,24 @@ def add_arguments(parser, command):
 
 def run(args, command):
     """Run `profile` or `plan`; return the exit status (2: bad option, 3: infeasible)."""
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f'{command}: --threads must be at least 1, got {args.threads}',
+                  file=sys.stderr)
+            return 2
+        import torch
+        torch.set_num_threads(args.threads)
     if command == 'profile':
         return _profile(args)
+    try:
+        return _plan_packs(args)
+    except threads.ThreadMismatch as e:
+        print(f'plan: {e}', file=sys.stderr)
+        return 2
+
+
+def _plan_packs(args):
+    """Plan one pack (PACK_DIR or one --pack) or a group (several --pack)."""
     packs = ([args.pack_dir] if args.pack_dir else []) + (args.pack or [])
     if len(packs) > 1:
         return group_command.run(args, packs)
@@ -83,10 +103,11 @@ def _profile(args):
                             progress=not args.no_progress, budget_mb=args.budget_mb)
     out = Path(args.out or pack_dir / 'PROFILE.json')
     save_profile(prof, out)
-    print(json.dumps({'profile': str(out), 'mode': prof['mode'],
+    print(json.dumps({'profile': str(out), 'mode': prof['mode'], 'threads': prof['threads'],
                       'resident_latency_ms': prof['resident_latency_ms'],
                       'weight_mb': mib(prof['weight_bytes']),
                       'read_mb_per_s': [p['mb_per_s'] for p in prof['disk']['points']],
+                      'disk_rounds': len(prof['disk']['rounds']),
                       'io_mode': prof['disk']['mode'],
                       'activation_peak_mb': prof['activation_peak_mb']}))
     return 0
@@ -107,6 +128,7 @@ def _plan(args):
         save_profile(prof, prof_path)
     else:
         prof = load_profile(prof_path)
+        threads.check_profile(prof, where=str(prof_path))
     try:
         result = planner.plan(pack_dir, prof, budget_mb=args.budget_mb,
                               deadline_ms=args.deadline_ms,
@@ -121,6 +143,8 @@ def _plan(args):
     pictures = {} if args.no_plots else _pictures(args, pack_dir, prof, result, out)
     d = result.to_dict()
     print(json.dumps({'plan': str(out), 'predicted_latency_ms': d['predicted_latency_ms'],
+                      'predicted_latency_range_ms': d['predicted_latency_range_ms'],
+                      'threads': d['threads'],
                       'predicted_peak_weight_mb': d['predicted_peak_weight_mb'],
                       'fully_resident_mb': d['fully_resident']['weight_mb'],
                       'reduction_pct': d['reduction_pct'], 'overhead_ms': d['overhead_ms'],

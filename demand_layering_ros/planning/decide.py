@@ -5,7 +5,9 @@ One place that decides the plan for a request: a budget, a deadline, a frame per
 
 `load()`, the node and the CLI all call `decide_plan`, so a request means the same everywhere:
 
-  * a plan given (Plan, mapping or PLAN.yaml path) is taken as it is;
+  * a plan given (Plan, mapping or PLAN.yaml path) is taken as it is, unless it was made for
+    another torch thread count than this process runs (`threads.ThreadMismatch`: its predicted
+    latency would not hold);
   * neither budget nor deadline: no plan, the runtime streams every unit through the smallest
     arena its schedule allows;
   * a budget without a profile: the runtime's own fit (no timing model, just memory);
@@ -18,10 +20,11 @@ line) measures first and passes it in.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from demand_layering_ros.pack import Pack
-from demand_layering_ros.planning import planner
+from demand_layering_ros.planning import planner, threads
 from demand_layering_ros.planning.fit import fit_budget
 from demand_layering_ros.planning.plan import Plan
 from demand_layering_ros.sizes import MB
@@ -48,7 +51,11 @@ def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, pr
                 plan=None, device='cpu', strict=True):
     """Return the Decision for a request (see the module docstring)."""
     if plan is not None:
-        return Decision(Plan.coerce(plan), budget_mb, source='given')
+        given = Plan.coerce(plan)
+        if given is not None:
+            threads.check_plan(given, where=f'plan {plan}' if isinstance(plan, (str, Path))
+                               else 'the plan')
+        return Decision(given, budget_mb, source='given')
     if budget_mb is None and deadline_ms is None:
         return Decision(None, None, source='smallest')
     if profile is None:

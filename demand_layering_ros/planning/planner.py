@@ -10,17 +10,26 @@ bandwidth by request size, on CUDA the host-to-device bandwidth), predicts each 
 replaying one pass (`simulate`), searches the resident set and arena size (`search`) and
 returns the chosen Plan, whose `details` carry the predictions and the trade-off curve
 (PLAN.yaml). `predict` re-simulates a given plan.
+
+A prediction is honest about what varies: the profile was measured at one torch thread count
+and the plan is made for that count only (`threads`); the disk's speed varies between the
+profile's rounds, so a deadline is planned with the disk at its 90th percentile of read times
+and a budget at its median, every plan carries the range from the fastest disk round and
+compute to the slowest (`predicted_latency_range_ms`), and no prediction is below the pipeline
+bound at the slowest disk rate the profile saw.
 """
 
 import math
 import time
 
+from demand_layering_ros.planning import disk_noise, threads as thread_count
 from demand_layering_ros.planning.plan import Plan
 from demand_layering_ros.planning.profile_file import load_profile
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.search import pareto, Search, TradeOff
 from demand_layering_ros.planning.simulate import Config
 from demand_layering_ros.planning.timing import Timing
+from demand_layering_ros.quantiles import median
 from demand_layering_ros.runtime import arena
 from demand_layering_ros.sizes import MB, mib
 
@@ -64,7 +73,7 @@ def _mb_up(nbytes):
 
 
 def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, device=None,
-         sweep_points=8, splits=None):
+         sweep_points=8, splits=None, threads=None):
     """
     Choose resident units, arena size, split size and prefetch depth; return the Plan.
 
@@ -75,11 +84,14 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
     smallest budget that meets the deadline and the best latency within the budget.
     profile: the PROFILE dict or a PROFILE.json path. splits: split sizes to try (default: no
     split, and the halvings of the largest layer that the profile found bit-exact on its
-    device).
+    device). threads: the torch thread count the plan will run with (default: this process's);
+    a profile measured at another count raises threads.ThreadMismatch.
     """
     sched = Schedule.from_pack(pack)
     prof = load_profile(profile) if not isinstance(profile, dict) else profile
-    timing = Timing.from_profile(prof, sched, device)
+    threads = thread_count.check_profile(prof, threads)
+    disk_pct = disk_noise.CONSERVATIVE_PCT if deadline_ms is not None else 50
+    timing = Timing.from_profile(prof, sched, device, disk_pct=disk_pct)
     for name, v in (('budget_mb', budget_mb), ('deadline_ms', deadline_ms),
                     ('frame_period_ms', frame_period_ms)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
@@ -96,7 +108,58 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
               'split_sizes': trade.split_sizes}
     request = {'budget_mb': budget_mb, 'deadline_ms': deadline_ms,
                'frame_period_ms': frame_period_ms}
-    return Plan.from_dict(_plan_dict(sched, prof, timing, chosen, trade, search, request))
+    out = _plan_dict(sched, prof, timing, chosen, trade, search, request)
+    out['threads'] = threads
+    out.update(_honest(sched, prof, chosen, frame_period_ms, device, disk_pct))
+    return Plan.from_dict(out)
+
+
+def compute_spread(prof):
+    """
+    Return (fastest, slowest) resident pass over their median, of all the profile timed.
+
+    The resident passes of the call timing and of the contention measurement (alone) are the
+    same model on the same input at different moments of the profile: their spread is how much
+    compute itself varied on this machine. (1, 1) when fewer than two were timed.
+    """
+    plain = [float(v) for v in prof.get('resident_latency_all_ms') or [] if v]
+    plain += [float(v) for v in (prof.get('contention') or {}).get('alone_all_ms') or [] if v]
+    if len(plain) < 2:
+        return 1.0, 1.0
+    mid = median(plain)
+    return min(plain) / mid, max(plain) / mid
+
+
+def _honest(sched, prof, chosen, frame_period_ms, device, disk_pct):
+    """Return the plan's range, expected latency and what they rest on (PLAN.yaml keys)."""
+    cfg = chosen.cfg
+    fast, slow = compute_spread(prof)
+
+    def at(pct, compute=1.0, floor=True):
+        timing = Timing.from_profile(prof, sched, device, disk_pct=pct)
+        if compute != 1.0:
+            timing = timing.scaled(compute=compute)
+        if not floor:       # the fast end: the disk at its fastest, not held to its slowest
+            timing.bound_rate = None
+        se = Search(sched, timing, split_bytes=cfg.split_bytes, frame_period_ms=frame_period_ms)
+        return se.simulate(cfg).latency_ms
+
+    expected = at(50) if disk_pct != 50 else chosen.latency
+    lo, hi = at(0, fast, floor=False), at(100, slow)
+    disk = prof.get('disk') or {}
+    rate = disk_noise.bound_rate(disk)
+    return {
+        'predicted_latency_range_ms': [round(min(lo, chosen.latency), 4),
+                                       _ms_up(max(hi, chosen.latency))],
+        'prediction': {
+            'disk_percentile': disk_pct,
+            'disk_level': round(disk_noise.level(disk, disk_pct), 4),
+            'disk_rounds': len(disk.get('rounds') or []) or 1,
+            'expected_latency_ms': round(expected, 4),
+            'bound_ms': round(chosen.sim.bound_ms, 4),
+            'bound_mb_per_s': round(rate / MB, 1) if rate else None,
+            'compute_spread': [round(fast, 4), round(slow, 4)]},
+    }
 
 
 def _choose(trade, budget_mb, deadline_ms):
@@ -192,6 +255,7 @@ def _plan_dict(sched, prof, timing, chosen, trade, search, request):
         'request': request,
         'search': search,
         'profile': {'machine': prof.get('machine', {}), 'mode': prof.get('mode', 'resident'),
+                    'threads': thread_count.profile_threads(prof),
                     'read_mb_per_s': round(timing.read.rate(1 << 24) / MB, 1),
                     'slot_overhead_ms': timing.slot_overhead,
                     'pass_overhead_ms': timing.pass_overhead},
@@ -208,11 +272,11 @@ def config_of(plan, sched):
                   prefetch_depth=plan.prefetch_depth, split_bytes=int(plan.split_bytes or 0))
 
 
-def predict(pack, profile, plan, frame_period_ms=None, timeline=False):
-    """Simulate a given plan; return the Sim (the same prediction `plan` makes)."""
+def predict(pack, profile, plan, frame_period_ms=None, timeline=False, disk_pct=50):
+    """Simulate a given plan; return the Sim (a budget's prediction; disk_pct 90: a deadline's)."""
     sched = Schedule.from_pack(pack)
     prof = load_profile(profile) if not isinstance(profile, dict) else profile
-    timing = Timing.from_profile(prof, sched)
+    timing = Timing.from_profile(prof, sched, disk_pct=disk_pct)
     cfg = config_of(plan, sched)
     search = Search(sched, timing, split_bytes=cfg.split_bytes, frame_period_ms=frame_period_ms)
     sim = search.simulate(cfg, timeline=timeline)

@@ -13,7 +13,7 @@ import json
 from demand_layering_ros import atomic
 
 PROFILE_FORMAT = 'demand_layering_ros.profile'
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2      # 2: `threads` and `disk.rounds` added; version 1 files still load
 
 
 def load_profile(path):

@@ -13,29 +13,32 @@ the dict. Kept apart from `planner`, so that planning (pure arithmetic on this d
 imports what profiling needs to run a model; `plan_for` profiles first when it has no profile.
 """
 
+import math
 from pathlib import Path
 import time
 
-from demand_layering_ros.planning import planner
+from demand_layering_ros.planning import disk_noise, planner
 from demand_layering_ros.planning.measure import executor_costs
 from demand_layering_ros.planning.measure.activation import activation_peak
 from demand_layering_ros.planning.measure.call_clock import call_waits, CallClock, split_calls
 from demand_layering_ros.planning.measure.checksum import checksum_speed
 from demand_layering_ros.planning.measure.contention import read_contention
-from demand_layering_ros.planning.measure.disk import disk_points, DISK_SIZES
+from demand_layering_ros.planning.measure.disk import DISK_ROUNDS, DISK_SIZES, DiskRounds
 from demand_layering_ros.planning.measure.h2d import h2d_points, H2D_SIZES
 from demand_layering_ros.planning.measure.machine import machine_info, sync
+from demand_layering_ros.planning.measure.probe import fit_probe_handoff, tight_pass
 from demand_layering_ros.planning.measure.splits import split_costs, split_exactness
 from demand_layering_ros.planning.profile_file import load_profile, PROFILE_FORMAT
 from demand_layering_ros.planning.profile_file import PROFILE_VERSION
 from demand_layering_ros.planning.schedule import Schedule
+from demand_layering_ros.planning.timing import Timing
 from demand_layering_ros.quantiles import median
 from demand_layering_ros.sizes import MB, mib, PAGE
 
 
 def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_sizes=DISK_SIZES,
             reader_threads=None, activation=True, executor_overhead=True, check_splits=True,
-            budget_mb=None):
+            budget_mb=None, threads=None):
     """
     Measure, on this machine, what a plan's latency and memory depend on; return PROFILE dict.
 
@@ -47,8 +50,12 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     checksum speed, how much reading slows compute, on CUDA the pinned host-to-device copy
     time, the executor's own cost per slot and per pass, which split sizes give bit-exact
     outputs and what chunking costs each split layer, the activation peak, the resident
-    end-to-end latency (no hooks) and the machine (torch's thread count included: plan and run
-    with the same).
+    end-to-end latency (no hooks) and the machine. The disk is measured in rounds at the start,
+    after the calls, after the executor's costs and at the end (its speed varies; `disk.rounds`).
+
+    threads: torch's intra-op thread count to measure at (None: this process's, torch's default
+    unless set); compute, contention and the executor's costs depend on it, so the profile
+    records it (`threads`) and a plan is made for that count only. Restored afterwards.
 
     budget_mb: when the weights do not fit it, the model is not loaded resident: it runs
     streamed through the executor within the budget, and each call's wait for its weights
@@ -65,21 +72,23 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     cuda = device.startswith('cuda')
     if cuda and not torch.cuda.is_available():
         raise RuntimeError(f'profile: device {device!r} requested but CUDA is not available')
-    threads = reader_threads or READER_THREADS
+    readers = reader_threads or READER_THREADS
     streamed = budget_mb is not None and pack.total_bytes > budget_mb * MB
     limit = budget_mb * MB if streamed else float('inf')    # the read buffer is weights too
     sizes = [s for s in disk_sizes
              if s <= min(max(pack.file_size - pack.data_offset, 0), limit)] or [PAGE]
     check_splits = check_splits and not streamed
-    total = warmup + repeats + len(sizes) + (len(H2D_SIZES) if cuda else 0) + 1 + \
-        (1 if executor_overhead else 0) + max(3, repeats) + \
-        (len(sched.split_candidates) if check_splits else 0)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc=f'profile {Path(pack_dir).name}', unit='step')
+    probe = executor_overhead and not streamed      # the tight pass needs its own arena
+    bar = _progress_bar(progress, pack_dir, warmup + repeats + DISK_ROUNDS * len(sizes) + (
+        len(H2D_SIZES) if cuda else 0) + 1 + int(executor_overhead) + int(probe) + (
+        max(3, repeats)) + (len(sched.split_candidates) if check_splits else 0))
     t_start = time.perf_counter()
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
     try:
+        disk = DiskRounds(pack, sizes, readers, progress=bar)
+        disk.measure('start')
         det, model = _open_model(pack, device, budget_mb if streamed else None)
         x = det.timing_input(1)
         calls = _time_calls(pack, sched, model, x, device, streamed, warmup, repeats, bar)
@@ -87,18 +96,48 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
             else None
         if bar is not None:
             bar.update(1)
-        found = _measure_machine(pack, sched, model, x, device, sizes, threads, repeats, bar,
-                                 executor_overhead, check_splits)
+        found = _measure_machine(pack, sched, model, x, device, disk, readers, repeats, bar,
+                                 executor_overhead, check_splits, probe)
+        found['threads'] = torch.get_num_threads()
         if streamed:
             found['peak_weight_bytes'] = model.stats()['peak_weight_bytes']
             model.close()
         del model, det
         found['h2d'] = h2d_points(H2D_SIZES, device, progress=bar) if cuda else None
     finally:
+        torch.set_num_threads(before)
         if bar is not None:
             bar.close()
-    return _profile_dict(pack, sched, device, repeats, budget_mb if streamed else None, calls,
+    prof = _profile_dict(pack, sched, device, repeats, budget_mb if streamed else None, calls,
                          found, t_start)
+    return _fit_probe(prof, sched)
+
+
+def _progress_bar(progress, pack_dir, total):
+    if not progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=f'profile {Path(pack_dir).name}', unit='step')
+
+
+def _fit_probe(prof, sched):
+    """
+    Fit the hand-off to the tight pass of the real pack (measure.probe); return the profile.
+
+    The disk is taken at the level of the two rounds around the probe (their geometric mean);
+    the hand-off calibrated on the small model stays as `handoff_calibration_ms`.
+    """
+    probe = prof.get('probe')
+    if not probe or probe.get('error') or not probe.get('arena_bytes'):
+        return prof
+    levels = disk_noise.round_levels(prof['disk'])[-2:]
+    level = math.exp(sum(math.log(v) for v in levels) / len(levels))
+    timing = Timing.from_profile(prof, sched).scaled(disk=level)
+    ex = prof['executor'] = dict(prof.get('executor') or {})
+    ex['handoff_calibration_ms'] = ex.get('handoff_ms')
+    ex['handoff_ms'] = fit_probe_handoff(sched, timing, probe)
+    probe['disk_level'] = round(level, 4)
+    return prof
 
 
 def _open_model(pack, device, budget_mb=None):
@@ -182,14 +221,15 @@ def _timed_passes(pack, sched, model, x, device, streamed, warmup, repeats, bar)
     return passes, plain, waits
 
 
-def _measure_machine(pack, sched, model, x, device, sizes, threads, repeats, bar,
-                     executor_overhead, check_splits):
-    """Measure disk, executor costs, split exactness and costs, checksum and contention."""
-    found = {'disk': disk_points(pack, sizes, threads, progress=bar), 'executor': None,
-             'split_exact': {}, 'split_cost': {}, 'peak_weight_bytes': None}
+def _measure_machine(pack, sched, model, x, device, disk, threads, repeats, bar,
+                     executor_overhead, check_splits, probe=False):
+    """Measure the disk (more rounds), executor costs, splits, checksum and contention."""
+    disk.measure('after calls')
+    found = {'executor': None, 'split_exact': {}, 'split_cost': {}, 'peak_weight_bytes': None}
     if executor_overhead:
         found['executor'] = executor_costs.executor_overhead(device, progress=bar,
-                                                             disk=found['disk'])
+                                                             disk=disk.result())
+        disk.measure('after executor costs')
     if check_splits:
         exact = found['split_exact'] = split_exactness(pack, sched, device, model, progress=bar)
         found['split_cost'] = split_costs(model, x, sched, [sp for sp in sched.split_candidates
@@ -198,6 +238,15 @@ def _measure_machine(pack, sched, model, x, device, sizes, threads, repeats, bar
     found['checksum'] = checksum_speed()
     found['contention'] = read_contention(pack, model, x, device, max(3, repeats), threads,
                                           progress=bar)
+    found['probe'] = None
+    if probe:
+        try:
+            found['probe'] = tight_pass(pack, device, x, max(3, repeats), progress=bar)
+        except Exception as e:  # reported in the profile; the calibrated hand-off stays
+            found['probe'] = {'error': f'{type(e).__name__}: {e}'}
+    while len(disk.rounds) < DISK_ROUNDS:
+        disk.measure('end')
+    found['disk'] = disk.result()
     return found
 
 
@@ -214,6 +263,7 @@ def _profile_dict(pack, sched, device, repeats, budget_mb, calls, found, t_start
     return {
         'format': PROFILE_FORMAT,
         'version': PROFILE_VERSION,
+        'threads': found['threads'],
         'pack': {'path': str(pack.path), 'spec': sched.spec, 'file_size': pack.file_size,
                  'units': len(pack.units), 'calls': sched.steps,
                  'input': pack.manifest.get('input')},
@@ -241,6 +291,7 @@ def _profile_dict(pack, sched, device, repeats, budget_mb, calls, found, t_start
         'executor': found['executor'],
         'checksum': found['checksum'],
         'contention': found['contention'],
+        'probe': found['probe'],
         'split_exact': found['split_exact'],
         'split_cost': found['split_cost'],
         'seconds': round(time.perf_counter() - t_start, 2),

@@ -12,6 +12,7 @@ for a request: the least memory under a deadline, or the best latency within a b
 from dataclasses import dataclass
 import math
 
+from demand_layering_ros.planning.bound import pipeline_bound_ms
 from demand_layering_ros.planning.simulate import Config, Sim, simulate
 from demand_layering_ros.runtime import arena
 
@@ -43,7 +44,8 @@ class Search:
     frame_period_ms: when set, the loader preloads the first slots in the idle time between
     frames (the executor starts on the next pass as soon as one ends): a pass starts with a
     head start of max(0, period - latency), found by iterating from zero head start (each
-    iterate is an upper bound of the latency).
+    iterate is an upper bound of the latency). Without a head start no latency is below the
+    pipeline bound at the slowest disk rate the profile saw (timing.bound_rate).
     """
 
     def __init__(self, sched, timing, split_bytes=0, frame_period_ms=None, depths=DEPTHS):
@@ -56,6 +58,7 @@ class Search:
         self._evals = {}
         self._min = {}
         self._streams = {}
+        self._bounds = {}
         self.evaluations = 0
 
     def streams(self, resident):
@@ -101,7 +104,22 @@ class Search:
                     break
                 sim = simulate(self.sched, self.timing, cfg, layout=layout, streams=st,
                                head_start_ms=head, timeline=timeline)
+        if not sim.head_start_ms:
+            sim.bound_ms = self.bound(cfg.resident)
+            sim.latency_ms = max(sim.latency_ms, sim.bound_ms)
         return sim
+
+    def bound(self, resident):
+        """Return the pipeline limit in ms of a resident set at timing.bound_rate (0: none)."""
+        rate = self.timing.bound_rate
+        if not rate:
+            return 0.0
+        b = self._bounds.get(resident)
+        if b is None:
+            t = self.timing
+            b = self._bounds[resident] = pipeline_bound_ms(self.sched, t.busy, t.gap, t.tail,
+                                                           resident, rate)
+        return b
 
     def evaluate(self, resident, arena_bytes, depths=None):
         """Return the best Point over prefetch depths for a resident set and arena (or None)."""

@@ -38,6 +38,7 @@ class Sim:
     peak_weight_bytes: int
     read_busy_ms: float
     head_start_ms: float = 0.0
+    bound_ms: float = 0.0         # the pipeline bound the latency was held to (0: none)
     step_stall: list = field(default_factory=list)
     timeline: list = field(default_factory=list)
     reads: list = field(default_factory=list)     # per slot: (owner unit, start, end) ms

@@ -9,8 +9,11 @@ executor's own costs, after checking that the profile belongs to the pack being 
 """
 
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from copy import copy as shallow_copy
+from dataclasses import dataclass, field, replace
 import math
+
+from demand_layering_ros.planning import disk_noise
 
 
 class Transfer:
@@ -63,6 +66,14 @@ class Transfer:
         """Return the seconds a request of n bytes adds when queued behind another."""
         return (self.queued or self).seconds(n)
 
+    def scaled(self, factor):
+        """Return the same model with every request `factor` times slower."""
+        out = shallow_copy(self)
+        out.rates = [r / factor for r in self.rates]
+        out.min_seconds = self.min_seconds * factor
+        out.queued = self.queued.scaled(factor) if self.queued is not None else None
+        return out
+
 
 @dataclass
 class Timing:
@@ -80,7 +91,10 @@ class Timing:
     'cpu', 'cuda' (discrete GPU) or 'unified' (integrated GPU: no copy stage); piece_bytes:
     the executor claims and reads a slot in pieces of this size (None: whole slots, as on a
     discrete GPU's staging path); verify_ms_per_byte: checksum time after a slot's last read;
-    split_cost: {(split_bytes, unit): time of the chunked call / time of the whole call}.
+    split_cost: {(split_bytes, unit): time of the chunked call / time of the whole call};
+    bound_rate: the slowest disk rate (bytes/s) the profile saw: no prediction is faster than
+    the pipeline bound at it (None: no floor); disk_level: how many times slower than the
+    profile's median the reads are taken (`disk_noise`).
     """
 
     busy: list
@@ -98,10 +112,17 @@ class Timing:
     piece_bytes: int = None
     verify_ms_per_byte: float = 0.0
     split_cost: dict = field(default_factory=dict)
+    bound_rate: float = None
+    disk_level: float = 1.0
 
     @classmethod
-    def from_profile(cls, prof, sched, device=None):
-        """Check that the profile belongs to the pack's pass and build the timing."""
+    def from_profile(cls, prof, sched, device=None, disk_pct=50):
+        """
+        Check that the profile belongs to the pack's pass and build the timing.
+
+        disk_pct: the percentile of the profile's disk rounds the reads are taken at (50: the
+        median; 90: the conservative level of deadline plans; see `disk_noise`).
+        """
         steps = prof.get('steps', {})
         busy, gap = steps.get('busy_ms'), steps.get('gap_ms')
         where = prof.get('pack', {}).get('path', '?')
@@ -121,6 +142,9 @@ class Timing:
         read = Transfer([(p['request_bytes'], p['seconds']) for p in disk],
                         [(p['request_bytes'], p['seconds_streamed']) for p in disk
                          if p.get('seconds_streamed')])
+        level = disk_noise.level(prof['disk'], disk_pct)
+        if level != 1.0:
+            read = read.scaled(level)
         h2d = (prof.get('h2d') or {}).get('points') or []
         kind = prof.get('device_kind', 'cpu')
         copy = Transfer([(p['request_bytes'], p['seconds']) for p in h2d]) \
@@ -141,7 +165,28 @@ class Timing:
                    verify_ms_per_byte=1e3 / float(check) if check else 0.0,
                    split_cost={(int(sp), int(u)): max(1.0, float(r))   # never faster
                                for sp, per in (prof.get('split_cost') or {}).items()
-                               for u, r in per.items()})
+                               for u, r in per.items()},
+                   bound_rate=disk_noise.bound_rate(prof['disk']), disk_level=level)
+
+    def scaled(self, compute=1.0, disk=1.0):
+        """
+        Return this timing with compute `compute` times and the disk `disk` times slower.
+
+        Compute covers the calls, gaps, tail, the executor's own costs and the checksum (all
+        CPU); the disk covers reads and the bound's rate. Scaling both by one factor scales
+        every simulated latency by it (without a frame period), which is how a measured drift
+        corrects a plan's prediction.
+        """
+        return replace(
+            self, busy=[b * compute for b in self.busy], gap=[g * compute for g in self.gap],
+            tail=self.tail * compute, read=self.read.scaled(disk) if disk != 1.0 else self.read,
+            slot_overhead=self.slot_overhead * compute,
+            pass_overhead=self.pass_overhead * compute, handoff=self.handoff * compute,
+            verify_ms_per_byte=self.verify_ms_per_byte * compute,
+            bound_rate=self.bound_rate / disk if self.bound_rate else self.bound_rate,
+            disk_level=self.disk_level * disk,
+            resident_latency=self.resident_latency * compute
+            if self.resident_latency is not None else None)
 
     def floor(self):
         """Return the simulated latency with every unit resident."""

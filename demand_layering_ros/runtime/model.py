@@ -23,13 +23,16 @@ sees. Without a split (a budget above the largest unit), outputs are always bit-
 
 import copy
 from dataclasses import dataclass, fields
+import os
 import weakref
 
 from demand_layering_ros.pack import Pack
+from demand_layering_ros.planning import threads
 from demand_layering_ros.planning.plan import Plan, PlanError
 from demand_layering_ros.runtime.binding import compute_dtype
 from demand_layering_ros.runtime.engine import Engine
 from demand_layering_ros.runtime.errors import ExecutorError
+from demand_layering_ros.runtime.feedback import LatencyFeedback
 from demand_layering_ros.runtime.options import check_options
 import torch
 from torch import nn
@@ -67,6 +70,11 @@ class Stats:
     prefetch_depth: object
     timeline: list
     calls: list
+    predicted_latency_ms: object = None     # the plan's prediction (None: no plan predicts)
+    expected_latency_ms: object = None      # what it expects on a typical run (the ratio's base)
+    measured_latency_ms: object = None      # median of the recent passes of one frame
+    latency_ratio: object = None            # measured / expected
+    latency_drift: bool = False             # beyond 10% over enough passes: re-plan or warn
 
     def as_dict(self):
         """Return the figures as a dict, keys in field order (the stats() contract)."""
@@ -74,11 +82,28 @@ class Stats:
 
 
 def coerce_plan(plan):
-    """Return a Plan (or None) from a Plan, mapping or PLAN.yaml path; ExecutorError if bad."""
+    """
+    Return a Plan (or None) from a Plan, mapping or PLAN.yaml path; ExecutorError if bad.
+
+    A plan made for another torch thread count raises threads.ThreadMismatch (a ValueError
+    naming both counts): its predicted latency would not hold in this process.
+    """
     try:
-        return Plan.coerce(plan)
+        out = Plan.coerce(plan)
     except PlanError as e:
         raise ExecutorError(str(e)) from e
+    if out is not None:
+        threads.check_plan(out, where=f'plan {plan}' if isinstance(plan, (str, os.PathLike))
+                           else 'the plan')
+    return out
+
+
+def one_frame(args):
+    """Return True when a forward call's input is one frame (a 1-batch tensor or one image)."""
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor):
+        return x.dim() < 4 or x.shape[0] == 1
+    return isinstance(x, (list, tuple)) and len(x) == 1
 
 
 def check_budget(budget_mb):
@@ -130,10 +155,14 @@ class DemandLayeredModel(nn.Module):
         except BaseException:
             self._finalizer()
             raise
+        self.feedback = LatencyFeedback.for_plan(plan)
 
     def forward(self, *args, **kwargs):
         """Run the wrapped model with weights streamed from the pack."""
-        return self._engine.run(self.module, args, kwargs)
+        out = self._engine.run(self.module, args, kwargs)
+        if one_frame(args):        # plans predict one frame; a batch takes longer
+            self.feedback.add(self._engine.last['latency_ms'])
+        return out
 
     @property
     def detector(self):
@@ -193,7 +222,8 @@ class DemandLayeredModel(nn.Module):
             streamed_units=sum(1 for u in e.units if not u.resident),
             split_units=[u.name for u in e.units if u.chunks], split_bytes=e.split_bytes,
             prefetch_depth=e.layout.prefetch_depth if e.layout else None,
-            timeline=e.last['timeline'], calls=e.last.get('calls', [])).as_dict()
+            timeline=e.last['timeline'], calls=e.last.get('calls', []),
+            **self.feedback.as_dict()).as_dict()
 
     def reconfigure(self, budget_mb=None, plan=None):
         """
@@ -218,6 +248,7 @@ class DemandLayeredModel(nn.Module):
                 e.configure(old[0], old[1])
                 e.pipeline.peak = old[2]
                 raise
+            self.feedback = LatencyFeedback.for_plan(plan)
 
     def close(self):
         """Stop the loader, close the pack files and free all weight memory."""

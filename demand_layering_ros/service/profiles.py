@@ -6,15 +6,17 @@ The pack's profile, which planning needs: read from a file, or measured once and
 `profile_file` names it; empty means PACK/PROFILE.json. When there is none, the pack is measured
 here within memory_budget_mb (streamed when the weights do not fit it, so the budget holds from
 the first byte) and saved as that file where the pack is writable: measured once per pack, not
-per start. `BackgroundProfile` does the same in a thread, for a change at run time that must not
-wait for it.
+per start. A profile measured at another torch thread count than the node runs is measured
+again (a plan from it would not hold); the new one replaces PACK/PROFILE.json, never a
+profile_file the user named. `BackgroundProfile` does the same in a thread, for a change at
+run time that must not wait for it.
 """
 
 from pathlib import Path
 import threading
 import time
 
-from demand_layering_ros.planning import profile_file, profiler
+from demand_layering_ros.planning import profile_file, profiler, threads
 
 
 def measure(pack_path, device, budget_mb):
@@ -28,12 +30,19 @@ def profile_path(settings):
     return settings['profile_file'] or str(Path(settings['pack_path']) / 'PROFILE.json')
 
 
-def stored(settings):
-    """Return the profile read from its file, or None when there is none to read."""
+def stored(settings, log=None):
+    """Return the profile read from its file; None: there is none, or it is for other threads."""
     path = profile_path(settings)
     if settings['profile_file'] or Path(path).is_file():
         # a profile_file given but unreadable is an error, not a re-measure
-        return profile_file.load_profile(path)
+        prof = profile_file.load_profile(path)
+        try:
+            threads.check_profile(prof, where=path)
+        except threads.ThreadMismatch as e:
+            if log is not None:
+                log.warning(f'{e}; measuring it again at {e.want}')
+            return None
+        return prof
     return None
 
 
@@ -45,6 +54,9 @@ def measure_and_save(settings, log, when='now'):
     profile = measure(settings['pack_path'], settings['device'], budget)
     log.info('profiled ' + (f'streamed within memory_budget_mb {budget:g}'
                             if profile['mode'] == 'streamed' else 'fully resident'))
+    if settings['profile_file'] and Path(path).is_file():
+        log.info(f'profile kept in memory only: {path} was given and is not replaced')
+        return profile
     try:
         profile_file.save_profile(profile, path)
         log.info(f'saved the profile as {path}')

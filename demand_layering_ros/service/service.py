@@ -24,6 +24,7 @@ import time
 
 import demand_layering_ros as dlr
 from demand_layering_ros.pack import Pack
+from demand_layering_ros.planning.correction import corrected_profile
 from demand_layering_ros.planning.decide import decide_plan
 from demand_layering_ros.service import profiles, settings
 from demand_layering_ros.service.scheduling import LatencyModel
@@ -62,6 +63,7 @@ class DetectorService:
         self.profiling = None                 # the BackgroundProfile started last, if any
         self.decision = None                  # the planning.decide.Decision in effect
         self.plan_note = ''
+        self.drift_note = ''                  # why a drift from the plan was not re-planned
         self.latency = LatencyModel()
         self.batching_ok = True
         self.model_stats = {}
@@ -110,7 +112,8 @@ class DetectorService:
                                    device=s['device'])
         else:
             if s['memory_budget_mb'] or s['deadline_ms']:
-                self.profile = profiles.stored(s) or profiles.measure_and_save(s, self.log)
+                self.profile = profiles.stored(s, self.log) or \
+                    profiles.measure_and_save(s, self.log)
             decision = self._decide(s, strict=False)
         self.decision, self.plan_note = decision, decision.note
         if decision.note:
@@ -123,6 +126,7 @@ class DetectorService:
             self.detector.input_size = tuple(s['input_size'])
         self.latency = LatencyModel()
         self.batching_ok = True
+        self.drift_note = ''
         self._warm_up()
 
     def _decide(self, s, strict):
@@ -183,6 +187,7 @@ class DetectorService:
         """Record the measured service time of a batch (decode + forward + publish)."""
         stall = self.model_stats.get('stall_ms')
         self.latency.update(batch, seconds, None if stall is None else float(stall) / 1e3)
+        self.check_drift()
 
     def _update_model_stats(self):
         model = self.model
@@ -211,7 +216,7 @@ class DetectorService:
         with self.plan_lock:
             need = bool(s['memory_budget_mb'] or s['deadline_ms']) and self.profile is None
             if need:
-                self.profile = profiles.stored(s)
+                self.profile = profiles.stored(s, self.log)
             decision = self._decide(s, strict=True)
             if decision.source in ('planner', 'fastest') or \
                     s['memory_budget_mb'] != self.settings['memory_budget_mb']:
@@ -227,6 +232,7 @@ class DetectorService:
         with self.lock:
             self.model.reconfigure(budget_mb=s['memory_budget_mb'] or None, plan=plan)
             self.decision, self.plan_note = decision, decision.note
+            self.drift_note = ''
             self.latency = LatencyModel()
             if plan and plan.get('predicted_latency_ms'):
                 self.latency.update(1, plan['predicted_latency_ms'] / 1e3,
@@ -256,6 +262,47 @@ class DetectorService:
             if decision.note:
                 self.log.warning(decision.note)
 
+    def check_drift(self):
+        """
+        Re-plan when the passes persistently take over 10% more or less than the plan expects.
+
+        Called after every batch (`record_latency`); cheap unless the model reports a drift
+        (`latency_drift` in its stats: the median of its recent one-frame passes). With a
+        profile and a planned configuration, the profile is corrected by the measured ratio
+        (`planning.correction`) and the request planned again between two frames. Not
+        re-planned, and logged once: a given plan or a budget fitted without a profile; passes
+        faster than expected while frame_period_ms is unknown (idle time between frames lets
+        the loader read ahead, which a plan for back-to-back frames does not count on: a plan
+        for less memory would lose it). Returns the line logged, or None.
+        """
+        st = self.model_stats
+        if not st.get('latency_drift') or self.model is None or self.drift_note:
+            return None
+        with self.plan_lock:
+            decision, ratio = self.decision, st.get('latency_ratio')
+            what = (f'measured {st.get("measured_latency_ms"):.1f} ms per pass against '
+                    f'{st.get("expected_latency_ms"):.1f} ms expected (x{ratio:.2f})')
+            if self.profile is None or decision is None or \
+                    decision.source not in ('planner', 'fastest'):
+                self.drift_note = f'{what}; the plan was not made here, so it is not re-planned'
+            elif ratio < 1.0 and not self.settings['frame_period_ms']:
+                self.drift_note = (f'{what}; not re-planned for less memory: set '
+                                   'frame_period_ms if idle time between frames reads ahead')
+            if self.drift_note:
+                self.log.warning(self.drift_note)
+                return self.drift_note
+            self.profile = corrected_profile(self.profile, ratio, why=what)
+            try:
+                decision = self._decide(self.settings, strict=False)
+                self._apply(self.settings, decision, f'{what}: re-planned')
+            except Exception as e:   # keep serving with the plan in effect
+                self.drift_note = f'{what}; re-planning failed ({e}); the plan stays'
+                self.log.warning(self.drift_note)
+                return self.drift_note
+            if decision.note:
+                self.log.warning(decision.note)
+            return f'{what}: re-planned'
+
     # -- report and close ---------------------------------------------------------------------
 
     def stats(self):
@@ -266,6 +313,7 @@ class DetectorService:
             'model': getattr(self.detector, 'spec', ''),
             'model_stats': dict(self.model_stats),
             'plan_note': self.plan_note,
+            'drift_note': self.drift_note,
             'batching': self.batching_ok,
             'predicted_latency_ms': latency.predict(1) * 1e3,
             'latency_ms_by_batch': {b: v * 1e3 for b, v in sorted(latency.measured.items())},

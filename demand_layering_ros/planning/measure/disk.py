@@ -1,11 +1,15 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
 """
-The disk's O_DIRECT read time by request size, one request at a time and back to back.
+The disk's O_DIRECT read time by request size, one request at a time and back to back, in rounds.
 
 Read through the pack file itself (O_DIRECT does not touch the page cache, so a pack read before
 does not make the disk look faster). A reader that waits for free arena space issues one request
-at a time; a reader running ahead queues them: the planner needs both times.
+at a time; a reader running ahead queues them: the planner needs both times. The disk's speed
+is not one number (the virtual disk of the development machine flips between ~1.3 and ~2.7 GB/s
+from one minute to the next), so a profile measures it in rounds spread over its run
+(`DiskRounds`) and keeps every round: the planner predicts from their median and brackets its
+prediction with the fastest and the slowest (`planning.disk_noise`).
 """
 
 import time
@@ -14,6 +18,7 @@ from demand_layering_ros.quantiles import median
 from demand_layering_ros.sizes import MB
 
 DISK_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20)
+DISK_ROUNDS = 4         # before, between and after the other measurements of a profile
 
 
 def disk_points(pack, sizes, threads, budget_s=0.4, progress=None):
@@ -47,12 +52,54 @@ def disk_points(pack, sizes, threads, budget_s=0.4, progress=None):
                 for f in futs:
                     f.result()
                 batches.append((time.perf_counter() - t) / n)
-            streamed = median(batches)
-            points.append({'request_bytes': size, 'seconds': median(isolated),
-                           'seconds_streamed': streamed,
-                           'mb_per_s': round(size / median(isolated) / MB, 1),
-                           'mb_per_s_streamed': round(size / streamed / MB, 1)})
+            points.append(_point(size, median(isolated), median(batches)))
             if progress is not None:
                 progress.update(1)
         mode, reason = reader.mode, reader.fallback_reason
     return {'mode': mode, 'fallback_reason': reason, 'threads': threads, 'points': points}
+
+
+def _point(size, seconds, streamed):
+    return {'request_bytes': size, 'seconds': seconds, 'seconds_streamed': streamed,
+            'mb_per_s': round(size / seconds / MB, 1),
+            'mb_per_s_streamed': round(size / streamed / MB, 1)}
+
+
+class DiskRounds:
+    """
+    The disk measured in rounds at several moments of a profile; `result()` is its 'disk'.
+
+    Each `measure(when)` is one round of `disk_points` (every request size). The result keeps
+    the rounds (`rounds`: when, seconds since the first, points) and, as `points`, the median
+    over rounds of each size's times: what a profile without rounds had.
+    """
+
+    def __init__(self, pack, sizes, threads, budget_s=0.3, progress=None):
+        """Measure nothing yet."""
+        self.pack, self.sizes, self.threads = pack, sizes, threads
+        self.budget_s, self.progress = budget_s, progress
+        self.t0 = None
+        self.rounds = []
+        self.mode = self.reason = None
+
+    def measure(self, when):
+        """Measure one round now; `when` names the moment (e.g. 'start', 'end')."""
+        now = time.perf_counter()
+        if self.t0 is None:
+            self.t0 = now
+        got = disk_points(self.pack, self.sizes, self.threads, self.budget_s, self.progress)
+        self.mode, self.reason = got['mode'], got['fallback_reason']
+        self.rounds.append({'at': when, 'at_s': round(now - self.t0, 2),
+                            'points': got['points']})
+
+    def result(self):
+        """Return PROFILE.json's 'disk': mode, per-size medians over the rounds, the rounds."""
+        by_size = {}
+        for r in self.rounds:
+            for p in r['points']:
+                by_size.setdefault(p['request_bytes'], []).append(p)
+        points = [_point(size, median([p['seconds'] for p in ps]),
+                         median([p['seconds_streamed'] for p in ps]))
+                  for size, ps in sorted(by_size.items())]
+        return {'mode': self.mode, 'fallback_reason': self.reason, 'threads': self.threads,
+                'points': points, 'rounds': self.rounds}

@@ -165,13 +165,16 @@ def fit_handoff(pk, device, disk, executor_costs, resident_ms, measured_ms, aren
                       'gap_ms': [0.0] * n, 'tail_ms': 0.0},
             'disk': disk, 'executor': dict(executor_costs)}
     timing = Timing.from_profile(prof, sched)
-    cfg = Config(frozenset(), arena_bytes)
+    return solve_handoff(sched, timing, Config(frozenset(), arena_bytes), measured_ms)
 
+
+def solve_handoff(sched, timing, cfg, measured_ms, hi=5.0, **sim_kw):
+    """Return the hand-off (ms, 0..hi) at which `simulate(cfg)` takes `measured_ms`."""
     def latency(h):
         timing.handoff = h
-        return simulate(sched, timing, cfg).latency_ms
+        return simulate(sched, timing, cfg, **sim_kw).latency_ms
 
-    lo, hi = 0.0, 5.0
+    lo = 0.0
     if latency(lo) >= measured_ms:
         return 0.0
     if latency(hi) <= measured_ms:

@@ -1,0 +1,59 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+One tight streamed pass of the real pack: the hand-off as this model's compute threads see it.
+
+The executor's hand-off (a release waking the loader, the loader claiming the range, the reader
+and verify threads waking) is calibrated on a small model whose compute barely runs. On a small
+CPU at torch's default threads a real model's compute threads keep every core busy (and spin
+between parallel regions), so each of those wake-ups waits longer: the smallest plans, a chain
+of such hand-offs, ran 15-50% slower than predicted. So the profile also runs the pack itself
+with nothing resident through its smallest arena (no split, unlimited read-ahead), back to back,
+and fits the hand-off at which the planner's replay of that pass takes the measured time, with
+the disk at the level the rounds around it measured.
+"""
+
+import time
+
+from demand_layering_ros.planning.measure.executor_costs import solve_handoff
+from demand_layering_ros.planning.measure.machine import sync
+from demand_layering_ros.planning.simulate import Config
+from demand_layering_ros.quantiles import median
+
+HANDOFF_MAX_MS = 20.0
+
+
+def tight_pass(pack, device, x, repeats, progress=None):
+    """Run the pack streamed through its smallest arena; return measured ms and the layout."""
+    import torch
+    from demand_layering_ros import load
+    m = load(pack.path, device=device, plan={'resident_units': [], 'arena_bytes': None,
+                                             'split_bytes': 0, 'prefetch_depth': None})
+    try:
+        xd = x.to(device)
+        times = []
+        with torch.no_grad():
+            m(xd)                          # cold: the first pass reads with no head start
+            for _ in range(repeats + 1):
+                sync(device)
+                t = time.perf_counter()
+                m(xd)
+                sync(device)
+                times.append(1e3 * (time.perf_counter() - t))
+        plan = m.plan()
+        out = {'measured_ms': round(median(times[1:]), 4),
+               'passes_ms': [round(v, 4) for v in times[1:]],
+               'arena_bytes': plan['arena_bytes'], 'prefetch_depth': plan['prefetch_depth'],
+               'stall_ms': round(m.stats()['stall_ms'], 4)}
+    finally:
+        m.close()
+    if progress is not None:
+        progress.update(1)
+    return out
+
+
+def fit_probe_handoff(sched, timing, probe):
+    """Return the hand-off (ms) at which the replay of the tight pass takes its measured time."""
+    cfg = Config(frozenset(sched.forced), int(probe['arena_bytes'] or 0),
+                 probe['prefetch_depth'], 0)
+    return solve_handoff(sched, timing, cfg, probe['measured_ms'], hi=HANDOFF_MAX_MS)
