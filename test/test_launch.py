@@ -50,6 +50,33 @@ def test_topic_and_bool_parsing():
         mod.parse_bool('use_sim_time', 'maybe')
 
 
+@pytest.mark.parametrize('text, words', [
+    ('[/cam0/image_raw', "image_topics: '[/cam0/image_raw' is not a list of topics"),
+    ('/cam0/image_raw]', 'closing bracket but no opening one'),
+    ('[/cam 0/image_raw]', "image_topics: '/cam 0/image_raw' is not a valid topic name"),
+    ('/cam0//image_raw', "image_topics: '/cam0//image_raw' is not a valid topic name"),
+])
+def test_malformed_image_topics_name_the_argument_and_the_topic(text, words):
+    mod = _launch_module()
+    with pytest.raises(ValueError) as e:
+        mod.parse_topics(text)
+    assert words in str(e.value) and '\n' not in str(e.value)
+
+
+def test_a_node_that_dies_ends_the_launch_with_its_exit_code():
+    """Launch returns 0 when a process dies: the handler raises, so `ros2 launch` exits 1."""
+    mod = _launch_module()
+
+    class Exited:
+
+        def __init__(self, code):
+            self.returncode = code
+    assert mod._on_exit(Exited(0), None) is None
+    assert mod._on_exit(Exited(-2), None) is None       # SIGINT: the user stopped it
+    with pytest.raises(RuntimeError, match='demand_layering_detector exited with code 1'):
+        mod._on_exit(Exited(1), None)
+
+
 def test_parameter_file_section_applies_in_any_namespace(tmp_path):
     mod = _launch_module()
     path = tmp_path / 'p.yaml'
