@@ -48,8 +48,9 @@ def cpu_threads(cores=None):
     Return the torch CPU threads to use by default: every core but one, at least one.
 
     The node shares the machine with its camera, DDS and its own receiving thread. Measured on
-    2 cores under camera load, torch with a thread per core ran a pass 3-5x slower than with
-    one thread: its threads wait for each other whenever one is descheduled.
+    a 2-core machine shared with other processes, yolov3-tiny with a torch thread per core ran
+    a pass 3-10x slower (median) than with one thread: torch's threads wait for each other
+    whenever one of them is descheduled.
     """
     cores = cores or os.cpu_count() or 1
     return max(1, cores - 1)
