@@ -123,9 +123,13 @@ def process_tree_cpu(pid):
 def run_one(cfg, pack, deadline_ms, args, out):
     """Run one configuration: the server, the load; return the load's result plus CPU."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(args.domain))
+    server_env = dict(env)
+    if args.node_tree:
+        server_env['PYTHONPATH'] = os.pathsep.join(
+            [str(Path(args.node_tree).resolve()), env.get('PYTHONPATH', '')])
     log = open(out / f'{cfg["name"].replace(" ", "_")}.log', 'w')
     server = subprocess.Popen(server_command(cfg, pack, deadline_ms, args.node_param),
-                              cwd=ROOT, env=env,
+                              cwd=args.node_tree or ROOT, env=server_env,
                               stdout=log, stderr=subprocess.STDOUT)
     result_path = out / 'last_load.json'
     result_path.unlink(missing_ok=True)
@@ -196,6 +200,9 @@ def main(argv=None):
                    'every comma-separated word')
     p.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
                    help='an extra parameter of the node under test (repeatable)')
+    p.add_argument('--node-tree', default='', metavar='DIR',
+                   help="run the node (and baseline) of another checkout, e.g. a commit's "
+                        '`git archive`, for a before/after comparison')
     p.add_argument('--out', default='bench/out_rt')
     p.add_argument('--markdown', default='BENCHMARKS.md', help="'' to skip")
     p.add_argument('--domain', type=int, default=int(os.environ.get('ROS_DOMAIN_ID', 0) or 0))

@@ -7,8 +7,10 @@ One process plays every camera and the external observer: a publishing thread se
 (Debian's darknet photos through `models.assets`) at a fixed rate per camera, raw
 (`sensor_msgs/Image`, bgr8) or pre-encoded JPEG (`CompressedImage`, so the encoding does not
 cost the machine during the run), each stamped with the wall clock at publish time; an executor
-thread receives the detections and `/diagnostics`. A frame's latency is receipt time minus its
-header stamp, the definition a user downstream sees. QoS is reliable, depth 1 on the images
+thread receives the detections and `/diagnostics`. A frame's latency is its receipt time (the
+DDS reception timestamp, so this process's own scheduling does not count) minus its header
+stamp, the definition a user downstream sees; its publication time (the DDS source timestamp)
+says whether the node published it after its deadline. QoS is reliable, depth 1 on the images
 (what a camera driver offers) and reliable on the answers.
 
 `python -m bench.rt_load --cameras 2 --fps 15 --transport raw --seconds 30 --out r.json` waits
@@ -67,7 +69,7 @@ class Load:
         """Create the node, the camera publishers and the answer subscriptions; spin."""
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CompressedImage, Image
         from vision_msgs.msg import Detection2DArray
@@ -84,24 +86,25 @@ class Load:
                      for i in range(cameras)]
         self.lock = threading.Lock()
         self.sent = []          # (camera, index, stamp seconds)
-        self.answers = {}       # (camera, stamp ns) -> (receipt wall seconds, detections)
+        self.answers = {}       # (camera, stamp ns) -> (receipt, publication, detections)
         self.diagnostics = None
         for i in range(cameras):
             self.node.create_subscription(
                 Detection2DArray, f'/cam{i}/detections',
-                lambda m, i=i: self._on_answer(i, m), answer_qos)
+                lambda m, info, i=i: self._on_answer(i, m, info), answer_qos)
         self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diag,
                                       QoSProfile(depth=10))
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.ctx)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
         self.spinner.start()
 
-    def _on_answer(self, cam, msg):
-        now = time.time()
+    def _on_answer(self, cam, msg, info):
+        received = (info.get('received_timestamp') or time.time_ns()) / 1e9
+        published = (info.get('source_timestamp') or 0) / 1e9 or None
         key = (cam, msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec)
         with self.lock:
-            self.answers.setdefault(key, (now, len(msg.detections)))
+            self.answers.setdefault(key, (received, published, len(msg.detections)))
 
     def _on_diag(self, msg):
         values = {}
@@ -152,9 +155,11 @@ class Load:
     def result(self):
         """Return every frame sent with its receipt (or None) and the last diagnostics."""
         with self.lock:
+            none = (None, None, 0)
             frames = [{'camera': c, 'index': k, 'stamp_ns': s,
-                       'receipt': self.answers.get((c, s), (None, 0))[0],
-                       'detections': self.answers.get((c, s), (None, 0))[1]}
+                       'receipt': self.answers.get((c, s), none)[0],
+                       'published': self.answers.get((c, s), none)[1],
+                       'detections': self.answers.get((c, s), none)[2]}
                       for c, k, s in self.sent]
             return {'frames': frames, 'diagnostics': self.diagnostics,
                     'answers_unmatched': len(set(self.answers) -

@@ -81,10 +81,12 @@ class Intake:
     detector node, remaps included) and offers no parameter services.
     """
 
-    def __init__(self, name, context):
+    def __init__(self, name, namespace, context):
+        """Start the loop for the detector node `name` in `namespace` (its context)."""
         from rclpy.node import Node
-        self.node = Node(f'_{name}_intake', context=context, use_global_arguments=False,
-                         start_parameter_services=False, enable_rosout=False)
+        self.node = Node(f'_{name}_intake', namespace=namespace, context=context,
+                         use_global_arguments=False, start_parameter_services=False,
+                         enable_rosout=False)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.subscriptions = []

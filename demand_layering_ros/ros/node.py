@@ -239,7 +239,7 @@ class DetectorNode(LifecycleNode):
             else ReliabilityPolicy.BEST_EFFORT)
         self._last_served = self._now()
         self._infeasible_said = False
-        self._intake = intake.Intake(self.get_name(), self.context)
+        self._intake = intake.Intake(self.get_name(), self.get_namespace(), self.context)
         for cam in self._cameras:
             cam.subscription = self._intake.subscribe(
                 cam.msg_type, cam.sub_topic, qos, lambda data, c=cam: self._on_image(c, data))
@@ -377,8 +377,10 @@ class DetectorNode(LifecycleNode):
         best_effort = self._infeasible or probe
         max_batch = s['max_batch'] if service.batching_ok else 1
         batch = self._queue.next_batch(pending, now, latency, max_batch, best_effort)
+        for f in batch:     # counted as best-effort: run although predicted to be late
+            f.best_effort = best_effort and now + latency.upper(len(batch)) > f.deadline
         if batch:
-            self._run_batch(batch, s, best_effort)
+            self._run_batch(batch, s)
             self._last_served = self._now()
             self._served += 1
             if self._served % REPLAN_EVERY == 0:
@@ -395,7 +397,7 @@ class DetectorNode(LifecycleNode):
                 'serving the newest frame best-effort, late frames count as misses')
         self._infeasible = infeasible
 
-    def _run_batch(self, batch, s, best_effort=False):
+    def _run_batch(self, batch, s):
         t0 = time.perf_counter()
         frames = intake.decode_taken(batch, self._queue, self.service.slack, self.get_logger())
         if not frames:
@@ -416,10 +418,10 @@ class DetectorNode(LifecycleNode):
             self.service.slack.add('prepost', time.perf_counter() - t1 - forward)
         names = self.service.class_names
         for (f, msg, rgb), det in zip(frames, results):
-            self._publish(f, msg.header, rgb, det, s, names, best_effort)
+            self._publish(f, msg.header, rgb, det, s, names)
         self.service.record_latency(len(frames), time.perf_counter() - t0)
 
-    def _publish(self, frame, header, rgb, det, s, names, best_effort=False):
+    def _publish(self, frame, header, rgb, det, s, names):
         cam = frame.camera
         if cam.pub is None:
             return
@@ -427,7 +429,8 @@ class DetectorNode(LifecycleNode):
         cam.pub.publish(messages.detections(header, rgb, det, names,
                                             by_name=s['class_id_mode'] == 'name'))
         self.service.slack.add('publish', time.perf_counter() - t0)
-        self._queue.published(cam, self._now() - frame.base, s['deadline_ms'], best_effort)
+        self._queue.published(cam, self._now() - frame.base, s['deadline_ms'],
+                              frame.best_effort)
         if s['publish_debug_image'] and cam.debug_pub is not None and \
                 cam.debug_pub.get_subscription_count() > 0:
             cam.debug_pub.publish(messages.debug_image(header, rgb, det, names))

@@ -32,6 +32,7 @@ class Frame:
     base: float        # seconds: the image stamp, or the receive time when the stamp is unusable
     deadline: float    # absolute seconds (inf: no deadline)
     arrival: float = math.nan   # seconds, same clock as base: when the node received it
+    best_effort: bool = False   # run although predicted to miss its deadline
 
 
 class LatencyModel:

@@ -25,6 +25,7 @@ import time
 import demand_layering_ros as dlr
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.planning.decide import decide_plan
+from demand_layering_ros.planning.plan import RUN_KEYS
 from demand_layering_ros.service import profiles, settings
 from demand_layering_ros.service.imaging import image_to_rgb
 from demand_layering_ros.service.scheduling import LatencyModel
@@ -54,6 +55,15 @@ def cpu_threads(cores=None):
     """
     cores = cores or os.cpu_count() or 1
     return max(1, cores - 1)
+
+
+def _same_plan(a, b):
+    """Return True when two decisions run the same configuration (residents, arena)."""
+    if a is None or a.plan is None or b.plan is None:
+        return False
+    if a.source == b.source == 'fastest':    # the fastest plan does not depend on the deadline
+        return True
+    return all(getattr(a.plan, k) == getattr(b.plan, k) for k in RUN_KEYS)
 
 
 class DetectorService:
@@ -253,9 +263,7 @@ class DetectorService:
             old = self.decision
             decision = self._decide(s, strict=False)
             self.planned_slack_ms = now_ms
-            if decision.source not in ('planner', 'fastest') or \
-                    (old is not None and old.plan is not None and decision.plan is not None
-                     and old.plan.to_dict() == decision.plan.to_dict()):
+            if decision.source not in ('planner', 'fastest') or _same_plan(old, decision):
                 return False
             self._apply(s, decision, f're-planned for the measured slack of {now_ms:.0f} ms')
         if decision.note and (old is None or old.source != decision.source):
