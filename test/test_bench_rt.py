@@ -13,7 +13,7 @@ import pytest
 
 def run(server='node', cameras=1, fps=10.0, transport='raw', deadline=False, latency_ms=100.0,
         answered_every=1, deadline_ms=150.0, late_every=0):
-    """A run of 10 measured seconds: frame k answered after latency_ms (or late, or not)."""
+    """Make a run of 10 measured seconds: frame k answered after latency_ms (or late, or not)."""
     t0 = 1000.0
     frames = []
     n = int(fps * cameras * 10)

@@ -89,6 +89,25 @@ def test_best_effort_drops_nothing_for_the_deadline():
     assert batch == [late] and not dropped
 
 
+def test_after_a_spell_of_deadline_drops_one_frame_runs_to_measure_again():
+    cam = scheduling.Camera('/cam0')
+    q = scheduling.FrameQueue([cam])
+    m = scheduling.LatencyModel()
+    m.update(1, 0.100)
+    # an idle spell is no reason to run a frame that cannot make it: dropped
+    assert q.next_batch([frame(cam, 9.0, 0.15)], 10.0, m, 1, probe_after=1.0) == []
+    assert q.next_batch([frame(cam, 10.3, 0.15)], 10.5, m, 1, probe_after=1.0) == []
+    assert cam.drops['deadline'] == 2
+    # every frame dropped for more than probe_after: the next one runs, best-effort
+    late = frame(cam, 10.9, 0.15)
+    assert q.next_batch([late], 11.1, m, 1, probe_after=1.0) == [late] and late.best_effort
+    # served: the spell is over, admission drops again
+    assert q.next_batch([frame(cam, 11.0, 0.15)], 11.2, m, 1, probe_after=1.0) == []
+    fresh = frame(cam, 11.2, 0.15)
+    assert q.next_batch([fresh], 11.2, m, 1, probe_after=1.0) == [fresh]
+    assert not fresh.best_effort
+
+
 # -- the newest frame wins ---------------------------------------------------------------------
 
 def test_the_newest_frame_wins_whatever_order_it_is_handed_over_in():

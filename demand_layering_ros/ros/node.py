@@ -90,7 +90,6 @@ class DetectorNode(LifecycleNode):
         self._last_error_time = -math.inf
         self._infeasible = False
         self._infeasible_said = False
-        self._last_served = 0.0
         self._served = 0
         self._diagnostics = Diagnostics()
         self._intake = None       # the image subscriptions' own executor (ros.intake)
@@ -237,7 +236,6 @@ class DetectorNode(LifecycleNode):
             history=HistoryPolicy.KEEP_LAST, depth=s['qos_depth'],
             reliability=ReliabilityPolicy.RELIABLE if s['qos_reliability'] == 'reliable'
             else ReliabilityPolicy.BEST_EFFORT)
-        self._last_served = self._now()
         self._infeasible_said = False
         self._intake = intake.Intake(self.get_name(), self.get_namespace(), self.context)
         for cam in self._cameras:
@@ -370,18 +368,11 @@ class DetectorNode(LifecycleNode):
         latency = service.latency
         now = self._now()
         self._note_feasibility(s, latency, service.slack.part('age'))
-        # Every frame dropped for its deadline teaches the latency model nothing: after a long
-        # quiet spell one frame runs anyway (best-effort, counted) to measure again.
-        probe = s['deadline_ms'] > 0 and now - self._last_served > max(
-            PROBE_AFTER_S, 10 * latency.upper(1))
-        best_effort = self._infeasible or probe
         max_batch = s['max_batch'] if service.batching_ok else 1
-        batch = self._queue.next_batch(pending, now, latency, max_batch, best_effort)
-        for f in batch:     # counted as best-effort: run although predicted to be late
-            f.best_effort = best_effort and now + latency.upper(len(batch)) > f.deadline
+        batch = self._queue.next_batch(pending, now, latency, max_batch, self._infeasible,
+                                       max(PROBE_AFTER_S, 10 * latency.upper(1)))
         if batch:
             self._run_batch(batch, s)
-            self._last_served = self._now()
             self._served += 1
             if self._served % REPLAN_EVERY == 0:
                 service.replan_for_slack()

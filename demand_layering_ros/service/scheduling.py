@@ -190,6 +190,7 @@ class FrameQueue:
     def __init__(self, cameras=()):
         self.cameras = list(cameras)
         self.cond = threading.Condition()
+        self.starving_since = None    # every frame dropped for its deadline since then
 
     def offer(self, camera, frame):
         """Make `frame` the camera's latest unless a newer one was offered; count the loser."""
@@ -216,9 +217,24 @@ class FrameQueue:
                 c.latest = None
             return pending
 
-    def next_batch(self, pending, now, latency, max_batch, best_effort=False):
-        """Return the frames to run now; count the dropped ones and put the waiting back."""
+    def next_batch(self, pending, now, latency, max_batch, best_effort=False,
+                   probe_after=math.inf):
+        """
+        Return the frames to run now; count the dropped ones and put the waiting back.
+
+        A frame dropped for its deadline teaches the latency model nothing: once every frame
+        has been dropped for `probe_after` seconds, the next runs anyway, best-effort (a probe).
+        A frame run although predicted to miss its deadline is marked `best_effort`.
+        """
+        starving = self.starving_since is not None and now - self.starving_since > probe_after
+        best_effort = best_effort or starving
         batch, dropped, waiting = plan_batch(pending, now, latency, max_batch, best_effort)
+        for f in batch:
+            f.best_effort = best_effort and now + latency.upper(len(batch)) > f.deadline
+        if batch:
+            self.starving_since = None
+        elif dropped and self.starving_since is None:
+            self.starving_since = now
         with self.cond:
             for f in dropped:
                 f.camera.drops['deadline'] += 1
@@ -256,6 +272,7 @@ class FrameQueue:
             for c in self.cameras:
                 c.latest = None
                 c.newest = -math.inf
+            self.starving_since = None
 
     def counters(self):
         """Return [(camera, counters)], counters a consistent copy taken under the lock."""
