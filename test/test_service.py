@@ -16,6 +16,7 @@ from demand_layering_ros import pack as pack_mod
 from demand_layering_ros.models import assets
 from demand_layering_ros.models.detector import read_image
 from demand_layering_ros.planning import profile_file, profiler
+from demand_layering_ros.service import service as service_mod
 from demand_layering_ros.service import settings
 from demand_layering_ros.service.service import DetectorService, process_rss_bytes
 import pytest
@@ -69,6 +70,8 @@ def dog():
 
 
 def test_configure_infer_stats_close(bare_pack, dog):
+    import torch
+    threads = torch.get_num_threads()
     svc = DetectorService()
     assert not svc.configured and svc.infer(dog) is None
     with pytest.raises(ValueError, match='configure first'):
@@ -88,10 +91,12 @@ def test_configure_infer_stats_close(bare_pack, dog):
         assert stats['batching'] and not stats['profiling']
         assert stats['process_rss_bytes'] == pytest.approx(process_rss_bytes(), rel=0.5)
         assert stats['latency_ms_by_batch'][1] > 0
+        assert torch.get_num_threads() == service_mod.cpu_threads()   # one core left free
         model_ref = weakref.ref(svc.model)
     finally:
         svc.close()
     assert not svc.configured and svc.infer(dog) is None and model_ref() is None
+    assert torch.get_num_threads() == threads     # torch's threads given back too
     svc.close()     # idempotent
 
 

@@ -92,6 +92,7 @@ class DetectorService:
         self.planned_slack_ms = 0.0           # the slack the plan in effect was made for
         self.batching_ok = True
         self.model_stats = {}
+        self.torch_threads_before = None      # torch's thread count before configure
 
     @property
     def configured(self):
@@ -127,7 +128,9 @@ class DetectorService:
             if not torch.cuda.is_available():
                 raise ValueError(f'device {s["device"]}: CUDA is not available here')
         if s['device'] == 'cpu' or s['num_threads']:
-            import torch
+            import torch          # process-wide: given back at close
+            if self.torch_threads_before is None:
+                self.torch_threads_before = torch.get_num_threads()
             torch.set_num_threads(s['num_threads'] or cpu_threads())
         self.settings = s
         self.pack = Pack.open(s['pack_path'])
@@ -382,5 +385,8 @@ class DetectorService:
             del model
         gc.collect()
         torch = sys.modules.get('torch')
+        if torch is not None and self.torch_threads_before is not None:
+            torch.set_num_threads(self.torch_threads_before)
+            self.torch_threads_before = None
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
