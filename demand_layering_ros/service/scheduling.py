@@ -181,10 +181,10 @@ class FrameQueue:
 
     One condition guards the slots and the counters: `offer` (the newest frame wins: a new frame
     supersedes a waiting one, and a frame older than one already offered is superseded at
-    once, for callbacks that run concurrently can hand frames over out of order; one older by
-    more than JUMP_S is a camera or clock restart and is taken), `take` (the inference thread
-    waits for frames), `next_batch` (plan_batch, with its
-    drops counted and the frames that wait put back unless a newer one arrived meanwhile).
+    once, for frames can arrive out of order, from several publishers on one topic or over a
+    lossy network; one older by more than JUMP_S is a camera or clock restart and is taken),
+    `take` (the inference thread waits for frames), `next_batch` (plan_batch, with its drops
+    counted and the frames that wait put back unless a newer one arrived meanwhile).
     """
 
     def __init__(self, cameras=()):

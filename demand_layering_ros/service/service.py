@@ -319,8 +319,8 @@ class DetectorService:
             self.planned_slack_ms = self._slack_ms(s)
             self.latency = LatencyModel()
             if plan and plan.get('predicted_latency_ms'):   # a guess until frames are measured
-                self.latency.update(1, plan['predicted_latency_ms'] / 1e3 + self.slack.total(),
-                                    warmup=True)
+                around = self.slack.total() - self.slack.part('age')   # decode, pre/post, publish
+                self.latency.update(1, plan['predicted_latency_ms'] / 1e3 + around, warmup=True)
             self._update_model_stats()
         self.log.info(f'{what}: budget {s["memory_budget_mb"]} MiB, deadline '
                       f'{s["deadline_ms"]} ms; arena '
