@@ -6,7 +6,7 @@ ENV := source scripts/env.sh &&
 COLCON := colcon --log-base .colcon/log
 COLCON_PATHS := --base-paths . --build-base .colcon/build --install-base .colcon/install
 
-.PHONY: setup build test lint demo bench bench-shared soak gpu-check clean
+.PHONY: setup build test lint demo bench bench-rt bench-shared soak gpu-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -39,6 +39,11 @@ bench: build
 
 bench-shared: build
 	@$(ENV) python -m bench.bench_shared --json bench/out/shared.json --markdown BENCHMARKS.md
+
+# The node under real camera load (1-4 cameras, 5-30 fps, raw and JPEG) against the node a
+# user writes first; about 15 minutes on 2 cores (BENCH_RT_ARGS=--quick: a 1-minute smoke run).
+bench-rt: build
+	@$(ENV) python -m bench.bench_rt --out bench/out_rt --markdown BENCHMARKS.md $(BENCH_RT_ARGS)
 
 soak: build
 	@$(ENV) python -m pytest test/test_soak.py -q --soak-frames 5000

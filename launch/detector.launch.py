@@ -4,9 +4,16 @@
 Launch the demand-layered detector as a lifecycle node, on Humble and Jazzy alike.
 
 The node configures and activates itself (its `autostart` parameter), so this file needs no
-`LifecycleNode(autostart=...)` (absent on Humble) and no event handlers. The parameter file's
-section for the node is also passed as a dictionary, so it applies under any `namespace`
-(a bare `demand_layering_detector:` key in a YAML file only matches the root namespace).
+`LifecycleNode(autostart=...)` (absent on Humble). The parameter file's section for the node is
+also passed as a dictionary, so it applies under any `namespace` (a bare
+`demand_layering_detector:` key in a YAML file only matches the root namespace).
+
+Failures are said in one line and never hidden: a malformed argument (`image_topics:=[/cam0`, a
+topic name with a space) stops the launch before anything starts, naming the argument and the
+topic, and `ros2 launch` exits 1. An invalid parameter value leaves the node running but
+unconfigured with one ERROR line saying why (the same as a bad `pack_path`: a lifecycle manager
+or `ros2 param set` + `ros2 lifecycle set ... configure` can still fix it). If the node process
+dies, the launch says so with its exit code, shuts down and exits 1.
 
     ros2 launch demand_layering_ros detector.launch.py params_file:=my.yaml namespace:=robot1
         image_topics:="[/cam0/image_raw, /cam1/image_raw]" device:=cuda
@@ -33,11 +40,35 @@ def parse_topics(text):
     text = text.strip()
     if text.startswith('['):
         import yaml
-        topics = yaml.safe_load(text)
+        try:
+            topics = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
+            raise ValueError(f'image_topics: {text!r} is not a list of topics ({problem}); '
+                             'write e.g. "[/cam0/image_raw, /cam1/image_raw]"') from None
         if not isinstance(topics, list):
             raise ValueError(f'image_topics: {text!r} is not a list')
-        return [str(t).strip() for t in topics if str(t).strip()]
-    return [t for t in text.replace(',', ' ').split() if t]
+        topics = [str(t).strip() for t in topics if str(t).strip()]
+    elif text.endswith(']'):
+        raise ValueError(f'image_topics: {text!r} has a closing bracket but no opening one')
+    else:
+        topics = [t for t in text.replace(',', ' ').split() if t]
+    for topic in topics:
+        check_topic(topic)
+    return topics
+
+
+def check_topic(topic):
+    """Raise ValueError naming the argument and the topic when `topic` is not a valid name."""
+    from rclpy.expand_topic_name import expand_topic_name
+    from rclpy.validate_full_topic_name import validate_full_topic_name
+    try:
+        validate_full_topic_name(expand_topic_name(topic, NODE_NAME, '/'))
+    except Exception as e:   # ValueError or InvalidTopicNameException, multi-line
+        why = str(e).splitlines()[0].rstrip(':').rsplit(', at ', 1)[0]
+        prefix = f'topic name {topic!r} is invalid: '
+        why = why.replace('Invalid topic name: ', '').replace(prefix, '')
+        raise ValueError(f'image_topics: {topic!r} is not a valid topic name: {why}') from None
 
 
 def parse_bool(name, text):
@@ -80,7 +111,17 @@ def parameter_overrides(values):
     return out
 
 
+def _on_exit(event, context):
+    """Say that the node died, with its exit code, and end the launch with status 1."""
+    if event.returncode in (0, None) or event.returncode < 0:   # a clean exit or a signal
+        return None
+    raise RuntimeError(f'{NODE_NAME} exited with code {event.returncode} (see its output '
+                       'above)')
+
+
 def _setup(context):
+    from launch.actions import RegisterEventHandler
+    from launch.event_handlers import OnProcessExit
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import LifecycleNode
 
@@ -93,7 +134,7 @@ def _setup(context):
         namespace=values['namespace'], output='screen',
         parameters=[params],
         arguments=['--ros-args', '--log-level', values['log_level']])
-    return [node]
+    return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_on_exit))]
 
 
 def generate_launch_description():

@@ -50,6 +50,33 @@ def test_topic_and_bool_parsing():
         mod.parse_bool('use_sim_time', 'maybe')
 
 
+@pytest.mark.parametrize('text, words', [
+    ('[/cam0/image_raw', "image_topics: '[/cam0/image_raw' is not a list of topics"),
+    ('/cam0/image_raw]', 'closing bracket but no opening one'),
+    ('[/cam 0/image_raw]', "image_topics: '/cam 0/image_raw' is not a valid topic name"),
+    ('/cam0//image_raw', "image_topics: '/cam0//image_raw' is not a valid topic name"),
+])
+def test_malformed_image_topics_name_the_argument_and_the_topic(text, words):
+    mod = _launch_module()
+    with pytest.raises(ValueError) as e:
+        mod.parse_topics(text)
+    assert words in str(e.value) and '\n' not in str(e.value)
+
+
+def test_a_node_that_dies_ends_the_launch_with_its_exit_code():
+    """Launch returns 0 when a process dies: the handler raises, so `ros2 launch` exits 1."""
+    mod = _launch_module()
+
+    class Exited:
+
+        def __init__(self, code):
+            self.returncode = code
+    assert mod._on_exit(Exited(0), None) is None
+    assert mod._on_exit(Exited(-2), None) is None       # SIGINT: the user stopped it
+    with pytest.raises(RuntimeError, match='demand_layering_detector exited with code 1'):
+        mod._on_exit(Exited(1), None)
+
+
 def test_parameter_file_section_applies_in_any_namespace(tmp_path):
     mod = _launch_module()
     path = tmp_path / 'p.yaml'
@@ -145,3 +172,55 @@ def test_real_launch(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
+
+
+def test_real_launch_invalid_parameter_one_line_node_unconfigured(tmp_path):
+    """`device:=tpu` and an integer for a double: one ERROR line, the node up, unconfigured."""
+    pytest.importorskip('launch_ros', reason='launch_ros is not installed (no PyPI wheel)')
+    from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
+    try:
+        get_package_share_directory('demand_layering_ros')
+    except PackageNotFoundError:
+        pytest.skip('demand_layering_ros is not installed in the ament index (colcon build)')
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from lifecycle_msgs.srv import GetState
+
+    params = tmp_path / 'params.yaml'
+    params.write_text(yaml.safe_dump({'demand_layering_detector': {'ros__parameters': {
+        'memory_budget_mb': 8, 'pack_path': str(tmp_path / 'no_pack_needed')}}}))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
+    proc = subprocess.Popen(
+        [sys.executable, '-c', LAUNCH_RUNNER, str(LAUNCH_FILE), f'params_file:={params}',
+         'namespace:=bad', 'device:=tpu'],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN)
+    try:
+        node = rclpy.create_node('launch_test_bad', context=ctx)
+        executor = SingleThreadedExecutor(context=ctx)
+        executor.add_node(node)
+        cli = node.create_client(GetState, '/bad/demand_layering_detector/get_state')
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not cli.service_is_ready():
+            executor.spin_once(timeout_sec=0.2)
+        assert cli.wait_for_service(timeout_sec=5)
+        time.sleep(1.0)                 # autostart has tried by now
+        fut = cli.call_async(GetState.Request())
+        executor.spin_until_future_complete(fut, timeout_sec=10)
+        assert fut.result().current_state.label == 'unconfigured'
+        executor.shutdown()
+        node.destroy_node()
+    finally:
+        ctx.try_shutdown()
+        proc.send_signal(signal.SIGINT)
+        try:
+            out = proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0]
+    # the node's own lines (launch may add one if SIGINT reaches the node late, on shutdown)
+    errors = [line for line in out.splitlines()
+              if '[ERROR]' in line and 'demand_layering_detector]:' in line]
+    assert len(errors) == 1 and "device: 'tpu' must be cpu, cuda or cuda:N" in errors[0], out
+    assert 'Traceback' not in out and 'memory_budget_mb' not in errors[0]

@@ -510,6 +510,68 @@ def test_stale_frames_are_dropped_against_the_deadline(harness, photos):
     assert harness.set_param('deadline_ms', 0.0).successful
 
 
+def test_latency_is_learnt_from_frames_and_the_slack_measured(harness, photos):
+    """The warm-up pass is not a measurement; served frames are, and so is the slack."""
+    svc = harness.node.service
+    out0 = harness.subscribe(type_detections(), '/cam0/detections')
+    for i in range(3):
+        h = harness.publish('/cam0/image_raw', photos['dog'], frame_id=f'learn{i}')
+        detections_for(out0, h)
+    assert svc.latency.steady
+    assert svc.latency.provisional.get(1) not in svc.latency.samples[1]
+    assert svc.slack.measured() >= 3
+    parts = svc.slack.parts_ms()
+    assert parts['decode'] > 0 and parts['publish'] > 0 and parts['age'] >= 0
+    stats = svc.stats()
+    assert stats['latency_steady'] and stats['slack_ms'] == pytest.approx(sum(parts.values()))
+    model = harness.node.diagnostics()[-1]
+    values = {kv.key: kv.value for kv in model.values}
+    assert {'slack_ms', 'age_at_arrival_ms', 'decode_ms', 'prepost_ms', 'publish_ms'} <= \
+        set(values)
+
+
+def test_impossible_deadline_serves_best_effort_and_counts_every_miss(
+        harness, yolo_pack, photos):
+    """
+    A deadline no frame can make: frames still run (the newest each time), every one counts.
+
+    Configured with it, the node says so (the plan's note, with the numbers) and serves
+    best-effort; its misses must be the frames a subscriber receives after their deadline.
+    """
+    node = dnode.DetectorNode('hopeless_detector', context=harness.ctx, parameter_overrides=[
+        Parameter('pack_path', value=str(yolo_pack)), Parameter('autostart', value=False),
+        Parameter('deadline_ms', value=1.0), Parameter('image_topics', value=['/hl/image_raw'])])
+    harness.executor.add_node(node)
+    out = []
+    harness.client.create_subscription(
+        type_detections(), '/hl/detections', lambda m: out.append((m.header, time.time())),
+        RELIABLE)
+    try:
+        assert node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
+        assert node.service.decision.source == 'fastest'
+        assert 'deadline 1 ms cannot be met' in node.service.plan_note
+        harness.publish('/hl/image_raw', photos['dog'], frame_id='warmup')
+        harness.wait_subscribed('/hl/image_raw')
+        wait_for(lambda: out, 30, 'the first frame, served late')
+        heads = []
+        for i in range(3):
+            heads.append(harness.publish('/hl/image_raw', photos['dog'], frame_id=f'hl{i}'))
+            wait_for(lambda: any(h.stamp == heads[-1].stamp for h, _ in list(out)), 30,
+                     'a frame served best-effort')
+        stats = node.camera_stats()['/hl']
+        late = sum(1 for h, t in out if t - (h.stamp.sec + h.stamp.nanosec * 1e-9) > 1e-3)
+        assert stats['published'] == len(out) == 4
+        assert stats['deadline_misses'] == stats['published'] == late
+        assert stats['drops']['deadline'] == 0
+        assert stats['best_effort'] >= 3          # every frame once the latency is measured
+        status = node.diagnostics()[-1]
+        assert 'infeasible' in status.message or 'cannot be met' in status.message
+    finally:
+        harness.executor.remove_node(node)
+        node.destroy_node()
+
+
 def test_several_cameras_one_model(harness, photos):
     outs = {cam: harness.subscribe(type_detections(), f'/{cam}/detections')
             for cam in ('cam0', 'cam1', 'cam2')}
@@ -691,10 +753,22 @@ def test_budget_change_without_a_profile_profiles_in_the_background(
 
 
 def test_bad_configuration_fails_configure_with_the_reason(harness, tmp_path):
-    from rclpy.exceptions import InvalidParameterValueException
-    with pytest.raises(InvalidParameterValueException, match='class_id_mode'):
-        dnode.DetectorNode('bad_mode', context=harness.ctx, parameter_overrides=[
-            Parameter('class_id_mode', value='label'), Parameter('autostart', value=False)])
+    # an invalid start-up value: the node comes up, unconfigured, and configure says why
+    node = dnode.DetectorNode('bad_mode', context=harness.ctx, parameter_overrides=[
+        Parameter('class_id_mode', value='label'), Parameter('autostart', value=False),
+        Parameter('pack_path', value=str(tmp_path / 'missing'))])
+    try:
+        assert node.get_parameter('class_id_mode').value == 'id'     # the default meanwhile
+        assert 'class_id_mode' in node.last_error
+        assert node.trigger_configure() == dnode.TransitionCallbackReturn.FAILURE
+        assert node.state == 'unconfigured' and node.model is None
+        assert "class_id_mode: 'label' is not one of id, name" in node.last_error
+        assert 'configure failed' in node.last_error and '\n' not in node.last_error
+        node.set_parameters([Parameter('class_id_mode', value='name')])   # fixed: now the pack
+        assert node.trigger_configure() == dnode.TransitionCallbackReturn.FAILURE
+        assert 'missing' in node.last_error and 'class_id_mode' not in node.last_error
+    finally:
+        node.destroy_node()
     node = dnode.DetectorNode('bad_pack', context=harness.ctx, parameter_overrides=[
         Parameter('pack_path', value=str(tmp_path / 'missing')),
         Parameter('autostart', value=False)])
@@ -709,6 +783,79 @@ def test_bad_configuration_fails_configure_with_the_reason(harness, tmp_path):
         assert 'pack_path is empty' in node.last_error
     finally:
         node.destroy_node()
+
+
+def test_invalid_topic_name_is_named(harness):
+    node = dnode.DetectorNode('bad_topic', context=harness.ctx, parameter_overrides=[
+        Parameter('autostart', value=False), Parameter('pack_path', value='/nowhere'),
+        Parameter('image_topics', value=['/cam 0/image_raw'])])
+    try:
+        assert node.trigger_configure() == dnode.TransitionCallbackReturn.FAILURE
+        assert "image_topics: '/cam 0/image_raw' is not a valid topic name" in node.last_error
+        assert '\n' not in node.last_error
+    finally:
+        node.destroy_node()
+
+
+def test_integers_for_doubles_are_accepted_at_run_time(harness):
+    """`ros2 param set ... score_threshold 1` sends an integer: the node takes it as 1.0."""
+    res = harness.set_param('score_threshold', 1)
+    assert res.successful, res.reason
+    value = harness.node.get_parameter('score_threshold').value
+    assert value == 1.0 and isinstance(value, float)
+    assert harness.set_param('score_threshold', 0.25).successful
+
+
+def test_start_up_values_coerced_or_refused_in_one_line(yolo_pack):
+    """
+    The executable as `ros2 launch` runs it, with what a first YAML file holds.
+
+    An integer for a double parameter is taken as a double; an invalid value leaves the node
+    up and unconfigured, with one line that names the parameter and the value, no traceback.
+    """
+    from rcl_interfaces.srv import GetParameters
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'demand_layering_ros.ros.node', '--ros-args',
+         '-r', '__node:=startup_detector', '-p', f'pack_path:={yolo_pack}',
+         '-p', 'memory_budget_mb:=8', '-p', 'device:=tpu', '-p', 'score_threshold:=7.0',
+         '-p', 'image_topics:=[/startup/image_raw]'],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN)
+    try:
+        client = rclpy.create_node('startup_test', context=ctx)
+        executor = MultiThreadedExecutor(context=ctx)
+        executor.add_node(client)
+
+        def call(srv_type, name, request):
+            cli = client.create_client(srv_type, name)
+            assert cli.wait_for_service(timeout_sec=60), f'no service {name}'
+            fut = cli.call_async(request)
+            executor.spin_until_future_complete(fut, timeout_sec=30)
+            return fut.result()
+        time.sleep(2.0)         # autostart has run by now (it is the first timer callback)
+        state = call(GetState, '/startup_detector/get_state', GetState.Request())
+        values = call(GetParameters, '/startup_detector/get_parameters',
+                      GetParameters.Request(names=['memory_budget_mb'])).values
+        executor.shutdown()
+        client.destroy_node()
+    finally:
+        ctx.try_shutdown()
+        proc.send_signal(2)
+        try:
+            out = proc.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0]
+    assert state.current_state.label == 'unconfigured', out
+    assert values[0].double_value == 8.0, out
+    errors = [line for line in out.splitlines() if '[ERROR]' in line]
+    assert len(errors) == 1, out
+    assert "device: 'tpu' must be cpu, cuda or cuda:N" in errors[0]
+    assert 'score_threshold: 7.0 is outside [0.0, 1.0]' in errors[0]
+    assert 'unconfigured' in errors[0] and 'Traceback' not in out
+    assert proc.returncode == 0, out
 
 
 def test_detector_node_executable_autostarts(yolo_pack, photos):

@@ -16,6 +16,7 @@ from demand_layering_ros import pack as pack_mod
 from demand_layering_ros.models import assets
 from demand_layering_ros.models.detector import read_image
 from demand_layering_ros.planning import profile_file, profiler
+from demand_layering_ros.service import service as service_mod
 from demand_layering_ros.service import settings
 from demand_layering_ros.service.service import DetectorService, process_rss_bytes
 import pytest
@@ -69,6 +70,8 @@ def dog():
 
 
 def test_configure_infer_stats_close(bare_pack, dog):
+    import torch
+    threads = torch.get_num_threads()
     svc = DetectorService()
     assert not svc.configured and svc.infer(dog) is None
     with pytest.raises(ValueError, match='configure first'):
@@ -88,10 +91,12 @@ def test_configure_infer_stats_close(bare_pack, dog):
         assert stats['batching'] and not stats['profiling']
         assert stats['process_rss_bytes'] == pytest.approx(process_rss_bytes(), rel=0.5)
         assert stats['latency_ms_by_batch'][1] > 0
+        assert torch.get_num_threads() == service_mod.cpu_threads()   # one core left free
         model_ref = weakref.ref(svc.model)
     finally:
         svc.close()
     assert not svc.configured and svc.infer(dog) is None and model_ref() is None
+    assert torch.get_num_threads() == threads     # torch's threads given back too
     svc.close()     # idempotent
 
 
@@ -189,3 +194,60 @@ def test_settings_defaults_and_check():
     with pytest.raises(ValueError, match='score_threshold'):
         settings.check({'score_threshold': 3.0})
     settings.check(settings.defaults())
+
+
+def _slack(svc, ms, frames=16):
+    """Let the service measure `ms` outside the forward pass (all of it as decode time)."""
+    for _ in range(frames):
+        for part in ('age', 'prepost', 'publish'):
+            svc.slack.add(part, 0.0)
+        svc.slack.add('decode', ms / 1e3)
+
+
+def test_a_deadline_plan_leaves_the_slack_measured_outside_the_network(profiled_pack):
+    """
+    A deadline plan targets the deadline minus the slack.
+
+    The planner predicts the forward pass only; decode, pre/post-processing, publish and the
+    age at arrival take the rest (the slack).
+    """
+    from demand_layering_ros.planning.planner import PlanInfeasible
+    svc, lines = service_with_lines('slack')
+    svc.configure({'pack_path': str(profiled_pack)})
+    try:
+        svc.replan({'deadline_ms': 60000.0})
+        slow = svc.decision.plan.predicted_latency_ms        # the smallest plan: streamed
+        fast = _fastest(svc)
+        deadline = slow + 0.05
+        svc.replan({'deadline_ms': deadline})
+        assert svc.decision.plan.predicted_latency_ms <= deadline - svc.planned_slack_ms
+        slack = 0.9 * (slow - fast)
+        if slack - svc.planned_slack_ms <= max(2.0, 0.05 * deadline):
+            pytest.skip(f'resident ({fast:.1f} ms) and streamed ({slow:.1f} ms) plans are '
+                        'too close on this machine to tell them apart')
+        _slack(svc, slack)
+        assert svc.replan_for_slack()                # measured slack moved: re-planned
+        assert svc.planned_slack_ms == pytest.approx(slack)
+        assert svc.decision.plan.predicted_latency_ms <= deadline - slack
+        assert svc.stats()['planned_slack_ms'] == pytest.approx(slack)
+        assert any('re-planned for the measured slack' in line for line in lines)
+        assert not svc.replan_for_slack()            # nothing moved since
+        _slack(svc, deadline + 10.0, frames=64)      # more than the whole deadline
+        with pytest.raises(PlanInfeasible):          # a change at run time is refused...
+            svc.replan({'deadline_ms': deadline - 0.01})
+    finally:
+        svc.close()
+    # ...and at configure the fastest plan runs, and the note says why, with the numbers
+    svc.configure({'pack_path': str(profiled_pack), 'deadline_ms': deadline})
+    try:
+        assert svc.decision.source == 'fastest'
+        assert f'deadline {deadline:g} ms cannot be met' in svc.plan_note
+        assert 'decode' in svc.plan_note and 'best-effort' in svc.plan_note
+    finally:
+        svc.close()
+
+
+def _fastest(svc):
+    from demand_layering_ros.planning.decide import decide_plan
+    return decide_plan(svc.pack, deadline_ms=1e-3, profile=svc.profile,
+                       strict=False).plan.predicted_latency_ms

@@ -66,8 +66,30 @@ def set_input_size_(model, family, input_size):
         t.fixed_size = (w, h)  # torchvision's fixed_size is (width, height)
 
 
+def set_score_threshold_(model, threshold):
+    """
+    Make a torchvision detector keep candidates down to `threshold` (its own is a floor).
+
+    torchvision filters inside the forward pass (Faster/Mask R-CNN box_score_thresh 0.05,
+    RetinaNet 0.05, FCOS 0.2, SSD 0.01), so a lower score_threshold would silently give nothing
+    between the two. `model` may be the demand-layered wrapper, whose `.module` is the model.
+    """
+    inner = getattr(model, 'module', model)
+    holder = getattr(inner, 'roi_heads', inner)
+    if hasattr(holder, 'score_thresh'):
+        holder.score_thresh = float(threshold)
+
+
 class TorchvisionDetector(Detector):
     """A torchvision detection model; the model takes a list of [3, H, W] float images."""
+
+    def detect(self, images, score_threshold=0.25, nms_iou=0.45, max_detections=100):
+        """Detect with the model's own score threshold set to `score_threshold` first."""
+        set_score_threshold_(self.model, score_threshold)
+        return super().detect(images, score_threshold=score_threshold, nms_iou=nms_iou,
+                              max_detections=max_detections)
+
+    __call__ = detect
 
     def preprocess(self, images):
         """Convert images to float tensors in [0, 1]; the model normalises and resizes."""

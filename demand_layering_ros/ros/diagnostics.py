@@ -50,10 +50,23 @@ def camera_status(name, device, cam, counts, deadline_ms, now):
         kv('latency_p99_ms', percentile(lat, 99) * 1e3),
         kv('deadline_ms', float(deadline_ms)),
         kv('deadline_misses', misses),
+        kv('best_effort', counts.get('best_effort', 0)),
         kv('dropped', sum(drops.values())),
     ] + [kv(f'dropped_{k}', v) for k, v in drops.items()] + [
         kv('last_error', counts['last_error'])]
     return st
+
+
+def slack_values(stats):
+    """Return where a frame's time goes outside the forward pass (ms), and what was planned."""
+    parts = stats.get('slack_parts_ms') or {}
+    out = {'latency_steady': 'yes' if stats.get('latency_steady') else 'no (warm-up guess)',
+           'slack_ms': float(stats.get('slack_ms', 0.0)),
+           'planned_slack_ms': float(stats.get('planned_slack_ms', 0.0))}
+    names = {'age': 'age_at_arrival_ms', 'decode': 'decode_ms', 'prepost': 'prepost_ms',
+             'publish': 'publish_ms'}
+    out.update({names[k]: float(v) for k, v in parts.items() if k in names})
+    return out
 
 
 class Diagnostics:
@@ -119,5 +132,6 @@ class Diagnostics:
         }
         values.update({f'predicted_latency_ms_batch{b}': v
                        for b, v in stats['latency_ms_by_batch'].items()})
+        values.update(slack_values(stats))
         st.values = [kv(k, v) for k, v in values.items()]
         return st

@@ -17,9 +17,9 @@ import signal
 import threading
 import time
 
-from demand_layering_ros.ros import messages, params
+from demand_layering_ros.ros import intake, messages, params
 from demand_layering_ros.ros.diagnostics import Diagnostics
-from demand_layering_ros.service import imaging, settings
+from demand_layering_ros.service import settings
 from demand_layering_ros.service.scheduling import (Camera, deadline_infeasible, Frame,
                                                     FrameQueue)
 from demand_layering_ros.service.service import DetectorService
@@ -32,6 +32,9 @@ from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
+
+PROBE_AFTER_S = 2.0   # with every frame dropped for its deadline this long, one runs anyway
+REPLAN_EVERY = 32     # served batches between two looks at the measured slack
 
 
 def camera_topics(resolved, transport):
@@ -64,6 +67,7 @@ class CameraState(Camera):
         self.out_topic = f'{namespace}/detections'
         self.debug_topic = f'{namespace}/debug_image'
         self.label_topic = f'{namespace}/label_info'
+        self.msg_type = CompressedImage if kind == 'compressed' else Image
         self.subscription = None
         self.pub = None
         self.debug_pub = None
@@ -85,10 +89,19 @@ class DetectorNode(LifecycleNode):
         self._last_error = ''
         self._last_error_time = -math.inf
         self._infeasible = False
+        self._infeasible_said = False
+        self._served = 0
         self._diagnostics = Diagnostics()
-        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._intake = None       # the image subscriptions' own executor (ros.intake)
         self._diag_group = MutuallyExclusiveCallbackGroup()
 
+        # rclpy refuses an integer for a double, or any value out of range, with a traceback
+        # from declare_parameter: coerce the start-up values first, and keep the reason a value
+        # cannot be used, so that configure fails with it and the node stays up, unconfigured.
+        self._startup_errors = params.take_startup_overrides(
+            getattr(self, '_parameter_overrides', {}))
+        if hasattr(self, 'add_pre_set_parameters_callback'):   # Jazzy: `ros2 param set` too
+            self.add_pre_set_parameters_callback(params.coerce_request)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         for p in settings.PARAMS:
             self.declare_parameter(p.name, p.default, params.descriptor(p))
@@ -101,6 +114,12 @@ class DetectorNode(LifecycleNode):
         self._autostart_timer = None
         if self._settings['autostart']:
             self._autostart_timer = self.create_timer(0.01, self._autostart)
+        elif self._startup_errors:
+            self._record_error(self._startup_error_text() + '; configure fails until it is '
+                               'fixed', throttle=False)
+
+    def _startup_error_text(self):
+        return 'invalid parameter ' + '; '.join(self._startup_errors.values())
 
     # -- parameters ---------------------------------------------------------------------------
 
@@ -121,6 +140,9 @@ class DetectorNode(LifecycleNode):
             if reason is not None:
                 return SetParametersResult(successful=False, reason=reason)
             changes[param.name] = value
+        if self._settings:      # not declaring: a start-up value refused before is now set
+            for name in changes:
+                self._startup_errors.pop(name, None)
         replan = {k: v for k, v in changes.items()
                   if k in settings.REPLAN_PARAMS and v != self._settings.get(k)}
         if replan and self.service.configured:
@@ -168,9 +190,7 @@ class DetectorNode(LifecycleNode):
             if self._state_label() != 'unconfigured':
                 return
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                self.get_logger().error('autostart: configure failed; the node stays '
-                                        'unconfigured (fix the parameters, then configure)')
-                return
+                return      # on_configure said why, in one line
             if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 self.get_logger().error('autostart: activate failed')
 
@@ -178,6 +198,8 @@ class DetectorNode(LifecycleNode):
         """Validate parameters, open the pack, plan, allocate the arena and warm up."""
         s = self._read_parameters()
         try:
+            if self._startup_errors:
+                raise ValueError(self._startup_error_text())
             settings.check(s)
             self._settings = s
             self._cameras = self._make_cameras(s)
@@ -185,7 +207,8 @@ class DetectorNode(LifecycleNode):
             self.service.configure(s)
             self._create_publishers()
         except Exception as e:
-            self._record_error(f'configure failed: {e}', throttle=False)
+            self._record_error(f'configure failed: {e}; the node stays unconfigured (fix it, '
+                               'then configure)', throttle=False)
             self._release()
             self._cameras = []
             self._queue = FrameQueue()
@@ -213,11 +236,11 @@ class DetectorNode(LifecycleNode):
             history=HistoryPolicy.KEEP_LAST, depth=s['qos_depth'],
             reliability=ReliabilityPolicy.RELIABLE if s['qos_reliability'] == 'reliable'
             else ReliabilityPolicy.BEST_EFFORT)
+        self._infeasible_said = False
+        self._intake = intake.Intake(self.get_name(), self.get_namespace(), self.context)
         for cam in self._cameras:
-            msg_type = CompressedImage if cam.kind == 'compressed' else Image
-            cam.subscription = self.create_subscription(
-                msg_type, cam.sub_topic, lambda msg, c=cam: self._on_image(c, msg), qos,
-                callback_group=self._input_group)
+            cam.subscription = self._intake.subscribe(
+                cam.msg_type, cam.sub_topic, qos, lambda data, c=cam: self._on_image(c, data))
         self.get_logger().info('active: ' + ', '.join(c.sub_topic for c in self._cameras))
         return TransitionCallbackReturn.SUCCESS
 
@@ -256,7 +279,12 @@ class DetectorNode(LifecycleNode):
     def _make_cameras(self, s):
         cameras, spaces = [], {}
         for topic in s['image_topics']:
-            resolved = self.resolve_topic_name(topic)
+            try:
+                resolved = self.resolve_topic_name(topic)
+            except Exception as e:   # RCLError: "failed to resolve name: <why>, at <file>"
+                why = str(e).split(': ', 1)[-1].rsplit(', at ', 1)[0]
+                raise ValueError(f'image_topics: {topic!r} is not a valid topic name: '
+                                 f'{why}') from None
             sub, kind, ns = camera_topics(resolved, s['transport'])
             if ns in spaces:
                 raise ValueError(f'image_topics: {topic} and {spaces[ns]} are both in namespace '
@@ -286,10 +314,11 @@ class DetectorNode(LifecycleNode):
                 cam.label_pub.publish(msg)
 
     def _stop_streaming(self):
+        if self._intake is not None:
+            self._intake.close()
+            self._intake = None
         for cam in self._cameras:
-            if cam.subscription is not None:
-                self.destroy_subscription(cam.subscription)
-                cam.subscription = None
+            cam.subscription = None
         self._stop.set()
         self._queue.wake()
         if self._worker is not None and self._worker is not threading.current_thread():
@@ -312,14 +341,16 @@ class DetectorNode(LifecycleNode):
     def _now(self):
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _on_image(self, cam, msg):
+    def _on_image(self, cam, data):
+        """Admit a frame: its serialized bytes, its stamp read in place, no decoding here."""
         now = self._now()
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        stamp = intake.header_stamp(data)
+        stamp = stamp[0] + stamp[1] * 1e-9 if stamp is not None else 0.0
         age = now - stamp
         base = stamp if stamp > 0 and -1.0 < age < 3600.0 else now
         deadline_ms = self._settings['deadline_ms']
         deadline = base + deadline_ms / 1e3 if deadline_ms > 0 else math.inf
-        self._queue.offer(cam, Frame(cam, msg, base, deadline))
+        self._queue.offer(cam, Frame(cam, data, base, deadline, now))
 
     def _run_worker(self):
         while not self._stop.is_set():
@@ -333,54 +364,64 @@ class DetectorNode(LifecycleNode):
 
     def _serve(self, pending):
         s = self._settings
-        latency = self.service.latency
-        max_batch = s['max_batch'] if self.service.batching_ok else 1
-        batch = self._queue.next_batch(pending, self._now(), latency, max_batch)
-        self._infeasible = deadline_infeasible(latency, s['deadline_ms'])
-        if self._infeasible:
-            self.get_logger().warning(
-                f'deadline {s["deadline_ms"]:.0f} ms cannot be met: predicted latency '
-                f'{latency.predict(1) * 1e3:.0f} ms per frame; frames run late and count as '
-                'misses', throttle_duration_sec=10.0)
+        service = self.service
+        latency = service.latency
+        now = self._now()
+        self._note_feasibility(s, latency, service.slack.part('age'))
+        max_batch = s['max_batch'] if service.batching_ok else 1
+        batch = self._queue.next_batch(pending, now, latency, max_batch, self._infeasible,
+                                       max(PROBE_AFTER_S, 10 * latency.upper(1)))
         if batch:
             self._run_batch(batch, s)
+            self._served += 1
+            if self._served % REPLAN_EVERY == 0:
+                service.replan_for_slack()
+
+    def _note_feasibility(self, s, latency, age):
+        """Switch best-effort serving on and off; say so once, with the numbers."""
+        infeasible = deadline_infeasible(latency, s['deadline_ms'], age)
+        if infeasible and not self._infeasible and not self._infeasible_said:
+            self._infeasible_said = True
+            self.get_logger().warning(
+                f'deadline {s["deadline_ms"]:.0f} ms cannot be met: frames take '
+                f'{latency.predict(1) * 1e3:.0f} ms plus {age * 1e3:.0f} ms age at arrival; '
+                'serving the newest frame best-effort, late frames count as misses')
+        self._infeasible = infeasible
 
     def _run_batch(self, batch, s):
         t0 = time.perf_counter()
-        frames, images = [], []
-        for f in batch:
-            try:
-                images.append(imaging.msg_to_rgb(f.msg, where=f'{f.camera.sub_topic}'))
-                frames.append(f)
-            except imaging.ImageError as e:
-                self._queue.drop(f.camera, 'malformed', str(e))
-                self.get_logger().warning(f'dropped a malformed frame: {e}',
-                                          throttle_duration_sec=5.0)
+        frames = intake.decode_taken(batch, self._queue, self.service.slack, self.get_logger())
         if not frames:
             return
+        t1 = time.perf_counter()
         try:
-            results = self.service.infer(images, s['score_threshold'], s['nms_iou'],
-                                         s['max_detections'])
+            results = self.service.infer([rgb for _, _, rgb in frames], s['score_threshold'],
+                                         s['nms_iou'], s['max_detections'])
         except Exception as e:
-            for f in frames:
+            for f, _, _ in frames:
                 self._queue.drop(f.camera, 'error', str(e))
             self._record_error(f'{type(e).__name__}: {e}')
             return
         if results is None:   # cleaned up meanwhile
             return
+        forward = self.service.last_forward_seconds()
+        if forward is not None:
+            self.service.slack.add('prepost', time.perf_counter() - t1 - forward)
         names = self.service.class_names
-        for f, img, det in zip(frames, images, results):
-            self._publish(f, img, det, s, names)
+        for (f, msg, rgb), det in zip(frames, results):
+            self._publish(f, msg.header, rgb, det, s, names)
         self.service.record_latency(len(frames), time.perf_counter() - t0)
 
-    def _publish(self, frame, rgb, det, s, names):
+    def _publish(self, frame, header, rgb, det, s, names):
         cam = frame.camera
         if cam.pub is None:
             return
-        header = frame.msg.header
+        t0 = time.perf_counter()
         cam.pub.publish(messages.detections(header, rgb, det, names,
                                             by_name=s['class_id_mode'] == 'name'))
-        self._queue.published(cam, self._now() - frame.base, s['deadline_ms'])
+        self.service.slack.add('publish', time.perf_counter() - t0)
+        self._queue.published(cam, self._now() - frame.base, s['deadline_ms'],
+                              frame.best_effort)
         if s['publish_debug_image'] and cam.debug_pub is not None and \
                 cam.debug_pub.get_subscription_count() > 0:
             cam.debug_pub.publish(messages.debug_image(header, rgb, det, names))

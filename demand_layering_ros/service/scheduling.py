@@ -7,7 +7,7 @@ No ROS here: times are plain seconds, so the policy is testable on its own. A ca
 its latest frame (an older one still waiting is superseded and counted), cameras are served
 earliest-deadline-first, a frame that can no longer meet its deadline is dropped and counted,
 and frames of several cameras share one forward pass when that meets the deadlines better.
-`LatencyModel` predicts the cost of a batch from what was measured.
+`LatencyModel` predicts the cost of a batch from what was measured in steady state.
 """
 
 from collections import deque
@@ -17,74 +17,117 @@ import threading
 import time
 from typing import Any
 
+from demand_layering_ros.quantiles import median, nearest_rank
+
 DROP_KINDS = ('malformed', 'deadline', 'superseded', 'error')
+JUMP_S = 1.0   # a frame this much older than the newest is a camera restart, not a late one
 
 
 @dataclass
 class Frame:
-    """One received image waiting for inference."""
+    """One received image waiting for inference (`msg`: a message, or its serialized bytes)."""
 
     camera: Any
     msg: Any
     base: float        # seconds: the image stamp, or the receive time when the stamp is unusable
     deadline: float    # absolute seconds (inf: no deadline)
+    arrival: float = math.nan   # seconds, same clock as base: when the node received it
+    best_effort: bool = False   # run although predicted to miss its deadline
 
 
 class LatencyModel:
     """
     Predicts the service time (decode + forward + publish) of a batch of B frames.
 
-    Measured batch sizes use an exponential average of their own measurements. An unmeasured
-    size is extrapolated from batch 1: the weight I/O of a pass is shared by the whole batch,
-    the compute is not, so L(B) = L(1) + (B - 1) x compute(1), where compute(1) is L(1) minus
-    the time the pass stalled on weights (reported by the executor).
+    It learns from steady state: a warm-up pass (or a plan's prediction) is only a provisional
+    guess, replaced by the first real measurement, never averaged in. A measured batch size
+    predicts the median of its last `window` measurements: one slow pass does not move it, and
+    a change of load shows after window / 2 frames. `upper` is the slow end of the same window
+    (nearest-rank `upper_q` of the last `2 x window`), what admission holds a deadline against.
+    An unmeasured size is extrapolated from batch 1: the weight I/O of a pass is shared by the
+    whole batch, the compute is not, so L(B) = L(1) + (B - 1) x compute(1), where compute(1) is
+    L(1) minus the time the pass stalled on weights (reported by the executor).
     """
 
-    def __init__(self, alpha=0.3):
-        self.alpha = alpha
-        self.measured = {}
-        self.stall = 0.0
+    def __init__(self, window=7, upper_q=90):
+        self.window = window
+        self.upper_q = upper_q
+        self.samples = {}       # batch -> recent measured seconds (steady state only)
+        self.provisional = {}   # batch -> seconds guessed before any measurement
+        self.stalls = deque(maxlen=window)
 
-    def update(self, batch, seconds, stall_seconds=None):
-        """Record one measured batch."""
-        old = self.measured.get(batch)
-        self.measured[batch] = seconds if old is None else old + self.alpha * (seconds - old)
+    def update(self, batch, seconds, stall_seconds=None, warmup=False):
+        """Record one measured batch; a warm-up pass is kept only as a provisional guess."""
+        if warmup:
+            self.provisional[batch] = seconds
+            return
+        self.samples.setdefault(batch, deque(maxlen=2 * self.window)).append(seconds)
         if batch == 1 and stall_seconds is not None:
-            self.stall = stall_seconds if not self.stall else \
-                self.stall + self.alpha * (stall_seconds - self.stall)
+            self.stalls.append(stall_seconds)
 
-    def predict(self, batch):
+    @property
+    def measured(self):
+        """Return {batch: predicted seconds} for every batch size measured or guessed."""
+        return {b: self.predict(b) for b in sorted(set(self.samples) | set(self.provisional))}
+
+    @property
+    def steady(self):
+        """Return True once a real (not warm-up) batch of one frame was measured."""
+        return bool(self.samples.get(1))
+
+    @property
+    def stall(self):
+        """Return the typical time a pass of one frame waited for weights (seconds)."""
+        stalls = self.stalls.copy()     # a copy in C: the inference thread may append
+        return median(stalls) if stalls else 0.0
+
+    def _known(self, batch, upper=False):
+        xs = self.samples.get(batch)
+        xs = xs.copy() if xs is not None else None   # diagnostics read while frames run
+        if xs:
+            if upper:
+                return nearest_rank(xs, self.upper_q)
+            return median(list(xs)[-self.window:])
+        return self.provisional.get(batch)
+
+    def predict(self, batch, upper=False):
         """Predicted seconds for a batch of `batch` frames (0 before any measurement)."""
-        if batch in self.measured:
-            return self.measured[batch]
-        if 1 in self.measured:
-            one = self.measured[1]
+        known = self._known(batch, upper)
+        if known is not None:
+            return known
+        one = self._known(1, upper)
+        if one is not None:
             compute = min(one, max(one - self.stall, 0.25 * one))
             return one + (batch - 1) * compute
-        known = sorted(self.measured)
-        if known:   # only larger batches measured: assume linear per frame
-            b = known[0]
-            return self.measured[b] * batch / b
+        sizes = sorted(set(self.samples) | set(self.provisional))
+        if sizes:   # only larger batches measured: assume linear per frame
+            b = sizes[0]
+            return self._known(b, upper) * batch / b
         return 0.0
 
+    def upper(self, batch):
+        """Return the slow end of the recent measurements (admission holds deadlines to it)."""
+        return self.predict(batch, upper=True)
 
-def plan_batch(frames, now, latency, max_batch):
+
+def plan_batch(frames, now, latency, max_batch, best_effort=False):
     """
     Decide what runs next: returns (batch, dropped, waiting), each a list of frames.
 
-    Frames are ordered earliest-deadline-first. A frame whose age plus the predicted latency
-    passes its deadline is dropped, unless even a fresh frame could not make it (the deadline
-    is infeasible): then frames still run, late, and the misses are counted. The batch size is
-    the one that lets the most frames meet their deadlines (running the rest one at a time
-    afterwards), ties broken by the smallest total completion time.
+    Frames are ordered earliest-deadline-first. A frame is dropped when it would finish after
+    its deadline even if it started now (its age plus the slow end of the recent service times,
+    `latency.upper`), unless even a fresh frame could not make it, or `best_effort` says the
+    deadline is infeasible: then frames still run, late, and the misses are counted. The batch
+    size is the one that lets the most frames meet their deadlines (running the rest one at a
+    time afterwards), ties broken by the smallest total completion time.
     """
     frames = sorted(frames, key=lambda f: f.deadline)
     one = latency.predict(1)
+    admit = latency.upper(1)
     dropped, live = [], []
     for f in frames:
-        budget = f.deadline - f.base
-        feasible = one <= budget
-        if math.isfinite(f.deadline) and feasible and now + one > f.deadline:
+        feasible = admit <= f.deadline - f.base and not best_effort
+        if math.isfinite(f.deadline) and feasible and now + admit > f.deadline:
             dropped.append(f)
         else:
             live.append(f)
@@ -104,9 +147,15 @@ def plan_batch(frames, now, latency, max_batch):
     return live[:best], dropped, live[best:]
 
 
-def deadline_infeasible(latency, deadline_ms):
-    """Return True when even one fresh frame is predicted to miss a deadline of `deadline_ms`."""
-    return deadline_ms > 0 and latency.predict(1) * 1e3 > deadline_ms
+def deadline_infeasible(latency, deadline_ms, outside_s=0.0):
+    """
+    Return True when a frame taken on arrival is predicted to miss a deadline of `deadline_ms`.
+
+    `outside_s` is what a frame has spent before it can be taken (its typical age at arrival).
+    Only steady-state measurements count: before the first real frame nothing is infeasible.
+    """
+    return deadline_ms > 0 and latency.steady and \
+        (latency.predict(1) + outside_s) * 1e3 > deadline_ms
 
 
 class Camera:
@@ -119,6 +168,8 @@ class Camera:
         self.published = 0
         self.drops = dict.fromkeys(DROP_KINDS, 0)
         self.deadline_misses = 0
+        self.best_effort = 0     # frames run although their deadline could not be met
+        self.newest = -math.inf  # base time of the newest frame offered
         self.latencies = deque(maxlen=2000)
         self.last_error = ''
         self.last_count = (0, 0, time.monotonic())   # (received, published, time) at last report
@@ -128,19 +179,27 @@ class FrameQueue:
     """
     The latest frame of each camera, shared by the input callbacks and the inference thread.
 
-    One condition guards the slots and the counters: `offer` (a new frame supersedes a waiting
-    one), `take` (the inference thread waits for frames), `next_batch` (plan_batch, with its
-    drops counted and the frames that wait put back unless a newer one arrived meanwhile).
+    One condition guards the slots and the counters: `offer` (the newest frame wins: a new frame
+    supersedes a waiting one, and a frame older than one already offered is superseded at
+    once, for frames can arrive out of order, from several publishers on one topic or over a
+    lossy network; one older by more than JUMP_S is a camera or clock restart and is taken),
+    `take` (the inference thread waits for frames), `next_batch` (plan_batch, with its drops
+    counted and the frames that wait put back unless a newer one arrived meanwhile).
     """
 
     def __init__(self, cameras=()):
         self.cameras = list(cameras)
         self.cond = threading.Condition()
+        self.starving_since = None    # every frame dropped for its deadline since then
 
     def offer(self, camera, frame):
-        """Make `frame` the camera's latest; a frame still waiting is superseded."""
+        """Make `frame` the camera's latest unless a newer one was offered; count the loser."""
         with self.cond:
             camera.received += 1
+            if camera.newest - JUMP_S < frame.base < camera.newest:
+                camera.drops['superseded'] += 1
+                return
+            camera.newest = frame.base
             if camera.latest is not None:
                 camera.drops['superseded'] += 1
             camera.latest = frame
@@ -158,9 +217,24 @@ class FrameQueue:
                 c.latest = None
             return pending
 
-    def next_batch(self, pending, now, latency, max_batch):
-        """Return the frames to run now; count the dropped ones and put the waiting back."""
-        batch, dropped, waiting = plan_batch(pending, now, latency, max_batch)
+    def next_batch(self, pending, now, latency, max_batch, best_effort=False,
+                   probe_after=math.inf):
+        """
+        Return the frames to run now; count the dropped ones and put the waiting back.
+
+        A frame dropped for its deadline teaches the latency model nothing: once every frame
+        has been dropped for `probe_after` seconds, the next runs anyway, best-effort (a probe).
+        A frame run although predicted to miss its deadline is marked `best_effort`.
+        """
+        starving = self.starving_since is not None and now - self.starving_since > probe_after
+        best_effort = best_effort or starving
+        batch, dropped, waiting = plan_batch(pending, now, latency, max_batch, best_effort)
+        for f in batch:
+            f.best_effort = best_effort and now + latency.upper(len(batch)) > f.deadline
+        if batch:
+            self.starving_since = None
+        elif dropped and self.starving_since is None:
+            self.starving_since = now
         with self.cond:
             for f in dropped:
                 f.camera.drops['deadline'] += 1
@@ -178,10 +252,11 @@ class FrameQueue:
         if error is not None:
             camera.last_error = error
 
-    def published(self, camera, latency_s, deadline_ms):
+    def published(self, camera, latency_s, deadline_ms, best_effort=False):
         """Count one frame answered after `latency_s`; a miss when it passed `deadline_ms`."""
         with self.cond:
             camera.published += 1
+            camera.best_effort += bool(best_effort)
             camera.latencies.append(latency_s)
             if deadline_ms > 0 and latency_s * 1e3 > deadline_ms:
                 camera.deadline_misses += 1
@@ -192,16 +267,19 @@ class FrameQueue:
             self.cond.notify_all()
 
     def clear(self):
-        """Forget the waiting frames."""
+        """Forget the waiting frames (and the newest stamp: a camera may start again)."""
         with self.cond:
             for c in self.cameras:
                 c.latest = None
+                c.newest = -math.inf
+            self.starving_since = None
 
     def counters(self):
         """Return [(camera, counters)], counters a consistent copy taken under the lock."""
         with self.cond:
             return [(c, {'received': c.received, 'published': c.published,
                          'drops': dict(c.drops), 'deadline_misses': c.deadline_misses,
+                         'best_effort': c.best_effort,
                          'latencies': list(c.latencies), 'last_error': c.last_error})
                     for c in self.cameras]
 

@@ -26,8 +26,11 @@ import demand_layering_ros as dlr
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.planning.correction import corrected_profile
 from demand_layering_ros.planning.decide import decide_plan
+from demand_layering_ros.planning.plan import RUN_KEYS
 from demand_layering_ros.service import profiles, settings
+from demand_layering_ros.service.imaging import image_to_rgb
 from demand_layering_ros.service.scheduling import LatencyModel
+from demand_layering_ros.service.slack import Slack
 from demand_layering_ros.sizes import MB
 import numpy as np
 
@@ -40,6 +43,28 @@ def process_rss_bytes():
         return pages * os.sysconf('SC_PAGE_SIZE')
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def cpu_threads(cores=None):
+    """
+    Return the torch CPU threads to use by default: every core but one, at least one.
+
+    The node shares the machine with its camera, DDS and its own receiving thread. Measured on
+    a 2-core machine shared with other processes, yolov3-tiny with a torch thread per core ran
+    a pass 3-10x slower (median) than with one thread: torch's threads wait for each other
+    whenever one of them is descheduled.
+    """
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def _same_plan(a, b):
+    """Return True when two decisions run the same configuration (residents, arena)."""
+    if a is None or a.plan is None or b.plan is None:
+        return False
+    if a.source == b.source == 'fastest':    # the fastest plan does not depend on the deadline
+        return True
+    return all(getattr(a.plan, k) == getattr(b.plan, k) for k in RUN_KEYS)
 
 
 class DetectorService:
@@ -65,8 +90,11 @@ class DetectorService:
         self.plan_note = ''
         self.drift_note = ''                  # why a drift from the plan was not re-planned
         self.latency = LatencyModel()
+        self.slack = Slack()                  # time outside the forward pass, measured online
+        self.planned_slack_ms = 0.0           # the slack the plan in effect was made for
         self.batching_ok = True
         self.model_stats = {}
+        self.torch_threads_before = None      # torch's thread count before configure
 
     @property
     def configured(self):
@@ -101,9 +129,11 @@ class DetectorService:
             import torch
             if not torch.cuda.is_available():
                 raise ValueError(f'device {s["device"]}: CUDA is not available here')
-        if s['num_threads']:
-            import torch
-            torch.set_num_threads(s['num_threads'])
+        if s['device'] == 'cpu' or s['num_threads']:
+            import torch          # process-wide: given back at close
+            if self.torch_threads_before is None:
+                self.torch_threads_before = torch.get_num_threads()
+            torch.set_num_threads(s['num_threads'] or cpu_threads())
         self.settings = s
         self.pack = Pack.open(s['pack_path'])
         self.profile = None
@@ -116,6 +146,7 @@ class DetectorService:
                     profiles.measure_and_save(s, self.log)
             decision = self._decide(s, strict=False)
         self.decision, self.plan_note = decision, decision.note
+        self.planned_slack_ms = self._slack_ms(s)
         if decision.note:
             self.log.warning(decision.note)
         self.model = dlr.load(s['pack_path'], device=s['device'],
@@ -129,18 +160,50 @@ class DetectorService:
         self.drift_note = ''
         self._warm_up()
 
+    def _slack_ms(self, s):
+        return self.slack.total() * 1e3 if s['deadline_ms'] else 0.0
+
     def _decide(self, s, strict):
-        return decide_plan(self.pack, budget_mb=s['memory_budget_mb'] or None,
-                           deadline_ms=s['deadline_ms'] or None,
-                           frame_period_ms=s['frame_period_ms'] or None, profile=self.profile,
-                           device=s['device'], strict=strict)
+        """
+        Decide the plan for the settings; a deadline plan targets the deadline minus the slack.
+
+        The slack (service.slack: age at arrival, decode, pre/post-processing, publish) is what
+        a frame spends outside the forward pass the planner predicts.
+        """
+        deadline = s['deadline_ms'] or None
+        slack_ms = self._slack_ms(s)
+        target = None if deadline is None else max(deadline - slack_ms, 1e-3)
+        decision = decide_plan(self.pack, budget_mb=s['memory_budget_mb'] or None,
+                               deadline_ms=target, frame_period_ms=s['frame_period_ms'] or None,
+                               profile=self.profile, device=s['device'], strict=strict)
+        if decision.source == 'fastest':
+            decision.note = (
+                f'deadline {deadline:g} ms cannot be met: the fastest plan is predicted at '
+                f'{decision.plan.predicted_latency_ms or float("nan"):.0f} ms for the network, '
+                f'plus {slack_ms:.0f} ms outside it ({self.slack.describe()}); frames are '
+                'served best-effort and late ones count as misses')
+        return decision
 
     def _warm_up(self):
+        """Two passes on a grey frame: the first is excluded, the second a provisional guess."""
         h, w = self.detector.input_size or (416, 416)
         img = np.full((h, w, 3), 114, np.uint8)
-        t0 = time.perf_counter()
         self.infer([img])
-        self.record_latency(1, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        image_to_rgb('bgr8', w, h, w * 3, img.tobytes())
+        decode = time.perf_counter() - t0
+        self.infer([img])
+        total = time.perf_counter() - t0
+        forward = self.last_forward_seconds()
+        self.latency.update(1, total, warmup=True)
+        self.slack.guess['decode'] = decode
+        if forward is not None:
+            self.slack.guess['prepost'] = max(0.0, total - decode - forward)
+
+    def last_forward_seconds(self):
+        """Return the duration of the last forward pass (seconds), or None when unknown."""
+        ms = self.model_stats.get('latency_ms')
+        return None if ms is None else float(ms) / 1e3
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -189,6 +252,32 @@ class DetectorService:
         self.latency.update(batch, seconds, None if stall is None else float(stall) / 1e3)
         self.check_drift()
 
+    def replan_for_slack(self, min_change_ms=2.0, min_frames=16):
+        """
+        Re-plan a deadline once the measured slack moved away from the one planned for.
+
+        Returns True when a new plan was applied. Only a deadline planned with a profile is
+        re-planned (a plan file, a budget fitted by memory alone or no deadline are left alone);
+        a change smaller than `min_change_ms` or 5% of the deadline is not worth a swap.
+        """
+        s = self.settings
+        if not self.configured or not s.get('deadline_ms') or s['plan_file'] or \
+                self.profile is None or self.slack.measured() < min_frames:
+            return False
+        now_ms = self._slack_ms(s)
+        if abs(now_ms - self.planned_slack_ms) <= max(min_change_ms, 0.05 * s['deadline_ms']):
+            return False
+        with self.plan_lock:
+            old = self.decision
+            decision = self._decide(s, strict=False)
+            self.planned_slack_ms = now_ms
+            if decision.source not in ('planner', 'fastest') or _same_plan(old, decision):
+                return False
+            self._apply(s, decision, f're-planned for the measured slack of {now_ms:.0f} ms')
+        if decision.note and (old is None or old.source != decision.source):
+            self.log.warning(decision.note)
+        return True
+
     def _update_model_stats(self):
         model = self.model
         if model is None or not hasattr(model, 'stats'):
@@ -233,10 +322,11 @@ class DetectorService:
             self.model.reconfigure(budget_mb=s['memory_budget_mb'] or None, plan=plan)
             self.decision, self.plan_note = decision, decision.note
             self.drift_note = ''
+            self.planned_slack_ms = self._slack_ms(s)
             self.latency = LatencyModel()
-            if plan and plan.get('predicted_latency_ms'):
-                self.latency.update(1, plan['predicted_latency_ms'] / 1e3,
-                                    (plan.get('predicted_stall_ms') or 0.0) / 1e3)
+            if plan and plan.get('predicted_latency_ms'):   # a guess until frames are measured
+                around = self.slack.total() - self.slack.part('age')   # decode, pre/post, publish
+                self.latency.update(1, plan['predicted_latency_ms'] / 1e3 + around, warmup=True)
             self._update_model_stats()
         self.log.info(f'{what}: budget {s["memory_budget_mb"]} MiB, deadline '
                       f'{s["deadline_ms"]} ms; arena '
@@ -317,6 +407,10 @@ class DetectorService:
             'batching': self.batching_ok,
             'predicted_latency_ms': latency.predict(1) * 1e3,
             'latency_ms_by_batch': {b: v * 1e3 for b, v in sorted(latency.measured.items())},
+            'latency_steady': latency.steady,
+            'slack_ms': self.slack.total() * 1e3,
+            'slack_parts_ms': self.slack.parts_ms(),
+            'planned_slack_ms': self.planned_slack_ms,
             'profiling': bool(self.profiling is not None and self.profiling.running()),
             'process_rss_bytes': process_rss_bytes(),
         }
@@ -339,5 +433,8 @@ class DetectorService:
             del model
         gc.collect()
         torch = sys.modules.get('torch')
+        if torch is not None and self.torch_threads_before is not None:
+            torch.set_num_threads(self.torch_threads_before)
+            self.torch_threads_before = None
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -96,7 +96,9 @@ PARAMS = (
     Param('max_batch', 4,
           'Most frames (of different cameras) run in one forward pass; 1 = never batch.',
           (1, 64), applies='runtime'),
-    Param('num_threads', 0, 'Torch CPU threads; 0 = torch default.', (0, 256)),
+    Param('num_threads', 0,
+          'Torch CPU threads; 0 = every core but one (left for receiving images, DDS and the '
+          'camera), at least one.', (0, 256)),
     Param('autostart', True,
           'Configure and activate on start-up; false leaves the node to a lifecycle manager.',
           applies='startup'),

@@ -1,0 +1,219 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+Serving the newest frame on time, by behaviour: the latency model, admission, the slack, intake.
+
+No clock is read here: times are given, so each rule is checked exactly (the node's own tests
+check the same rules end to end over DDS).
+"""
+
+import math
+
+from demand_layering_ros.ros import intake, params
+from demand_layering_ros.service import imaging, scheduling, settings
+from demand_layering_ros.service.slack import Slack
+import pytest
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import CompressedImage, Image
+
+
+def frame(cam, base, deadline_s=0.0, arrival=None):
+    return scheduling.Frame(cam, None, base, base + deadline_s if deadline_s else math.inf,
+                            base if arrival is None else arrival)
+
+
+# -- the latency model: warm-up excluded, quick to follow a change of load ---------------------
+
+def test_warm_up_is_a_guess_replaced_by_the_first_measurement():
+    m = scheduling.LatencyModel()
+    m.update(1, 1.6, warmup=True)             # the first pass after configure: slow
+    assert m.predict(1) == pytest.approx(1.6) and not m.steady
+    assert not scheduling.deadline_infeasible(m, 200.0)    # a guess never declares it
+    m.update(1, 0.100)
+    assert m.steady and m.predict(1) == pytest.approx(0.100)   # replaced, not averaged in
+    assert m.upper(1) == pytest.approx(0.100)
+    assert m.measured == {1: pytest.approx(0.100)}
+
+
+def test_one_slow_pass_does_not_move_the_prediction_a_change_of_load_does():
+    m = scheduling.LatencyModel(window=7)
+    for _ in range(7):
+        m.update(1, 0.100)
+    m.update(1, 2.0)                          # one spike
+    assert m.predict(1) == pytest.approx(0.100)
+    assert m.upper(1) >= 0.100
+    for _ in range(4):                        # the load changed: 4 of the last 7 are slow
+        m.update(1, 0.300)
+    assert m.predict(1) == pytest.approx(0.300)
+
+
+def test_upper_is_the_slow_end_of_the_recent_passes():
+    m = scheduling.LatencyModel(window=5, upper_q=90)
+    for s in (0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.15, 0.15, 0.10):
+        m.update(1, s)     # 2 slow of the last 10: the 90th percentile is slow, the median not
+    assert m.predict(1) == pytest.approx(0.10) and m.upper(1) == pytest.approx(0.15)
+    for _ in range(8):     # then 1 slow of the last 10: a spike, not the slow end
+        m.update(1, 0.10)
+    assert m.upper(1) == pytest.approx(0.10)
+
+
+def test_infeasible_counts_the_age_at_arrival():
+    m = scheduling.LatencyModel()
+    m.update(1, 0.120)
+    assert not scheduling.deadline_infeasible(m, 150.0)
+    assert scheduling.deadline_infeasible(m, 150.0, outside_s=0.040)
+    assert not scheduling.deadline_infeasible(m, 0.0, outside_s=1.0)    # no deadline
+
+
+# -- admission ---------------------------------------------------------------------------------
+
+def test_admission_holds_the_deadline_to_the_slow_end_of_the_service_time():
+    m = scheduling.LatencyModel(window=5)
+    for s in (0.10,) * 8 + (0.14,) * 2:      # median 100 ms, slow end 140 ms
+        m.update(1, s)
+    now = 10.0
+    tight = frame('a', now - 0.03, 0.15)      # 30 ms old, deadline in 120 ms: 100 fits, 140 not
+    roomy = frame('b', now - 0.00, 0.15)      # deadline in 150 ms: fits the slow end too
+    batch, dropped, waiting = scheduling.plan_batch([tight, roomy], now, m, max_batch=1)
+    assert dropped == [tight] and batch == [roomy] and not waiting
+
+
+def test_best_effort_drops_nothing_for_the_deadline():
+    m = scheduling.LatencyModel()
+    m.update(1, 0.100)
+    now = 10.0
+    late = frame('a', now - 0.2, 0.15)
+    batch, dropped, _ = scheduling.plan_batch([late], now, m, max_batch=1)
+    assert dropped == [late] and not batch
+    batch, dropped, _ = scheduling.plan_batch([late], now, m, max_batch=1, best_effort=True)
+    assert batch == [late] and not dropped
+
+
+def test_after_a_spell_of_deadline_drops_one_frame_runs_to_measure_again():
+    cam = scheduling.Camera('/cam0')
+    q = scheduling.FrameQueue([cam])
+    m = scheduling.LatencyModel()
+    m.update(1, 0.100)
+    # an idle spell is no reason to run a frame that cannot make it: dropped
+    assert q.next_batch([frame(cam, 9.0, 0.15)], 10.0, m, 1, probe_after=1.0) == []
+    assert q.next_batch([frame(cam, 10.3, 0.15)], 10.5, m, 1, probe_after=1.0) == []
+    assert cam.drops['deadline'] == 2
+    # every frame dropped for more than probe_after: the next one runs, best-effort
+    late = frame(cam, 10.9, 0.15)
+    assert q.next_batch([late], 11.1, m, 1, probe_after=1.0) == [late] and late.best_effort
+    # served: the spell is over, admission drops again
+    assert q.next_batch([frame(cam, 11.0, 0.15)], 11.2, m, 1, probe_after=1.0) == []
+    fresh = frame(cam, 11.2, 0.15)
+    assert q.next_batch([fresh], 11.2, m, 1, probe_after=1.0) == [fresh]
+    assert not fresh.best_effort
+
+
+# -- the newest frame wins ---------------------------------------------------------------------
+
+def test_the_newest_frame_wins_whatever_order_it_is_handed_over_in():
+    cam = scheduling.Camera('/cam0')
+    q = scheduling.FrameQueue([cam])
+    newer, older = frame(cam, 10.050), frame(cam, 10.000)
+    q.offer(cam, newer)
+    q.offer(cam, older)                       # arrived late: superseded at once
+    assert cam.latest is newer and cam.drops['superseded'] == 1 and cam.received == 2
+    newest = frame(cam, 10.100)
+    q.offer(cam, newest)                      # supersedes the waiting one
+    assert cam.latest is newest and cam.drops['superseded'] == 2
+    restart = frame(cam, 5.0)                 # far older: the camera (or its clock) restarted
+    q.offer(cam, restart)
+    assert cam.latest is restart and cam.drops['superseded'] == 3
+
+
+def test_a_frame_put_back_loses_to_a_newer_one():
+    cam_a, cam_b = scheduling.Camera('/a'), scheduling.Camera('/b')
+    q = scheduling.FrameQueue([cam_a, cam_b])
+    m = scheduling.LatencyModel()
+    m.update(1, 0.1)
+    q.offer(cam_a, frame(cam_a, 1.0))
+    q.offer(cam_b, frame(cam_b, 1.0))
+    pending = q.take(_Never())
+    q.offer(cam_b, frame(cam_b, 1.05))        # arrives while the batch is being planned
+    batch = q.next_batch(pending, 1.0, m, max_batch=1)
+    assert len(batch) == 1 and cam_b.drops['superseded'] == (batch[0].camera is cam_a)
+
+
+class _Never:
+
+    def is_set(self):
+        return False
+
+
+# -- the slack ---------------------------------------------------------------------------------
+
+def test_slack_sums_the_parts_outside_the_forward_pass():
+    s = Slack()
+    assert s.total() == 0.0 and s.measured() == 0
+    s.guess['prepost'] = 0.004                # from the warm-up, until measured
+    assert s.total() == pytest.approx(0.004)
+    for age in [0.010] * 9 + [0.030]:         # the age counts at its 90th percentile
+        s.add('age', age)
+    for _ in range(10):
+        s.add('decode', 0.006)
+        s.add('prepost', 0.003)
+        s.add('publish', 0.001)
+    assert s.part('age') == pytest.approx(0.012)
+    assert s.total() == pytest.approx(0.012 + 0.006 + 0.003 + 0.001)
+    assert s.measured() == 10
+    assert 'decode 6 ms' in s.describe()
+
+
+# -- intake: the stamp read from the serialized bytes, the frame decoded only when taken -------
+
+@pytest.mark.parametrize('msg_type', [Image, CompressedImage])
+def test_header_stamp_is_read_from_the_cdr_bytes(msg_type):
+    msg = msg_type()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1795890000, 123456789
+    msg.header.frame_id = 'cam0'
+    data = serialize_message(msg)
+    assert intake.header_stamp(data) == (1795890000, 123456789)
+    big = b'\x00\x00\x00\x00' + (1795890000).to_bytes(4, 'big') + (7).to_bytes(4, 'big')
+    assert intake.header_stamp(big) == (1795890000, 7)
+    assert intake.header_stamp(b'\x00\x02\x00\x00' + bytes(8)) is None     # parameter list
+    assert intake.header_stamp(b'\x00\x01') is None
+
+
+def test_decode_converts_the_frame_and_refuses_garbage():
+    fields = imaging.rgb_to_image_fields(_rgb(), 'bgr8')
+    msg = Image(height=fields['height'], width=fields['width'], encoding='bgr8',
+                step=fields['step'])
+    msg.data = fields['data']
+    msg.header.frame_id = 'x'
+    got, rgb = intake.decode(serialize_message(msg), Image, '/cam0/image_raw')
+    assert got.header.frame_id == 'x' and (rgb == _rgb()).all()
+    with pytest.raises(imaging.ImageError, match='/cam0/image_raw'):
+        intake.decode(b'\x00\x01\x00\x00\x01', Image, '/cam0/image_raw')
+
+
+def _rgb():
+    import numpy as np
+    return np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+
+
+# -- parameters: the same value written another way is accepted, a wrong one named ------------
+
+@pytest.mark.parametrize('name, given, expected', [
+    ('memory_budget_mb', 8, 8.0), ('score_threshold', 1, 1.0), ('max_batch', 2.0, 2),
+    ('image_topics', '/one/image_raw', ['/one/image_raw']),
+    ('input_size', [320.0, 320], [320, 320]),
+])
+def test_start_up_values_are_coerced(name, given, expected):
+    value, reason = params.startup_value(settings.PARAM_BY_NAME[name], given)
+    assert reason is None and value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize('name, given, words', [
+    ('device', 'tpu', "device: 'tpu' must be cpu, cuda or cuda:N"),
+    ('score_threshold', 7.0, 'score_threshold: 7.0 is outside [0.0, 1.0]'),
+    ('memory_budget_mb', 'lots', "memory_budget_mb: 'lots' is not a number"),
+    ('max_batch', 2.5, 'max_batch: 2.5 is not an integer'),
+    ('autostart', 'yes', "autostart: 'yes' is not true or false"),
+])
+def test_start_up_values_refused_with_one_line(name, given, words):
+    value, reason = params.startup_value(settings.PARAM_BY_NAME[name], given)
+    assert value is None and reason == words and '\n' not in reason
