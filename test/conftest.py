@@ -12,6 +12,18 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault('DLR_DARKNET_DIR', str(ROOT / '.data' / 'darknet'))
 
 
+def pytest_configure(config):
+    """
+    Run torch at the thread count the node runs with by default (every core but one).
+
+    Profiles and plans record the torch thread count and are refused at another (#18): a
+    profile a test measures must be at the count the services it configures run with.
+    """
+    import torch
+    from demand_layering_ros.service.service import cpu_threads
+    torch.set_num_threads(cpu_threads())
+
+
 def pytest_addoption(parser):
     """Register --soak-frames (test_soak.py; `make soak` runs 5000)."""
     parser.addoption('--soak-frames', type=int, default=300,

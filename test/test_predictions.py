@@ -209,7 +209,7 @@ def test_the_service_measures_again_a_profile_of_another_thread_count(tiny_pack,
     shutil.copytree(tiny_pack.path, pack_dir)
     save_profile(synthetic_profile(tiny_pack, threads=N + 1), pack_dir / 'PROFILE.json')
     svc = DetectorService(log=log)
-    svc.configure({'pack_path': str(pack_dir), 'memory_budget_mb': 30.0})
+    svc.configure({'pack_path': str(pack_dir), 'memory_budget_mb': 30.0, 'num_threads': N})
     try:
         assert svc.profile['threads'] == N and len(svc.profile['disk']['rounds']) >= 2
         assert any(f'measured at {N + 1} torch threads' in line for line in lines)
@@ -316,7 +316,7 @@ def test_a_persistent_drift_re_plans_the_service_with_the_corrected_profile(
     deadline = (full_ms * 1.2 * 1.1 + small_ms) / 2
     save_profile(prof, pack_dir / 'PROFILE.json')
     svc = DetectorService(log=logging.getLogger('test_predictions.drift'))
-    svc.configure({'pack_path': str(pack_dir), 'deadline_ms': deadline})
+    svc.configure({'pack_path': str(pack_dir), 'deadline_ms': deadline, 'num_threads': N})
     try:
         before = svc.decision.plan
         assert svc.decision.source == 'planner' and before.predicted_latency_ms <= deadline
@@ -357,7 +357,7 @@ def test_a_drift_of_a_plan_not_made_here_is_reported_once(tiny_pack, tmp_path):
                         budget_mb=tiny_pack.total_bytes / MB * 0.7)
     path = plan.save(tmp_path / 'PLAN.yaml')
     svc = DetectorService(log=logging.getLogger('test_predictions.given'))
-    svc.configure({'pack_path': str(tiny_pack.path), 'plan_file': str(path)})
+    svc.configure({'pack_path': str(tiny_pack.path), 'plan_file': str(path), 'num_threads': N})
     try:
         for _ in range(16):
             svc.model.feedback.add(plan.predicted_latency_ms * 2)

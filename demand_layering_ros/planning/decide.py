@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Optional
 
 from demand_layering_ros.pack import Pack
-from demand_layering_ros.planning import planner, threads
+from demand_layering_ros.planning import planner
+from demand_layering_ros.planning import threads as thread_check
 from demand_layering_ros.planning.fit import fit_budget
 from demand_layering_ros.planning.plan import Plan
 from demand_layering_ros.sizes import MB
@@ -48,13 +49,17 @@ class Decision:
 
 
 def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, profile=None,
-                plan=None, device='cpu', strict=True):
-    """Return the Decision for a request (see the module docstring)."""
+                plan=None, device='cpu', strict=True, threads=None):
+    """
+    Return the Decision for a request (see the module docstring).
+
+    threads: the torch thread count the model runs with (None: this process's count now).
+    """
     if plan is not None:
         given = Plan.coerce(plan)
         if given is not None:
-            threads.check_plan(given, where=f'plan {plan}' if isinstance(plan, (str, Path))
-                               else 'the plan')
+            thread_check.check_plan(given, threads=threads, where=f'plan {plan}' if isinstance(
+                plan, (str, Path)) else 'the plan')
         return Decision(given, budget_mb, source='given')
     if budget_mb is None and deadline_ms is None:
         return Decision(None, None, source='smallest')
@@ -64,7 +69,8 @@ def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, pr
     try:
         return Decision(Plan.coerce(planner.plan(
             pack, profile, budget_mb=budget_mb, deadline_ms=deadline_ms,
-            frame_period_ms=frame_period_ms, device=device)), budget_mb, source='planner')
+            frame_period_ms=frame_period_ms, device=device, threads=threads)), budget_mb,
+            source='planner')
     except planner.PlanInfeasible as e:
         if profile.get('mode') == 'streamed' and budget_mb is not None and \
                 e.min_memory_mb is not None and budget_mb < e.min_memory_mb:
@@ -76,7 +82,7 @@ def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, pr
             raise
         room = budget_mb or 2.0 * _open(pack).total_bytes / MB
         fastest = planner.plan(pack, profile, budget_mb=room, device=device,
-                               frame_period_ms=frame_period_ms)
+                               frame_period_ms=frame_period_ms, threads=threads)
         return Decision(Plan.coerce(fastest), budget_mb, f'deadline cannot be met: {e}',
                         source='fastest')
 

@@ -95,6 +95,7 @@ class DetectorService:
         self.batching_ok = True
         self.model_stats = {}
         self.torch_threads_before = None      # torch's thread count before configure
+        self.threads = None                   # the torch threads this service runs with
 
     @property
     def configured(self):
@@ -133,13 +134,14 @@ class DetectorService:
             import torch          # process-wide: given back at close
             if self.torch_threads_before is None:
                 self.torch_threads_before = torch.get_num_threads()
-            torch.set_num_threads(s['num_threads'] or cpu_threads())
+            self.threads = s['num_threads'] or cpu_threads()
+        self._use_threads()
         self.settings = s
         self.pack = Pack.open(s['pack_path'])
         self.profile = None
         if s['plan_file']:
             decision = decide_plan(self.pack, s['memory_budget_mb'] or None, plan=s['plan_file'],
-                                   device=s['device'])
+                                   device=s['device'], threads=self._use_threads())
         else:
             if s['memory_budget_mb'] or s['deadline_ms']:
                 self.profile = profiles.stored(s, self.log) or \
@@ -163,6 +165,18 @@ class DetectorService:
     def _slack_ms(self, s):
         return self.slack.total() * 1e3 if s['deadline_ms'] else 0.0
 
+    def _use_threads(self):
+        """
+        Set torch's (process-wide) thread count to this service's and return it.
+
+        Passes, profiles and plans must agree on the count (planning.threads); re-asserted
+        before each use, so services sharing a process (tests, a tool) do not undo each other.
+        """
+        import torch
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return torch.get_num_threads()
+
     def _decide(self, s, strict):
         """
         Decide the plan for the settings; a deadline plan targets the deadline minus the slack.
@@ -175,7 +189,8 @@ class DetectorService:
         target = None if deadline is None else max(deadline - slack_ms, 1e-3)
         decision = decide_plan(self.pack, budget_mb=s['memory_budget_mb'] or None,
                                deadline_ms=target, frame_period_ms=s['frame_period_ms'] or None,
-                               profile=self.profile, device=s['device'], strict=strict)
+                               profile=self.profile, device=s['device'], strict=strict,
+                               threads=self._use_threads())
         if decision.source == 'fastest':
             decision.note = (
                 f'deadline {deadline:g} ms cannot be met: the fastest plan is predicted at '
@@ -227,6 +242,7 @@ class DetectorService:
         with self.lock:
             if self.detector is None:
                 return None
+            self._use_threads()
             s = self.settings
             kwargs = {'score_threshold': s['score_threshold'] if score_threshold is None
                       else score_threshold,
@@ -436,5 +452,6 @@ class DetectorService:
         if torch is not None and self.torch_threads_before is not None:
             torch.set_num_threads(self.torch_threads_before)
             self.torch_threads_before = None
+        self.threads = None
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()
