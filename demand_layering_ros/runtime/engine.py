@@ -291,7 +291,7 @@ class Engine:
             self.timeline.begin(t0)
             ok = False
             try:
-                with torch.no_grad():
+                with torch.inference_mode():
                     out = fn(*args, **kwargs)
                 ok = True
             finally:
