@@ -15,7 +15,6 @@ all off again.
 import functools
 import time
 
-import torch
 from torch import nn
 import torch.nn.functional as F
 

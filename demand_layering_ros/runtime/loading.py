@@ -3,6 +3,7 @@
 """The runtime's two entry points: a pack as a demand-layered model, or fully resident."""
 
 from demand_layering_ros.pack import Pack
+from demand_layering_ros.runtime import allocator
 from demand_layering_ros.runtime.model import DemandLayeredModel
 import torch
 
@@ -23,6 +24,7 @@ def load(pack_dir, device='cpu', budget_mb=None, plan=None, staging='copy', **op
 
 def load_resident(pack_dir, device='cpu'):
     """Return the pack's plain model with every weight loaded (the oracle and the baseline)."""
+    allocator.limit_arenas()           # the same process settings as a demand-layered model
     pack = pack_dir if isinstance(pack_dir, Pack) else Pack.open(pack_dir)
     det = pack.build_detector(device=device, meta=True)
     model = det.model

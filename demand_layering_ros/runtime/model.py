@@ -39,7 +39,14 @@ NO_MOVING = ('a DemandLayeredModel cannot be moved or cast; choose the device wi
 
 @dataclass
 class Stats:
-    """What stats() reports: memory, I/O and timing; timeline and latency are the last pass's."""
+    """
+    What stats() reports: memory, I/O and timing; timeline and latency are the last pass's.
+
+    peak_weight_bytes counts resident units, the arena pages in use, demand-miss buffers and
+    pinned staging (CUDA: torch's pinned allocator rounds each block to a power of two).
+    activation_peak_bytes, pinned_bytes, process_rss_bytes, page_cache_growth_bytes and
+    weights_cached_bytes: what the configuration costs besides (see runtime.footprint).
+    """
 
     peak_weight_bytes: int
     budget_bytes: object
@@ -66,6 +73,11 @@ class Stats:
     prefetch_depth: object
     timeline: list
     calls: list
+    activation_peak_bytes: int
+    pinned_bytes: int
+    process_rss_bytes: int
+    page_cache_growth_bytes: object
+    weights_cached_bytes: object
 
     def as_dict(self):
         """Return the figures as a dict, keys in field order (the stats() contract)."""
@@ -185,7 +197,9 @@ class DemandLayeredModel(nn.Module):
             streamed_units=sum(1 for u in e.units if not u.resident),
             split_units=[u.name for u in e.units if u.chunks], split_bytes=e.split_bytes,
             prefetch_depth=e.layout.prefetch_depth if e.layout else None,
-            timeline=e.last['timeline'], calls=e.last.get('calls', [])).as_dict()
+            timeline=e.last['timeline'], calls=e.last.get('calls', []),
+            activation_peak_bytes=e.probe.peak, pinned_bytes=p.staging.pinned_bytes,
+            **e.process.get()).as_dict()
 
     def reconfigure(self, budget_mb=None, plan=None):
         """
