@@ -20,3 +20,14 @@ def align_up(n, alignment=PAGE):
 def mib(nbytes, digits=3):
     """Return bytes as MiB rounded to `digits` decimals (None stays None), for reports."""
     return None if nbytes is None else round(nbytes / MB, digits)
+
+
+def pinned_size(nbytes):
+    """
+    Return the pinned host bytes a request of `nbytes` holds: the next power of two.
+
+    torch's caching host allocator (pinned memory for CUDA copies) rounds every block up so;
+    staging accounts for pinned memory with this rule.
+    """
+    nbytes = int(nbytes)
+    return 0 if nbytes <= 0 else 1 << (nbytes - 1).bit_length()

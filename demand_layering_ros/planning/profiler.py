@@ -16,6 +16,7 @@ imports what profiling needs to run a model; `plan_for` profiles first when it h
 from pathlib import Path
 import time
 
+from demand_layering_ros import process_memory
 from demand_layering_ros.planning import planner
 from demand_layering_ros.planning.measure import executor_costs
 from demand_layering_ros.planning.measure.activation import activation_peak
@@ -79,6 +80,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
         from tqdm import tqdm
         bar = tqdm(total=total, desc=f'profile {Path(pack_dir).name}', unit='step')
     t_start = time.perf_counter()
+    baseline = process_memory.anon_bytes()    # before any weight: the runtime's own memory
     try:
         det, model = _open_model(pack, device, budget_mb if streamed else None)
         x = det.timing_input(1)
@@ -93,6 +95,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
             model.close()
         del model, det
         found['h2d'] = h2d_points(H2D_SIZES, device, progress=bar) if cuda else None
+        found['runtime_baseline_bytes'] = baseline
     finally:
         if bar is not None:
             bar.close()
@@ -230,6 +233,7 @@ def _profile_dict(pack, sched, device, repeats, budget_mb, calls, found, t_start
         'steps_scale': round(calls['scale'], 5),
         'activation_peak_bytes': act,
         'activation_peak_mb': mib(act),
+        'runtime_baseline_bytes': found['runtime_baseline_bytes'],
         'weight_bytes': sum(pack.units[u].length for u in sched.called),
         'units': [{'index': u.index, 'name': u.name, 'bytes': u.length, 'nbytes': u.nbytes,
                    'calls': u.calls, 'compute_ms': per_unit.get(u.index, [])}

@@ -20,10 +20,9 @@ import time
 from demand_layering_ros import direct_io
 from demand_layering_ros.runtime.arena import Allocator
 from demand_layering_ros.runtime.errors import ExecutorError
-from demand_layering_ros.runtime.footprint import pinned_size
 from demand_layering_ros.runtime.staging import HostArena, Staging
 from demand_layering_ros.runtime.timeline import HostClock
-from demand_layering_ros.sizes import align_up, MB, PAGE
+from demand_layering_ros.sizes import align_up, MB, PAGE, pinned_size
 import torch
 
 

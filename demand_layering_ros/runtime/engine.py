@@ -24,7 +24,7 @@ from demand_layering_ros.runtime.arena import ArenaTooSmall, describe_budget
 from demand_layering_ros.runtime.binding import Binding, TensorRef
 from demand_layering_ros.runtime.cuda_staging import DeviceArena, MappedHostArena
 from demand_layering_ros.runtime.errors import ExecutorError, read_error
-from demand_layering_ros.runtime.footprint import ActivationProbe, pinned_size, ProcessFigures
+from demand_layering_ros.runtime.footprint import ActivationProbe, ProcessFigures
 from demand_layering_ros.runtime.hooks import attach_hooks, detach_hooks
 from demand_layering_ros.runtime.options import check_options, PIECE_BYTES, READER_THREADS
 from demand_layering_ros.runtime.pipeline import Pipeline
@@ -32,7 +32,7 @@ from demand_layering_ros.runtime.slot_state import Slot
 from demand_layering_ros.runtime.slots import arena_layout, slot_layout
 from demand_layering_ros.runtime.staging import HostArena
 from demand_layering_ros.runtime.timeline import Timeline
-from demand_layering_ros.sizes import align_up, MB, PAGE
+from demand_layering_ros.sizes import align_up, MB, PAGE, pinned_size
 import torch
 import xxhash
 

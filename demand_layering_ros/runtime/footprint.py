@@ -29,12 +29,6 @@ MEASURED_PASSES = 2
 PROCESS_REFRESH_S = 1.0
 
 
-def pinned_size(nbytes):
-    """Return the pinned host bytes a request of `nbytes` holds (the allocator's power of two)."""
-    nbytes = int(nbytes)
-    return 0 if nbytes <= 0 else 1 << (nbytes - 1).bit_length()
-
-
 class ActivationProbe:
     """Measures activation_peak_bytes (see the module docstring) on the passes it is asked to."""
 
@@ -49,7 +43,7 @@ class ActivationProbe:
         self._handle = None
 
     def reset(self):
-        """A new configuration: measure its next passes afresh."""
+        """Start over for a new configuration: measure its next passes afresh."""
         self.peak = 0
         self.left = MEASURED_PASSES
 
