@@ -203,9 +203,14 @@ an arena that never blocks and no executor overhead."""
 
 def write_markdown(results, path, section, figures):
     """Replace (or append) the block between this section's markers in `path`."""
+    return write_markdown_block(path, section, markdown(results, figures))
+
+
+def write_markdown_block(path, section, body):
+    """Replace (or append) the block between `section`'s markers in `path` with `body`."""
     path = Path(path)
     begin, end = f'<!-- bench:{section}:begin -->', f'<!-- bench:{section}:end -->'
-    block = f'{begin}\n{markdown(results, figures)}{end}\n'
+    block = f'{begin}\n{body}{end}\n'
     text = path.read_text() if path.exists() else '# Benchmarks\n\n'
     if begin in text and end in text:
         head, _, rest = text.partition(begin)
