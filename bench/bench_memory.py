@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 from pathlib import Path
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CHILD = r'''
+CHILD = r"""
 import ctypes, json, os, re, sys, tempfile, threading, tracemalloc
 import torch
 from demand_layering_ros.process_memory import own_cgroup_usage
@@ -115,7 +114,7 @@ out['activation_peak_bytes'] = st.get('activation_peak_bytes')
 from demand_layering_ros.planning.measure.activation import activation_peak_cpu
 out['profiler_activation_bytes'] = activation_peak_cpu(model, x)
 print(json.dumps(out))
-'''
+"""
 
 
 def measure(mode, pack, passes, threads):
@@ -177,8 +176,8 @@ def main(argv=None):
                         'unsplit arena); default 4,0')
     p.add_argument('--passes', type=int, default=5)
     p.add_argument('--threads', type=int, default=2, help='torch threads (default 2)')
-    p.add_argument('--markdown', default=None, help='write the table into this file\'s '
-                                                    'bench:memory section')
+    p.add_argument('--markdown', default=None,
+                   help="write the table into this file's bench:memory section")
     args = p.parse_args(argv)
     from bench.jobs import _prime_libraries
     from demand_layering_ros import pack as packmod

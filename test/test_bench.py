@@ -14,9 +14,9 @@ memory, and that the mmap baseline really ran under the memory the smallest plan
 import json
 
 from bench import harness, plans, report
-from bench.summary import goals as summary_goals
 from bench.configs import (BenchError, LIMITED, MODELS, PAPER_FAMILY, rep_order,
                            resolve_models)
+from bench.summary import goals as summary_goals
 from demand_layering_ros import quantiles
 import pytest
 from tools import cgroups

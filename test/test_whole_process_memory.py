@@ -32,7 +32,7 @@ SIZE = 256
 
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
-    """A yolov3-tiny pack at 256x256 (seeded weights: memory does not depend on values)."""
+    """Write a yolov3-tiny pack at 256x256 (seeded weights: memory does not depend on them)."""
     return P.write_pack('darknet:yolov3-tiny', tmp_path_factory.mktemp('wpm') / 'yolov3-tiny',
                         seed=0, input_size=(SIZE, SIZE), progress=False, verify=False)
 
@@ -43,7 +43,8 @@ from demand_layering_ros.runtime import loading
 import torch
 mode, pack_dir, budget = sys.argv[1], sys.argv[2], float(sys.argv[3])
 torch.set_num_threads(1)
-x = torch.rand(1, 3, int(sys.argv[4]), int(sys.argv[4]), generator=torch.Generator().manual_seed(0))
+n = int(sys.argv[4])
+x = torch.rand(1, 3, n, n, generator=torch.Generator().manual_seed(0))
 threads0 = threading.active_count()
 model = loading.load_resident(pack_dir) if mode == 'resident' else \
     loading.load(pack_dir, budget_mb=budget)
