@@ -34,9 +34,9 @@ def model_table(model):
     """Return the markdown table of one model's configurations."""
     res = ok_summary(model, 'resident')
     rows = ['| configuration | median ms | p99 ms | × resident | peak weight MB | '
-            'peak memory MB (cgroup, incl. cache) | page-cache growth MB | disk read MB/pass '
-            '| predicted ms | pipeline bound ms | × bound |',
-            '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+            'activation peak MB | peak memory MB (cgroup, incl. cache) | page-cache growth MB '
+            '| disk read MB/pass | predicted ms | pipeline bound ms | × bound |',
+            '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for name, c in (model.get('configs') or {}).items():
         kind = kind_of(name)
         label = CONFIGS[kind][0]
@@ -48,7 +48,7 @@ def model_table(model):
         if s.get('status') != 'ok':
             err = str(s.get('error') or '').replace('|', '/').replace('\n', ' ')
             rows.append(f'| {label} | {s.get("status", "–")}: {err[:160]} |'
-                        + ' |' * 10)
+                        + ' |' * 11)
             continue
         rel = round(s['median_ms'] / res['median_ms'], 2) if res else None
         weight = _f(s.get('peak_weight_mb'), 1)
@@ -58,7 +58,8 @@ def model_table(model):
         if s.get('limit_mb'):
             peak += f' (limit {s["limit_mb"]:.0f})'
         rows.append(f'| {label} | {_f(s["median_ms"])} | {_f(s["p99_ms"])} | {_f(rel, 2)} | '
-                    f'{weight} | {peak} | {_f(s.get("cache_growth_mb"), 1)} | '
+                    f'{weight} | {_f(s.get("activation_mb"), 1)} | {peak} | '
+                    f'{_f(s.get("cache_growth_mb"), 1)} | '
                     f'{_f(s.get("read_mb_per_pass"), 1)} | {_f(s.get("predicted_ms"))} | '
                     f'{_f(s.get("bound_ms"))} | {_f(s.get("bound_ratio"), 2)} |')
     return '\n'.join(rows)
@@ -192,7 +193,9 @@ smallest plan’s memory"), run under a cgroup limit set once their imports are 
 usage then plus the most this project's smallest plan was measured to use above the same \
 point, so they get the same memory for weights, activations and page cache as the smallest \
 plan (over it the kernel evicts their page cache or OOM-kills them). Every configuration runs \
-with the runtime's malloc settings (`runtime.allocator`: two glibc arenas). *Whole process*: \
+with the runtime's malloc settings (`runtime.allocator`: two glibc arenas). *Activation peak*: \
+the executor's `stats()` (the most anonymous memory a pass held beyond its weights, over the \
+first passes after configure; see `runtime.footprint`). *Whole process*: \
 the smallest plan's cgroup peak against the resident one's minus 90% of the weight bytes the \
 plan does not hold (streaming's own costs may eat at most a tenth of what it saves). \
 *Pipeline bound*: the \

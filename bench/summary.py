@@ -78,6 +78,9 @@ def summarise(runs, info, config, bw, prof):
         s['stall_ms'] = round(statistics.median(stalls), 3)
     ex = ok[-1].get('executor')
     if ex:
+        acts = [(r.get('executor') or {}).get('activation_peak_bytes') for r in ok]
+        acts = [v for v in acts if v is not None]
+        s['activation_mb'] = mib(max(acts), 1) if acts else None
         s['io_mode'] = ex.get('io_mode')
         s['demand_misses'] = ex.get('demand_misses')
         s['split_units'] = ex.get('split_units')

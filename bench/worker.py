@@ -251,7 +251,8 @@ def _executor_result(model, result, lat, stalls, timelines):
     result['executor'] = {k: st.get(k) for k in (
         'peak_weight_bytes', 'budget_bytes', 'resident_bytes', 'arena_bytes',
         'io_mode', 'io_fallback_reason', 'demand_misses', 'resident_units',
-        'streamed_units', 'split_units', 'prefetch_depth', 'passes')}
+        'streamed_units', 'split_units', 'prefetch_depth', 'passes', 'activation_peak_bytes',
+        'pinned_bytes')}
     # the timeline of the pass whose latency is the median one, not an outlier
     mid = sorted(range(len(lat)), key=lambda i: lat[i])[(len(lat) - 1) // 2]
     result['timeline'] = timelines[mid] if timelines else st.get('timeline')

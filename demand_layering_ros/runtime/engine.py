@@ -6,8 +6,11 @@ The engine: one configuration of a demand-layered model, from plan to hooked, ru
 configure(budget_mb, plan) gets its Plan from `planning.decide.decide_plan` (a budget the plan
 leaves open is fitted by `planning.fit.fit_budget`), lays the streamed slots out
 (`slots.slot_layout`, `slots.arena_layout`), refuses a plan the budget cannot hold, then
-installs it: staging allocated, resident units read (checked against the manifest), split units
-hashed once, hooks attached, loader started. teardown() undoes all of it; run() runs one pass.
+installs it: staging allocated, resident units read (checked against the manifest; on CUDA
+streamed to the device through pinned pieces), split units hashed once, hooks attached, the
+heap configure freed handed back (`allocator.trim`), loader started. teardown() undoes all of
+it; run() runs one pass (under torch.inference_mode), its first passes measuring the activation
+peak (`footprint`). A pinned copy ring (CUDA 'copy') counts against a budget like the arena.
 """
 
 import dataclasses
