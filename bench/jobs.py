@@ -101,6 +101,7 @@ def run_job(job, work, timeout=None, use_cgroup=True):
     if job.get('limit_above_base') is not None:
         res['limit_above_base'] = job['limit_above_base']
     res['rep'] = job['rep']
+    res.setdefault('kind', job['kind'])          # also when the process died before writing
     return res
 
 
