@@ -298,3 +298,21 @@ def test_executor_bounds_with_and_without_an_arena():
     assert be.arena_bound(pk, two, 10.0, 1.0, 5) is None      # a unit larger than the arena
     # released when its compute ends (2 s into the 5 s before the next call), not 3 s later
     assert be.arena_bound(pk, two, 10.0, 1.0, 10, ends={0: 2.0}) == 27.0
+
+
+@pytest.mark.skipif(not AVAIL, reason=f'memory cgroups: {AVAIL.reason}')
+def test_memory_pieces_table(tmp_path, capsys):
+    """bench_memory.py takes a process apart: one column per configuration, its own section."""
+    bm = _bench_script('bench_memory')
+    cfg = tmp_path / 'tiny.cfg'
+    cfg.write_text(TINY_CFG)
+    md = tmp_path / 'B.md'
+    assert bm.main(['--model', f'darknet:{cfg}', '--input-size', '64x64', '--passes', '2',
+                    '--budgets', '0.2,0', '--threads', '1', '--markdown', str(md)]) == 0
+    text = md.read_text()
+    assert text.count('<!-- bench:memory:begin -->') == 1
+    head = next(line for line in text.splitlines() if line.startswith('| | resident'))
+    assert head.count('streamed') == 2
+    for label in ('cgroup peak over load and passes', 'malloc arenas (glibc)',
+                  'threads the model started', 'activation peak, stats()'):
+        assert label in text
