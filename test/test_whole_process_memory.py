@@ -313,3 +313,33 @@ def _pinned_held():
         if key in s:
             return s[key]
     return None
+
+
+@pytest.mark.parametrize('scratch', ['arena', 'bounce'])
+def test_piecewise_resident_copy_gives_the_packs_bytes(tiny, scratch):
+    """
+    The CUDA resident load (pieces through pinned memory, each unit's digest checked), run here.
+
+    On the CPU the runtime reads residents in place, so this calls the CUDA path directly: every
+    resident unit streamed through the staging's scratch (the arena) or a bounce buffer must
+    land byte for byte where load_resident puts it, and the bounce buffer must be handed back.
+    """
+    m = load(tiny.path, budget_mb=8)
+    e = m._engine
+    e.pipeline.stop()                   # no read-ahead into the arena while it serves as scratch
+    units = sorted((u for u in e.units if u.resident), key=lambda u: u.info.offset)
+    assert units
+    total = sum(u.info.length for u in units)
+    if scratch == 'bounce':
+        e.pipeline.staging.scratch = lambda: None       # as a CUDA staging without a ring
+    got = e._copy_residents(units, total)
+    assert e.pipeline.transient_bytes == 0
+    fd = os.open(tiny.weights_path, os.O_RDONLY)
+    try:
+        want = torch.cat([torch.frombuffer(bytearray(os.pread(fd, u.info.length,
+                                                              u.info.offset)), dtype=torch.uint8)
+                          for u in units])
+    finally:
+        os.close(fd)
+    assert torch.equal(got, want)
+    m.close()
