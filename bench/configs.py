@@ -49,18 +49,27 @@ CONFIGS = {
     'accelerate-cpu': ('accelerate cpu_offload', 'weights in CPU RAM, moved per module'),
     'mmap': ('OS demand paging (mmap)', 'safetensors file mapped and used in place, cgroup '
              'limited to the memory dl-smallest needed'),
+    'naive-limited': ('naive demand loading, smallest plan’s memory', 'naive, cgroup limited '
+                      'to the memory dl-smallest needed'),
+    'accelerate-disk-limited': ('accelerate disk_offload, smallest plan’s memory',
+                                'disk_offload, cgroup limited to the memory dl-smallest needed'),
     'dl-smallest': ('this project, smallest plan', 'smallest predicted weight memory'),
     'dl-1ms': ('this project, <= 1 ms plan', 'smallest memory with predicted overhead '
                '<= 1 ms'),
     'dl-budget': ('this project, budget', 'best predicted latency within a budget between'),
 }
 ORDER = ('dl-smallest', 'dl-1ms', 'dl-budget', 'naive', 'resident', 'accelerate-cpu',
-         'accelerate-disk', 'mmap')
+         'accelerate-disk', 'naive-limited', 'accelerate-disk-limited', 'mmap')
 DL_KINDS = ('dl-smallest', 'dl-1ms', 'dl-budget')
 STREAMING = ('naive',) + DL_KINDS
+# Run under a cgroup limit: the memory this project's smallest plan was measured to need above
+# the same import baseline (so latency is compared at equal memory). kind -> kind it runs as.
+LIMITED = {'mmap': 'mmap', 'naive-limited': 'naive',
+           'accelerate-disk-limited': 'accelerate-disk'}
 MARKERS = {'resident': ('s', '#4c78a8'), 'naive': ('v', '#9d755d'),
            'accelerate-disk': ('X', '#e45756'), 'accelerate-cpu': ('P', '#f58518'),
            'mmap': ('h', '#b279a2'), 'dl-smallest': ('*', '#54a24b'),
+           'naive-limited': ('^', '#c9a98f'), 'accelerate-disk-limited': ('d', '#f29e9f'),
            'dl-1ms': ('D', '#2ca02c'), 'dl-budget': ('o', '#88d27a')}
 
 
@@ -73,13 +82,18 @@ def kind_of(config):
     return 'dl-budget' if config.startswith('dl-budget-') else config
 
 
+def runs_as(kind):
+    """Return the kind whose model a configuration loads ('naive-limited' -> 'naive')."""
+    return LIMITED.get(kind, kind)
+
+
 def rep_order(configs, rep):
     """
     Return the order of the configurations in repetition `rep`: odd repetitions reversed.
 
-    The base order starts with this project's smallest plan and ends with mmap, whose cgroup
-    limit is the smallest plan's measured peak; the reversed repetitions use the peak measured
-    in the repetition before.
+    The base order starts with this project's smallest plan and ends with the configurations
+    whose cgroup limit is the smallest plan's measured peak (LIMITED); the reversed repetitions
+    use the peak measured in the repetition before.
     """
     return list(configs) if rep % 2 == 0 else list(reversed(configs))
 

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 
-from bench.configs import config_list, kind_of, rep_order, resolve_models, STREAMING
+from bench.configs import (config_list, kind_of, LIMITED, rep_order, resolve_models,
+                           runs_as, STREAMING)
 from bench.machine import disk_bandwidth, machine
 from bench.plans import executor_plan
 from bench.prepare import prepare_model
@@ -100,6 +101,7 @@ def run_job(job, work, timeout=None, use_cgroup=True):
     if job.get('limit_above_base') is not None:
         res['limit_above_base'] = job['limit_above_base']
     res['rep'] = job['rep']
+    res.setdefault('kind', job['kind'])          # also when the process died before writing
     return res
 
 
@@ -131,25 +133,27 @@ def bench_model(key, info, args, work, bar, log):
 def _run_config(key, info, config, rep, runs, args, work, use_cgroup, log):
     """Run one repetition of one configuration; return its result (None: same as another)."""
     kind = kind_of(config)
-    plan = (info.get('plans') or {}).get(config) if kind in STREAMING else None
-    why = info['errors'].get(kind)
+    base = runs_as(kind)
+    plan = (info.get('plans') or {}).get(base if kind in LIMITED else config) \
+        if base in STREAMING else None
+    why = info['errors'].get(base)
     if why is None and plan is not None and 'infeasible' in plan:
         why = f'infeasible: {plan["infeasible"]}'
-    if why is None and plan is not None and 'same_as' in plan:
+    if why is None and plan is not None and 'same_as' in plan and kind not in LIMITED:
         return None
     above = None
-    if kind == 'mmap':
+    if kind in LIMITED:
         peaks = [r['peak_bytes'] - r['base_bytes'] for r in runs.get('dl-smallest', [])
                  if r.get('status') == 'ok' and r.get('peak_bytes')
                  and r.get('base_bytes')]
         if not peaks:
             why = why or 'needs the measured peak of dl-smallest (cgroup)'
         above = max(peaks) if peaks else None
-        if args.device.startswith('cuda'):
+        if kind == 'mmap' and args.device.startswith('cuda'):
             why = 'CPU only: a discrete GPU cannot use a file mapping in place'
     if why is not None:
         return {'status': 'skipped', 'error': why, 'rep': rep}
-    job = {'model': key, 'config': config, 'kind': kind, 'rep': rep,
+    job = {'model': key, 'config': config, 'kind': base, 'rep': rep,
            'pack': info['pack'], 'device': args.device, 'passes': args.passes_per_rep,
            'warmup': args.warmup, 'threads': args.threads,
            'plan': executor_plan(plan) if plan else None,

@@ -99,12 +99,12 @@ def prepare_model(key, src, work, device, configs, n_budgets, repeats, log):
                 units=s['units'], calls=s['calls'], largest_unit_mb=mib(s['largest_unit'], 2),
                 largest_module_param_bytes=max(module_params.values(), default=0),
                 buffer_bytes=buffer_bytes, total_bytes=pk.total_bytes)
-    if 'accelerate-disk' in configs:
+    if 'accelerate-disk' in configs or 'accelerate-disk-limited' in configs:
         try:
             info['offload_dir'] = str(write_accelerate_offload(pk, d / 'accelerate'))
         except Exception as e:  # noqa: B902 - recorded; the other configurations still run
             info['errors']['accelerate-disk'] = f'offload folder: {e!r}'
-    if any(c in configs for c in ('naive',) + DL_KINDS):
+    if any(c in configs for c in ('naive', 'naive-limited') + DL_KINDS):
         try:
             info['plans'] = {'naive': naive_plan(pk)}
         except Exception as e:  # noqa: B902

@@ -170,8 +170,9 @@ def _measure(job, result, t_start):
     import torch
     import accelerate  # noqa: F401 - every configuration imports the same libraries
     import torchvision  # noqa: F401
-    from demand_layering_ros.runtime import loading  # noqa: F401
+    from demand_layering_ros.runtime import allocator, loading  # noqa: F401
     from demand_layering_ros.pack import Pack
+    allocator.limit_arenas()        # every configuration runs with the runtime's malloc settings
     if job.get('threads'):
         torch.set_num_threads(int(job['threads']))
     cuda = str(job['device']).startswith('cuda')
@@ -184,7 +185,7 @@ def _measure(job, result, t_start):
     base = _cgroup_now() if job.get('cgroup') else None
     if job.get('limit_above_base') is not None:
         if base is None:
-            raise BenchError('mmap needs its own memory cgroup to be limited')
+            raise BenchError(f'{job["config"]} needs its own memory cgroup to be limited')
         limit = base['usage_bytes'] + int(job['limit_above_base'])
         result['limit_bytes'] = _limit_own_cgroup(limit)
     io0 = read_bytes_self()
@@ -250,7 +251,8 @@ def _executor_result(model, result, lat, stalls, timelines):
     result['executor'] = {k: st.get(k) for k in (
         'peak_weight_bytes', 'budget_bytes', 'resident_bytes', 'arena_bytes',
         'io_mode', 'io_fallback_reason', 'demand_misses', 'resident_units',
-        'streamed_units', 'split_units', 'prefetch_depth', 'passes')}
+        'streamed_units', 'split_units', 'prefetch_depth', 'passes', 'activation_peak_bytes',
+        'pinned_bytes')}
     # the timeline of the pass whose latency is the median one, not an outlier
     mid = sorted(range(len(lat)), key=lambda i: lat[i])[(len(lat) - 1) // 2]
     result['timeline'] = timelines[mid] if timelines else st.get('timeline')

@@ -25,3 +25,14 @@ def mib(nbytes, digits=3):
 def mib_up(nbytes):
     """Return bytes as MiB rounded up to 0.001 (None stays None): a stated peak never under."""
     return None if nbytes is None else -(-int(nbytes) * 1000 // MB) / 1000
+
+
+def pinned_size(nbytes):
+    """
+    Return the pinned host bytes a request of `nbytes` holds: the next power of two.
+
+    torch's caching host allocator (pinned memory for CUDA copies) rounds every block up so;
+    staging accounts for pinned memory with this rule.
+    """
+    nbytes = int(nbytes)
+    return 0 if nbytes <= 0 else 1 << (nbytes - 1).bit_length()

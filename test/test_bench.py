@@ -14,8 +14,9 @@ memory, and that the mmap baseline really ran under the memory the smallest plan
 import json
 
 from bench import harness, plans, report
-from bench.configs import (BenchError, DEFAULT_MODELS, MODELS, PAPER_FAMILY, rep_order,
-                           resolve_models)
+from bench.configs import (BenchError, DEFAULT_MODELS, LIMITED, MODELS, PAPER_FAMILY,
+                           rep_order, resolve_models)
+from bench.summary import goals as summary_goals
 from demand_layering_ros import quantiles
 import pytest
 from tools import cgroups
@@ -95,7 +96,7 @@ def smoke(tmp_path_factory):
     argv = ['--models', f'darknet:{cfg}', '--input-size', '64x64', '--passes', '2',
             '--warmup', '1', '--reps', '1', '--budgets', '1', '--profile-repeats', '1',
             '--configs', 'resident,naive,accelerate-disk,accelerate-cpu,mmap,dl-smallest,'
-            'dl-budget',
+            'dl-budget,naive-limited,accelerate-disk-limited',
             '--out', str(d / 'out'), '--markdown', str(md), '--drop-caches', 'weights',
             '--quiet']
     assert harness.main(argv) == 0
@@ -117,8 +118,8 @@ def test_every_configuration_ran(smoke):
     assert expected <= set(s)
     assert any(name.startswith('dl-budget-') for name in s)
     for name, c in model['configs'].items():
-        if name == 'mmap' and AVAIL and c['summary']['status'] == 'oom':
-            continue          # legitimate: the kernel could not page within that memory
+        if name in LIMITED and AVAIL and c['summary']['status'] == 'oom':
+            continue          # legitimate: it could not run within the smallest plan's memory
         assert c['summary']['status'] == 'ok', (name, c['summary'])
         if 'same_as' in c:
             continue
@@ -157,18 +158,25 @@ def test_cgroup_peaks_and_the_mmap_limit(smoke):
         if v['status'] == 'ok':
             assert v['peak_mb'] > v['base_mb'] > 0, name
     runs = model['configs']['dl-smallest']['runs']
+    for name in LIMITED:
+        limited = model['configs'][name]['runs'][0]
+        # it got the memory the smallest plan needed above the same import baseline
+        assert limited['limit_above_base'] == max(r['peak_bytes'] - r['base_bytes']
+                                                  for r in runs), name
+        if limited['status'] == 'oom':
+            assert limited['oom_killed'] and limited['peak_bytes'] > 0
+            continue
+        assert limited['status'] == 'ok', (name, limited)
+        assert limited['limit_bytes'] == limited['base_bytes'] + limited['limit_above_base']
+        assert limited['peak_bytes'] <= limited['limit_bytes']
     mmap = model['configs']['mmap']['runs'][0]
-    # the mapping got the memory the smallest plan needed above the same import baseline
-    assert mmap['limit_above_base'] == max(r['peak_bytes'] - r['base_bytes'] for r in runs)
-    if mmap['status'] == 'oom':
-        assert mmap['oom_killed'] and mmap['peak_bytes'] > 0
-    else:
-        assert mmap['status'] == 'ok'
-        assert mmap['limit_bytes'] == mmap['base_bytes'] + mmap['limit_above_base']
-        assert mmap['peak_bytes'] <= mmap['limit_bytes']
+    if mmap['status'] == 'ok':
         # the mapping faulted the weights in from the disk
         reads = mmap['read_bytes_load'] + mmap['read_bytes_warmup'] + mmap['read_bytes_passes']
         assert reads > 0.5 * model['weights_mb'] * MIB
+    # the same loaders as without the limit: the naive loader streams, disk_offload memmaps
+    assert model['configs']['naive-limited']['runs'][0]['kind'] == 'naive'
+    assert model['configs']['accelerate-disk-limited']['runs'][0]['kind'] == 'accelerate-disk'
     # accelerate's memmaps stay in the page cache, charged to its cgroup
     assert s['accelerate-disk']['cache_growth_mb'] > 0.5 * model['weights_mb']
 
@@ -180,8 +188,18 @@ def test_markdown_section_and_plots(smoke):
     assert text.count('<!-- bench:cpu:begin -->') == 1
     for label in ('resident', 'naive demand loading', 'accelerate disk_offload',
                   'accelerate cpu_offload', 'OS demand paging (mmap)',
-                  'this project, smallest plan'):
+                  'this project, smallest plan', 'accelerate disk_offload, smallest plan’s '
+                  'memory', 'naive demand loading, smallest plan’s memory'):
         assert f'| {label}' in text
+    # the goals hold the smallest plan's whole-process peak against the resident one's
+    g = summary_goals(results['models']['tiny'])
+    if AVAIL:
+        _, s = summaries(results)
+        unheld = s['resident']['peak_weight_mb'] - s['dl-smallest']['peak_weight_mb']
+        assert g['whole_bound_mb'] == pytest.approx(s['resident']['peak_mb'] - 0.9 * unheld,
+                                                    abs=0.06)
+        assert f'{g["whole_peak_mb"]:.0f} / {g["whole_bound_mb"]:.0f}' in text
+        assert g['disk_equal'] is not None and g['naive_equal'] is not None
     assert results['command'].startswith('python -m bench.harness --models darknet:')
     assert '--passes 2 ' in results['command'] and '--quiet' in results['command']
     for name in ('latency_memory', 'tradeoff', 'timeline'):
@@ -305,3 +323,21 @@ def test_merge_adds_the_second_runs_configurations(tmp_path):
     assert json.loads(missing.read_text())['settings']['configs'] == ['accelerate-disk',
                                                                       'resident']
     assert merge.main([str(tmp_path / 'x.json'), str(tmp_path / 'y.json')]) == 1
+
+
+@pytest.mark.skipif(not AVAIL, reason=f'memory cgroups: {AVAIL.reason}')
+def test_memory_pieces_table(tmp_path, capsys):
+    """bench_memory.py takes a process apart: one column per configuration, its own section."""
+    bm = _bench_script('bench_memory')
+    cfg = tmp_path / 'tiny.cfg'
+    cfg.write_text(TINY_CFG)
+    md = tmp_path / 'B.md'
+    assert bm.main(['--model', f'darknet:{cfg}', '--input-size', '64x64', '--passes', '2',
+                    '--budgets', '0.2,0', '--threads', '1', '--markdown', str(md)]) == 0
+    text = md.read_text()
+    assert text.count('<!-- bench:memory:begin -->') == 1
+    head = next(line for line in text.splitlines() if line.startswith('| | resident'))
+    assert head.count('streamed') == 2
+    for label in ('cgroup peak over load and passes', 'malloc arenas (glibc)',
+                  'threads the model started', 'activation peak, stats()'):
+        assert label in text

@@ -1,6 +1,6 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
-"""`make demo` end to end, shortened: real photos over DDS, the node detects, files are written."""
+"""`make demo` end to end, shortened: real photos over DDS, memory compared, pressure phase."""
 
 import json
 import os
@@ -16,11 +16,13 @@ def test_demo_detects_objects_in_the_camera_stream(tmp_path):
     out = tmp_path / 'demo'
     proc = subprocess.run(
         [sys.executable, '-m', 'tools.demo', '--duration', '5', '--rate', '5',
-         '--out', str(out), '--pack', str(tmp_path / 'pack')],
-        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=400)
+         '--pressure-duration', '8', '--out', str(out), '--pack', str(tmp_path / 'pack'),
+         '--pressure-pack', str(tmp_path / 'yolov3')],
+        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r['phase']: r for r in json.loads((out / 'summary.json').read_text())}
-    assert set(rows) == {'resident', 'layered'}
+    assert set(rows) == {'resident', 'layered', 'yolov3 resident', 'yolov3 layered'}
+    pressure = [rows.pop('yolov3 resident'), rows.pop('yolov3 layered')]
     for row in rows.values():
         assert row['frames_out'] > 0 and row['io_mode'] == 'direct'
         # reliable by default: frames are not lost in DDS (best effort lost ~80% of ~1 MB
@@ -28,7 +30,16 @@ def test_demo_detects_objects_in_the_camera_stream(tmp_path):
         assert row['qos'] == 'reliable' and 4 * row['frames_in'] >= row['frames_sent'] > 0
     # the real model finds the dog of dog.jpg, printed as it arrives
     assert ' dog 0.' in proc.stdout
-    # demand layering holds less weight memory than the resident model, measured in one run
+    # demand layering holds less weight memory than the resident model, measured in one run,
+    # and the whole node (its cgroup's peak, page cache included) uses less too
     assert rows['layered']['peak_weight_mb'] < rows['resident']['peak_weight_mb']
+    assert rows['layered']['process_peak_mb'] < rows['resident']['process_peak_mb']
+    assert 'the layered node peaked' in proc.stdout and ' below the resident one' in proc.stdout
+    # under the same memory limit the resident yolov3 node is killed, the layered one serves
+    killed, served = pressure
+    assert killed['limit_mb'] == served['limit_mb'] > rows['layered']['process_peak_mb']
+    assert killed['outcome'] == 'OOM-killed' and killed['frames_out'] == 0
+    assert served['outcome'] == 'served' and served['frames_out'] > 0
+    assert served['process_peak_mb'] <= served['limit_mb']
     assert (out / 'timeline.png').stat().st_size > 10000
     assert list(out.glob('annotated_*.jpg'))

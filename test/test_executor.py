@@ -621,8 +621,9 @@ STATS_KEYS = ['peak_weight_bytes', 'budget_bytes', 'resident_bytes', 'arena_byte
               'io_mode', 'io_fallback_reason', 'stall_ms', 'demand_misses',
               'demand_misses_last_pass', 'latency_ms', 'passes', 'device', 'staging',
               'resident_units', 'streamed_units', 'split_units', 'split_bytes', 'prefetch_depth',
-              'timeline', 'calls', 'predicted_latency_ms', 'expected_latency_ms',
-              'measured_latency_ms', 'latency_ratio', 'latency_drift']
+              'timeline', 'calls', 'activation_peak_bytes', 'pinned_bytes', 'process_rss_bytes',
+              'page_cache_growth_bytes', 'weights_cached_bytes', 'predicted_latency_ms',
+              'expected_latency_ms', 'measured_latency_ms', 'latency_ratio', 'latency_drift']
 
 
 def test_stats_keys_and_the_public_slot_layout(packs):

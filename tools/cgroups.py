@@ -8,15 +8,13 @@ cache, which on a Jetson is the same DRAM. The honest measure is a memory cgroup
 anonymous memory *and* the page cache a process brings in, enforces a hard limit (the OOM killer
 acts at the limit) and records the peak. This module wraps the cgroup v1 memory controller (and
 v2 where that is what a machine has), runs a command inside a fresh child cgroup, and offers the
-plain per-process and per-file measurements that benchmarks, the node's diagnostics and the
-reliability tests share. Linux only; it imports neither torch nor ROS.
+plain per-process and per-file measurements that benchmarks and the reliability tests share
+(those the runtime reports itself live in `demand_layering_ros.process_memory`, re-exported
+here). Linux only; it imports neither torch nor ROS.
 """
 
-import ctypes
-import ctypes.util
 from dataclasses import dataclass, field
 import errno
-import mmap
 import os
 from pathlib import Path
 import signal
@@ -27,9 +25,15 @@ import threading
 import time
 import uuid
 
-CGROUP_ROOT = Path('/sys/fs/cgroup')
+from demand_layering_ros import process_memory
+from demand_layering_ros.process_memory import (CGROUP_ROOT, file_cached_bytes,  # noqa: F401
+                                                own_cgroup_paths, PAGE, read_text, rss_bytes,
+                                                v2_mount)
+
 PROC_SELF_CGROUP = Path('/proc/self/cgroup')
-PAGE = mmap.PAGESIZE
+_read = read_text
+_own_cgroup_paths = own_cgroup_paths
+_v2_mount = v2_mount
 
 # Runs in the child before the real command: wait until the parent has put this pid into the
 # cgroup, then exec. `-I -S` keeps it tiny (no site, no venv .pth re-exec).
@@ -65,48 +69,12 @@ class Availability:
         return f'Availability(ok={self.ok}, version={self.version}, reason={self.reason!r})'
 
 
-def _read(path):
-    with open(path, encoding='ascii') as f:
-        return f.read()
-
-
 def _write(path, value):
     try:
         with open(path, 'w', encoding='ascii') as f:
             f.write(str(value))
     except OSError as e:
         raise CgroupError(f'cannot write {value!r} to {path}: {e.strerror or e}') from e
-
-
-def _own_cgroup_paths(text=None):
-    """Return {controller or '' for v2: relative path} from /proc/self/cgroup."""
-    if text is None:
-        text = _read(PROC_SELF_CGROUP)
-    out = {}
-    for line in text.splitlines():
-        parts = line.split(':', 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, rel = parts
-        if controllers == '':
-            out[''] = rel
-        for c in controllers.split(','):
-            if c:
-                out[c] = rel
-    return out
-
-
-def _v2_mount():
-    """Return the cgroup2 mount point, or None."""
-    try:
-        mounts = _read('/proc/self/mounts')
-    except OSError:
-        return None
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[2] == 'cgroup2':
-            return Path(fields[1])
-    return None
 
 
 def _probe():
@@ -616,51 +584,6 @@ def evict_file(path):
         os.close(fd)
 
 
-_libc = None
-
-
-def _get_libc():
-    global _libc
-    if _libc is None:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long]
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-        _libc = libc
-    return _libc
-
-
-def file_cached_bytes(path, offset=0, length=None):
-    """Return how many bytes of `path` (in [offset, offset+length)) sit in the page cache."""
-    fd = os.open(os.fspath(path), os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        start = offset // PAGE * PAGE
-        end = size if length is None else min(size, offset + length)
-        n = end - start
-        if n <= 0:
-            return 0
-        libc = _get_libc()
-        addr = libc.mmap(None, n, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
-        if addr in (None, ctypes.c_void_p(-1).value):
-            e = ctypes.get_errno()
-            raise OSError(e, f'mmap of {path} failed: {os.strerror(e)}')
-        try:
-            pages = (n + PAGE - 1) // PAGE
-            vec = ctypes.create_string_buffer(pages)
-            if libc.mincore(addr, n, vec) != 0:
-                e = ctypes.get_errno()
-                raise OSError(e, f'mincore on {path} failed: {os.strerror(e)}')
-            resident = sum(b & 1 for b in vec.raw)
-        finally:
-            libc.munmap(addr, n)
-        return min(resident * PAGE, n)
-    finally:
-        os.close(fd)
-
-
 # --- per-process figures ------------------------------------------------------------------------
 
 def _status(pid):
@@ -678,9 +601,7 @@ def _kb(value):
 
 def process_rss(pid=None):
     """Return a process's resident set size in bytes (default: this process)."""
-    pid = os.getpid() if pid is None else int(pid)
-    with open(f'/proc/{pid}/statm', encoding='ascii') as f:
-        return int(f.read().split()[1]) * PAGE
+    return rss_bytes('self' if pid is None else int(pid))
 
 
 def process_peak_rss(pid=None):
@@ -728,33 +649,17 @@ def own_cgroup_usage():
     """
     Return {'usage_bytes', 'rss_bytes', 'cache_bytes', 'limit_bytes'} of this process's cgroup.
 
-    rss_bytes includes shared anonymous memory; cache_bytes is file page cache only.
-    For diagnostics: on a robot that starts the node under a limit, this is the figure the
-    kernel's OOM killer watches. Returns None where no memory cgroup can be read.
+    process_memory.own_cgroup_usage() plus the hard limit (None: unlimited); None where no
+    memory cgroup can be read.
     """
-    try:
-        own = _own_cgroup_paths()
-    except OSError:
+    usage = process_memory.own_cgroup_usage()
+    where = process_memory.own_cgroup_dir()
+    if usage is None or where is None:
         return None
-    v1 = CGROUP_ROOT / 'memory' / own.get('memory', '/').lstrip('/')
+    version, d = where
     try:
-        if 'memory' in own and (v1 / 'memory.usage_in_bytes').exists():
-            stat = dict(line.split(' ', 1) for line in _read(v1 / 'memory.stat').splitlines())
-            limit = int(_read(v1 / 'memory.limit_in_bytes'))
-            return {'usage_bytes': int(_read(v1 / 'memory.usage_in_bytes')),
-                    'rss_bytes': int(stat.get('rss', 0)) + int(stat.get('shmem', 0)),
-                    'cache_bytes': int(stat.get('cache', 0)) - int(stat.get('shmem', 0)),
-                    'limit_bytes': None if limit >= (1 << 62) else limit}
-        mount = _v2_mount()
-        if mount is not None and '' in own:
-            d = mount / own[''].lstrip('/')
-            if (d / 'memory.current').exists():
-                stat = dict(line.split(' ', 1) for line in _read(d / 'memory.stat').splitlines())
-                limit = _read(d / 'memory.max').strip()
-                return {'usage_bytes': int(_read(d / 'memory.current')),
-                        'rss_bytes': int(stat.get('anon', 0)) + int(stat.get('shmem', 0)),
-                        'cache_bytes': int(stat.get('file', 0)) - int(stat.get('shmem', 0)),
-                        'limit_bytes': None if limit == 'max' else int(limit)}
+        limit = read_text(d / ('memory.limit_in_bytes' if version == 1 else 'memory.max')).strip()
+        limit = None if limit == 'max' or int(limit) >= (1 << 62) else int(limit)
     except (OSError, ValueError):
-        return None
-    return None
+        limit = None
+    return dict(usage, limit_bytes=limit)

@@ -6,9 +6,14 @@ The end-to-end demo: the detector node on a real camera stream, measured against
 `make demo` runs this. It packs the real Darknet yolov3-tiny COCO model, then runs two phases
 over real ROS 2 topics, each with a fresh detector node (config/detector.yaml) in its own memory
 cgroup and a replay camera publishing real photos at 10 fps: first the model fully resident
-(the baseline), then demand-layered under the configured budget. The detections are printed as
-they arrive; at the end a table compares the two phases, measured in the same run. Annotated
-images and a pipeline timeline PNG go into the output folder.
+(the baseline), then demand-layered within a weight budget (4 MiB by default, planned by the
+runtime's own fit). The detections are printed as they arrive; at the end a table compares the
+two phases, measured in the same run: the whole process's peak (the cgroup's, page cache
+included; libraries are imported once outside the cgroups first, so their pages are not
+charged), activation peak, page cache, latency. A memory-pressure phase follows: a yolov3 at
+416x416 (236 MiB of weights) under a memory limit taken from the layered node's measured peak,
+first resident (the kernel's OOM killer ends it) and then demand-layered (it keeps publishing).
+Annotated images and a pipeline timeline PNG go into the output folder.
 """
 
 import json
@@ -26,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ('dog', 'person', 'horses', 'giraffe', 'kite', 'eagle')
 SKIMAGE_PHOTOS = ('astronaut', 'coffee')
 CAMERA_TOPIC = '/camera/image_raw'
+LAYERED_BUDGET_MB = 4.0          # yolov3-tiny's weights are 33.8 MiB
+PRESSURE_BUDGET_MB = 24.0        # yolov3's are 236.6 MiB
+PRESSURE_HEADROOM_MB = 128.0     # yolov3's larger activations and arena, far below its weights
 DETECTIONS_TOPIC = '/camera/detections'
 LABELS_TOPIC = '/camera/label_info'
 
@@ -38,9 +46,10 @@ def add_arguments(parser, command=None):
                         help='seconds of camera stream per phase (default 20)')
     parser.add_argument('--rate', type=float, default=10.0, metavar='HZ',
                         help='camera frame rate (default 10)')
-    parser.add_argument('--budget-mb', type=float, default=None, metavar='MB',
-                        help='weight memory budget of the layered phase (default: '
-                             'memory_budget_mb of the params file)')
+    parser.add_argument('--budget-mb', type=float, default=LAYERED_BUDGET_MB, metavar='MB',
+                        help='weight memory budget of the layered phase, planned by the '
+                             f"runtime's fit (default {LAYERED_BUDGET_MB:g}; 0: the params "
+                             "file's memory_budget_mb)")
     parser.add_argument('--params-file', default=str(ROOT / 'config' / 'detector.yaml'),
                         help='node parameter file (default config/detector.yaml)')
     parser.add_argument('--pack', default=str(ROOT / '.data' / 'packs' / 'yolov3-tiny-416'),
@@ -51,6 +60,17 @@ def add_arguments(parser, command=None):
                              'whenever a UDP fragment of a large image is lost)')
     parser.add_argument('--skip-resident', action='store_true',
                         help='run only the demand-layered phase')
+    parser.add_argument('--pressure-duration', type=float, default=20.0, metavar='S',
+                        help='seconds of camera stream in the memory-pressure phase (default '
+                             '20; 0 skips the phase)')
+    parser.add_argument('--pressure-pack',
+                        default=str(ROOT / '.data' / 'packs' / 'yolov3-416-seed0'),
+                        help='the yolov3 pack of the memory-pressure phase; written (seeded '
+                             'weights) if missing')
+    parser.add_argument('--pressure-headroom-mb', type=float, default=PRESSURE_HEADROOM_MB,
+                        metavar='MB',
+                        help="the pressure phase's memory limit: the layered node's measured "
+                             f'peak plus this (default {PRESSURE_HEADROOM_MB:g})')
 
 
 def ensure_pack(pack_dir):
@@ -67,6 +87,40 @@ def ensure_pack(pack_dir):
     print(f'[demo] packing the real yolov3-tiny COCO weights into {pack_dir}')
     return pack.write_pack(f'darknet:{cfg}', pack_dir, weights=str(weights),
                            input_size=(416, 416))
+
+
+def ensure_pressure_pack(pack_dir):
+    """
+    Write a yolov3 pack at 416x416 with seeded weights unless a valid one is there already.
+
+    No package registry carries the COCO yolov3 weights (248 MB), so the pressure phase uses
+    Debian's yolov3.cfg with seeded random weights: memory and time do not depend on values.
+    """
+    from demand_layering_ros import pack
+    pack_dir = Path(pack_dir)
+    if (pack_dir / pack.MANIFEST_FILE).exists():
+        try:
+            return pack.Pack.open(pack_dir)
+        except pack.PackError as e:
+            print(f'[demo] re-packing: {e}')
+    print(f'[demo] packing yolov3 (416x416, seeded weights) into {pack_dir}')
+    return pack.write_pack('darknet:yolov3', pack_dir, seed=0, input_size=(416, 416),
+                           progress=False)
+
+
+def fit_plan(pk, budget_mb, path):
+    """Write the runtime's own fit of `budget_mb` (no profile needed) as a PLAN.yaml."""
+    from demand_layering_ros.planning.decide import decide_plan
+    decide_plan(pk, budget_mb=budget_mb).plan.save(path)
+    return str(path)
+
+
+def prime_libraries():
+    """Import what a node imports, outside the measured cgroups, so library pages are cached."""
+    code = ('import torch, torchvision, cv2, rclpy, yaml, xxhash, safetensors; '
+            'import demand_layering_ros.ros.node, demand_layering_ros.runtime.loading')
+    subprocess.run([sys.executable, '-c', code], cwd=str(ROOT), stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=False)
 
 
 def demo_photos(out_dir):
@@ -91,6 +145,7 @@ class Listener:
     """Subscribes to the node's outputs and the camera; prints detections as they arrive."""
 
     def __init__(self, node, phase, out_dir, verbose=True):
+        """Listen for one phase; verbose: True (detections), 'count' (boxes only, no images)."""
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -147,9 +202,13 @@ class Listener:
                  for d in msg.detections if d.results]
         if self.verbose:
             text = ', '.join(f'{n} {s:.2f}' for n, s, _ in found) or '(nothing)'
+            if self.verbose == 'count':        # seeded weights: the classes mean nothing
+                text = f'{len(found)} boxes'
             stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
             print(f'[{self.phase}] {DETECTIONS_TOPIC} frame {self.count:4d} '
                   f'(stamp {stamp:.2f}): {text}', flush=True)
+        if self.verbose == 'count':
+            return
         with self.lock:
             rgb = self.frames.get(self._key(msg.header.stamp))
         if rgb is not None:
@@ -193,57 +252,84 @@ def _wait_for(predicate, timeout, proc=None):
 
 
 def run_phase(ros_node, phase, params_file, overrides, photos, args, out_dir, weights_path,
-              verbose=True):
-    """Run one detector node + camera for `args.duration` seconds; return its measurements."""
+              verbose=True, limit_bytes=None, duration=None):
+    """
+    Run one detector node + camera for `duration` seconds; return its measurements.
+
+    limit_bytes: the node's cgroup limit (None: none). A node that dies before it is active
+    (the OOM killer at configure) is recorded with its outcome, not raised.
+    """
     from tools import cgroups
+    duration = args.duration if duration is None else duration
     cgroups.evict_file(weights_path)     # so cached pages cannot hide reads
     listener = Listener(ros_node, phase, out_dir, verbose=verbose)
-    log_path = Path(out_dir) / f'node_{phase}.log'
+    log_path = Path(out_dir) / f'node_{phase.replace(" ", "_")}.log'
     # The node runs in its own memory cgroup from its first byte: the peak counts its RSS and
     # every page it pulls into the page cache (cgroup v1 charges page cache to the reader).
-    node_proc = cgroups.start_in_cgroup(_node_command(params_file, overrides), cwd=str(ROOT))
+    node_proc = cgroups.start_in_cgroup(_node_command(params_file, overrides), limit_bytes,
+                                        cwd=str(ROOT))
+    cam_out, diag, cache_growth, weights_cached = '', {}, 0, 0
     try:
         ready = _wait_for(lambda: any(k.endswith(': model') and v.get('state') == 'active'
                                       for k, v in listener.diagnostics.items()),
-                          120.0, node_proc)
-        if not ready:
-            raise RuntimeError(f'the detector node did not become active; see {log_path}')
-        cache_active = node_proc.cgroup.cache_bytes()
-        cam = subprocess.Popen(
-            [sys.executable, '-m', 'demand_layering_ros', 'camera', '--images', *photos,
-             '--rate', str(args.rate), '--topic', CAMERA_TOPIC, '--loop', '--quiet',
-             '--count', str(int(args.duration * args.rate)), '--wait-subscribers', '10'],
-            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        cam_out, _ = cam.communicate(timeout=args.duration + 60)
-        time.sleep(2.5)      # the last frames, and one more diagnostics message
-        diag = dict(listener.diagnostics)
-        # Page cache the node added while it streamed (its imports and libraries came before).
-        cache_growth = node_proc.cgroup.cache_bytes() - cache_active
-        weights_cached = cgroups.file_cached_bytes(weights_path)
+                          180.0, node_proc)
+        if ready:
+            cache_active = node_proc.cgroup.cache_bytes()
+            cam_out = _camera(photos, args.rate, duration)
+            time.sleep(2.5)      # the last frames, and one more diagnostics message
+            diag = dict(listener.diagnostics)
+            # Page cache the node added while it streamed (imports and libraries came before).
+            cache_growth = node_proc.cgroup.cache_bytes() - cache_active
+            weights_cached = cgroups.file_cached_bytes(weights_path)
     finally:
         node_proc.send_signal(signal.SIGINT)
         result = node_proc.wait(timeout=30)
         log_path.write_text(result.stdout + result.stderr)
     for sub in listener.subs:
         ros_node.destroy_subscription(sub)
+    if not ready and not result.oom_killed:
+        raise RuntimeError(f'the detector node did not become active; see {log_path}')
+    return _row(phase, cam_out, diag, result, cache_growth, weights_cached, listener.count)
+
+
+def _camera(photos, rate, duration):
+    """Publish the photos as a camera for `duration` seconds; return its last words."""
+    cam = subprocess.Popen(
+        [sys.executable, '-m', 'demand_layering_ros', 'camera', '--images', *photos,
+         '--rate', str(rate), '--topic', CAMERA_TOPIC, '--loop', '--quiet',
+         '--count', str(int(duration * rate)), '--wait-subscribers', '10'],
+        cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = cam.communicate(timeout=duration + 60)
+    return out or ''
+
+
+def _row(phase, cam_out, diag, result, cache_growth, weights_cached, received):
+    """Return one phase's measurements from the node's diagnostics and its cgroup."""
     cams = {k: v for k, v in diag.items() if ': camera' in k}
     model = next((v for k, v in diag.items() if k.endswith(': model')), {})
     cam = next(iter(cams.values()), {})
-    sent = re.search(r'published (\d+) frames', cam_out or '')
+    sent = re.search(r'published (\d+) frames', cam_out)
+    outcome = ('OOM-killed' if result.oom_killed else 'served' if int(cam.get(
+        'frames_out', 0)) > 0 else f'exit {result.returncode}')
     return {
         'phase': phase, 'camera_output': cam_out.strip().splitlines()[-1:] if cam_out else [],
-        'frames_sent': int(sent.group(1)) if sent else -1,
+        'outcome': outcome,
+        'limit_mb': result.limit_bytes / MB if result.limit_bytes else None,
+        'frames_sent': int(sent.group(1)) if sent else 0,
         'frames_in': int(cam.get('frames_in', 0)), 'frames_out': int(cam.get('frames_out', 0)),
         'dropped': int(cam.get('dropped', 0)),
         'latency_p50_ms': float(cam.get('latency_p50_ms', 'nan')),
         'latency_p99_ms': float(cam.get('latency_p99_ms', 'nan')),
         'deadline_misses': int(cam.get('deadline_misses', 0)),
         'peak_weight_mb': float(model.get('peak_weight_mb', 'nan')),
+        'budget_mb': float(model.get('budget_mb', 'nan')),
+        'activation_peak_mb': float(model.get('activation_peak_mb', 'nan')),
+        'process_rss_mb': float(model.get('process_rss_mb', 'nan')),
         'io_mode': model.get('io_mode', ''),
         'process_peak_mb': result.peak_bytes / MB,
         'page_cache_growth_mb': cache_growth / MB,
         'weights_file_cached_mb': weights_cached / MB,
-        'detections_received': listener.count,
+        'detections_received': received,
     }
 
 
@@ -271,30 +357,57 @@ def timeline_png(pack_dir, budget_mb, photos, path):
         model.close()
 
 
-def summary_table(rows, pack_mb, qos='reliable'):
-    """Format the phases side by side as a text table."""
-    fields = [('frames sent by the camera', 'frames_sent', '{:d}'),
-              ('frames in (received by the node)', 'frames_in', '{:d}'),
-              ('frames out (detections published)', 'frames_out', '{:d}'),
-              ('dropped by the node', 'dropped', '{:d}'),
-              ('latency p50 (ms)', 'latency_p50_ms', '{:.1f}'),
-              ('latency p99 (ms)', 'latency_p99_ms', '{:.1f}'),
-              ('deadline misses', 'deadline_misses', '{:d}'),
-              ('peak weight memory (MiB)', 'peak_weight_mb', '{:.1f}'),
-              ('process peak incl. page cache (MiB)', 'process_peak_mb', '{:.1f}'),
-              ('page cache growth while streaming (MiB)', 'page_cache_growth_mb', '{:+.1f}'),
-              ('weights file in the page cache (MiB)', 'weights_file_cached_mb', '{:.1f}'),
-              ('I/O mode', 'io_mode', '{}')]
+MAIN_FIELDS = [
+    ('frames sent by the camera', 'frames_sent', '{:d}'),
+    ('frames in (received by the node)', 'frames_in', '{:d}'),
+    ('frames out (detections published)', 'frames_out', '{:d}'),
+    ('dropped by the node', 'dropped', '{:d}'),
+    ('latency p50 (ms)', 'latency_p50_ms', '{:.1f}'),
+    ('latency p99 (ms)', 'latency_p99_ms', '{:.1f}'),
+    ('deadline misses', 'deadline_misses', '{:d}'),
+    ('peak weight memory (MiB)', 'peak_weight_mb', '{:.1f}'),
+    ('activation peak (MiB)', 'activation_peak_mb', '{:.1f}'),
+    ('process peak incl. page cache (MiB)', 'process_peak_mb', '{:.1f}'),
+    ('page cache growth while streaming (MiB)', 'page_cache_growth_mb', '{:+.1f}'),
+    ('weights file in the page cache (MiB)', 'weights_file_cached_mb', '{:.1f}'),
+    ('I/O mode', 'io_mode', '{}')]
+PRESSURE_FIELDS = [
+    ('memory limit of the cgroup (MiB)', 'limit_mb', '{:.1f}'),
+    ('outcome', 'outcome', '{}'),
+    ('frames out (detections published)', 'frames_out', '{:d}'),
+    ('latency p50 (ms)', 'latency_p50_ms', '{:.1f}'),
+    ('peak weight memory (MiB)', 'peak_weight_mb', '{:.1f}'),
+    ('process peak incl. page cache (MiB)', 'process_peak_mb', '{:.1f}')]
+
+
+def format_table(rows, fields):
+    """Format phases side by side as a text table (one column per phase)."""
     head = ['', *[r['phase'] for r in rows]]
     lines = [head]
     for label, key, fmt in fields:
-        lines.append([label, *[fmt.format(r[key]) for r in rows]])
+        lines.append([label, *['-' if r.get(key) is None else fmt.format(r[key])
+                               for r in rows]])
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
     text = ['  '.join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
                       for i, (c, w) in enumerate(zip(line, widths))) for line in lines]
     text.insert(1, '  '.join('-' * w for w in widths))
+    return text
+
+
+def summary_table(rows, pack_mb, qos='reliable'):
+    """Format the main phases side by side, and say which node used less memory."""
+    text = format_table(rows, MAIN_FIELDS)
     text.append(f'Model weights in the pack: {pack_mb:.1f} MiB. Process memory counts the '
-                'interpreter, torch and rclpy (the same in both phases).')
+                'interpreter, torch and rclpy (the same in both phases); libraries were '
+                'imported once outside the cgroups, so their pages are not charged.')
+    by = {r['phase']: r for r in rows}
+    if {'resident', 'layered'} <= set(by):
+        res, lay = by['resident'], by['layered']
+        saved = res['process_peak_mb'] - lay['process_peak_mb']
+        unheld = res['peak_weight_mb'] - lay['peak_weight_mb']
+        text.append(f'Whole process: the layered node peaked {abs(saved):.1f} MiB '
+                    f'{"below" if saved > 0 else "ABOVE"} the resident one; it held '
+                    f'{unheld:.1f} MiB fewer weights.')
     if qos == 'reliable':
         text.append('Frames sent but not received: the subscription keeps the last frame only '
                     '(depth 1), so a newer frame replaces one the node has not taken yet: '
@@ -306,8 +419,60 @@ def summary_table(rows, pack_mb, qos='reliable'):
     return '\n'.join(text)
 
 
+def pressure_table(rows, pack_mb, headroom_mb):
+    """Format the memory-pressure phase: the same limit, resident against layered."""
+    text = format_table(rows, PRESSURE_FIELDS)
+    text.append(f'yolov3 at 416x416, {pack_mb:.1f} MiB of seeded weights (no package registry '
+                'carries the COCO yolov3 weights; memory and time do not depend on values). '
+                f"Limit: the layered yolov3-tiny node's peak above + {headroom_mb:g} MiB.")
+    return '\n'.join(text)
+
+
+def _phases(pk, args, out_dir, budget):
+    """Return [(phase, node parameters)] of the main job."""
+    common = {'pack_path': str(pk.path), 'image_topics': f'[{CAMERA_TOPIC}]',
+              'device': 'cpu', 'publish_debug_image': 'false', 'qos_reliability': args.qos}
+    phases = []
+    if not args.skip_resident:
+        phases.append(('resident', dict(common, memory_budget_mb='0.0', plan_file=resident_plan(
+            pk, out_dir / 'PLAN_resident.yaml'))))
+    layered = dict(common, memory_budget_mb=f'{float(budget):.1f}')
+    if budget:
+        layered['plan_file'] = fit_plan(pk, float(budget), out_dir / 'PLAN_layered.yaml')
+    phases.append(('layered', layered))
+    return phases
+
+
+def _pressure_phases(args, out_dir):
+    """Return (pack, [(phase, node parameters)]) of the memory-pressure phase."""
+    pk = ensure_pressure_pack(args.pressure_pack)
+    common = {'pack_path': str(pk.path), 'image_topics': f'[{CAMERA_TOPIC}]',
+              'device': 'cpu', 'publish_debug_image': 'false', 'qos_reliability': args.qos}
+    return pk, [
+        ('yolov3 resident', dict(common, memory_budget_mb='0.0', plan_file=resident_plan(
+            pk, out_dir / 'PLAN_yolov3_resident.yaml'))),
+        ('yolov3 layered', dict(common, memory_budget_mb=f'{PRESSURE_BUDGET_MB:.1f}',
+                                plan_file=fit_plan(pk, PRESSURE_BUDGET_MB,
+                                                   out_dir / 'PLAN_yolov3_layered.yaml')))]
+
+
+def _run_phases(ros_node, phases, pk, photos, args, out_dir, limit_bytes=None, duration=None):
+    rows = []
+    for phase, overrides in phases:
+        how = ('every unit resident (the plain model)' if 'resident' in phase else
+               f'memory_budget_mb {overrides["memory_budget_mb"]} (0 = the smallest arena)')
+        limit = f', memory limit {limit_bytes / MB:.0f} MiB' if limit_bytes else ''
+        print(f'[demo] phase {phase}: detector node with {how}{limit}, QoS {args.qos}; camera '
+              f'at {args.rate:g} fps for {duration or args.duration:g} s', flush=True)
+        rows.append(run_phase(ros_node, phase, args.params_file, overrides, photos, args,
+                              out_dir, pk.weights_path,
+                              verbose=('layered' in phase) and (limit_bytes is None or 'count'),
+                              limit_bytes=limit_bytes, duration=duration))
+    return rows
+
+
 def run(args, command=None):
-    """Run the demo; return 0 when both phases detected objects."""
+    """Run the demo; return 0 when the phases did what they show (see the checks at the end)."""
     import rclpy
     import yaml
     out_dir = Path(args.out)
@@ -317,46 +482,54 @@ def run(args, command=None):
     photos = demo_photos(out_dir)
     with open(args.params_file, encoding='utf-8') as f:
         params = yaml.safe_load(f)['demand_layering_detector']['ros__parameters']
-    budget = args.budget_mb if args.budget_mb is not None else params.get('memory_budget_mb', 0)
-    common = {'pack_path': str(pk.path), 'image_topics': f'[{CAMERA_TOPIC}]',
-              'device': 'cpu', 'publish_debug_image': 'false', 'qos_reliability': args.qos}
-    phases = []
-    if not args.skip_resident:
-        phases.append(('resident', dict(common, memory_budget_mb='0.0', plan_file=resident_plan(
-            pk, out_dir / 'PLAN_resident.yaml'))))
-    phases.append(('layered', dict(common, memory_budget_mb=f'{float(budget):.1f}')))
+    budget = args.budget_mb or params.get('memory_budget_mb', 0)
+    phases = _phases(pk, args, out_dir, budget)
+    pressure = _pressure_phases(args, out_dir) if args.pressure_duration > 0 else None
+    prime_libraries()
     rclpy.init()
     ros_node = rclpy.create_node('demand_layering_demo')
     executor = rclpy.executors.MultiThreadedExecutor(num_threads=2)
     executor.add_node(ros_node)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
-    rows = []
+    pressure_rows = []
     try:
-        for phase, overrides in phases:
-            how = ('every unit resident (the plain model)' if phase == 'resident' else
-                   f'memory_budget_mb {overrides["memory_budget_mb"]} (0 = the smallest arena)')
-            print(f'[demo] phase {phase}: detector node with {how}, QoS {args.qos}; camera at '
-                  f'{args.rate:g} fps for {args.duration:g} s', flush=True)
-            rows.append(run_phase(ros_node, phase, args.params_file, overrides, photos, args,
-                                  out_dir, pk.weights_path, verbose=(phase == 'layered')))
+        rows = _run_phases(ros_node, phases, pk, photos, args, out_dir)
+        if pressure is not None:
+            limit = (rows[-1]['process_peak_mb'] + args.pressure_headroom_mb) * MB
+            pressure_rows = _run_phases(ros_node, pressure[1], pressure[0], photos, args,
+                                        out_dir, limit_bytes=int(limit),
+                                        duration=args.pressure_duration)
     finally:
         executor.shutdown()
         ros_node.destroy_node()
         rclpy.try_shutdown()
+    return _report(rows, pressure_rows, pressure, pk, pack_mb, budget, photos, args, out_dir)
+
+
+def _report(rows, pressure_rows, pressure, pk, pack_mb, budget, photos, args, out_dir):
+    """Draw the timeline, print and save the tables; return the exit status."""
     try:
         timeline_png(pk.path, float(budget) or None, photos, out_dir / 'timeline.png')
     except Exception as e:      # the figure is a bonus; the table is the result
         print(f'[demo] timeline not drawn: {e}')
-    for r in rows:
+    for r in rows + pressure_rows:
         r['qos'] = args.qos
-    table = summary_table(rows, pack_mb, args.qos)
-    (out_dir / 'summary.json').write_text(json.dumps(rows, indent=2))
-    print('\n' + table)
+    (out_dir / 'summary.json').write_text(json.dumps(rows + pressure_rows, indent=2))
+    print('\n' + summary_table(rows, pack_mb, args.qos))
+    if pressure_rows:
+        print('\nMemory pressure, the same cgroup limit for both:\n' + pressure_table(
+            pressure_rows, sum(u.nbytes for u in pressure[0].units) / MB,
+            args.pressure_headroom_mb))
     print(f'\n[demo] annotated images, timeline.png and summary.json are in {out_dir}')
     ok = all(r['frames_out'] > 0 and r['detections_received'] > 0 for r in rows)
     if not ok:
         print('[demo] FAILED: a phase published no detections (see node_*.log in the folder)')
+    if pressure_rows and not (pressure_rows[0]['outcome'] == 'OOM-killed'
+                              and pressure_rows[1]['frames_out'] > 0):
+        print('[demo] FAILED: under the limit the resident yolov3 node was not killed or the '
+              'layered one did not serve (see node_yolov3*.log)')
+        ok = False
     return 0 if ok else 1
 
 

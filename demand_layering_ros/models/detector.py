@@ -160,8 +160,8 @@ class Detector:
         return self.preprocess(imgs)[0]
 
     def forward(self, model_input):
-        """Run the model without autograd."""
-        with torch.no_grad():
+        """Run the model without autograd (inference mode: no version counters, no views kept)."""
+        with torch.inference_mode():
             return self.model(model_input)
 
     def detect(self, images, score_threshold=0.25, nms_iou=0.45, max_detections=100):

@@ -31,7 +31,7 @@ from demand_layering_ros.planning.simulate import Config
 from demand_layering_ros.planning.timing import Timing
 from demand_layering_ros.quantiles import median
 from demand_layering_ros.runtime import arena
-from demand_layering_ros.sizes import MB, mib
+from demand_layering_ros.sizes import MB, mib, pinned_size
 
 
 class PlanInfeasible(ValueError):
@@ -103,6 +103,11 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
         splits = [sp for sp in sched.split_candidates if exact.get(str(sp))]
     trade = TradeOff(sched, timing, splits, frame_period_ms, sweep_points)
     chosen = _choose(trade, budget_mb, deadline_ms)
+    for _ in range(3):     # a pinned copy ring (discrete CUDA) comes out of the budget too
+        staging = staging_bytes(sched, timing, chosen)
+        if budget_mb is None or chosen.memory + staging <= budget_mb * MB:
+            break
+        chosen = _choose(trade, (budget_mb * MB - staging) / MB, deadline_ms)
     trade.curve.append(chosen)
     search = {'evaluations': trade.evaluations, 'seconds': round(time.perf_counter() - t0, 3),
               'split_sizes': trade.split_sizes}
@@ -160,6 +165,20 @@ def _honest(sched, prof, chosen, frame_period_ms, device, disk_pct):
             'bound_mb_per_s': round(rate / MB, 1) if rate else None,
             'compute_spread': [round(fast, 4), round(slow, 4)]},
     }
+
+
+def staging_bytes(sched, timing, point):
+    """
+    Return the pinned staging a plan needs besides its weights (0 but on a discrete GPU).
+
+    There the runtime reads each streamed slot into a pinned ring before copying it to the
+    device; within a budget the ring is the largest slot rounded up to a power of two (what
+    torch's pinned allocator hands out).
+    """
+    if timing.kind != 'cuda':
+        return 0
+    items = sched.streams(point.cfg.resident, point.cfg.split_bytes or 0).items
+    return pinned_size(max((it.nbytes for it in items), default=0))
 
 
 def _choose(trade, budget_mb, deadline_ms):
@@ -244,6 +263,7 @@ def _plan_dict(sched, prof, timing, chosen, trade, search, request):
         'predicted_stall_ms': round(chosen.sim.stall_ms, 4),
         'predicted_resident_mb': mib(chosen.sim.resident_bytes),
         'predicted_arena_mb': mib(chosen.sim.arena_bytes),
+        **memory_prediction(prof, chosen.memory, staging_bytes(sched, timing, chosen)),
         'head_start_ms': round(chosen.sim.head_start_ms, 4),
         'fully_resident': {'weight_mb': mib(full.memory),
                            'predicted_latency_ms': round(full.latency, 4),
@@ -261,6 +281,22 @@ def _plan_dict(sched, prof, timing, chosen, trade, search, request):
                     'pass_overhead_ms': timing.pass_overhead},
         'alternatives': [dict(_point_row(p, full), pareto=id(p) in front) for p in points],
     }
+
+
+def memory_prediction(prof, weight_bytes, staging):
+    """
+    Return the plan's prediction of the whole process's memory, beside its weights (MiB).
+
+    runtime baseline (the profiling process's anonymous memory before it loaded any weight:
+    interpreter, torch, this package; shared library pages, which a memory cgroup charges to
+    whoever read them first, not counted; a node adds ROS on top) + peak weights + the
+    activation peak the profile measured + pinned staging. None where the profile did not
+    measure a part.
+    """
+    base, act = prof.get('runtime_baseline_bytes'), prof.get('activation_peak_bytes')
+    total = None if base is None or act is None else base + weight_bytes + act + staging
+    return {'predicted_activation_mb': mib(act), 'predicted_staging_mb': mib(staging),
+            'runtime_baseline_mb': mib(base), 'predicted_total_mb': _mb_up(total)}
 
 
 def config_of(plan, sched):

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 import time
 
+from demand_layering_ros import process_memory
 from demand_layering_ros.planning import disk_noise, planner
 from demand_layering_ros.planning.measure import executor_costs
 from demand_layering_ros.planning.measure.activation import activation_peak
@@ -86,6 +87,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
+    baseline = process_memory.anon_bytes()    # before any weight: the runtime's own memory
     try:
         disk = DiskRounds(pack, sizes, readers, progress=bar)
         disk.measure('start')
@@ -104,6 +106,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
             model.close()
         del model, det
         found['h2d'] = h2d_points(H2D_SIZES, device, progress=bar) if cuda else None
+        found['runtime_baseline_bytes'] = baseline
     finally:
         torch.set_num_threads(before)
         if bar is not None:
@@ -280,6 +283,7 @@ def _profile_dict(pack, sched, device, repeats, budget_mb, calls, found, t_start
         'steps_scale': round(calls['scale'], 5),
         'activation_peak_bytes': act,
         'activation_peak_mb': mib(act),
+        'runtime_baseline_bytes': found['runtime_baseline_bytes'],
         'weight_bytes': sum(pack.units[u].length for u in sched.called),
         'units': [{'index': u.index, 'name': u.name, 'bytes': u.length, 'nbytes': u.nbytes,
                    'calls': u.calls, 'compute_ms': per_unit.get(u.index, [])}

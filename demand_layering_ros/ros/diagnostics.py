@@ -25,6 +25,11 @@ def kv(key, value):
     return KeyValue(key=key, value=str(value))
 
 
+def _mb(nbytes):
+    """Return bytes as MiB, nan when not measured (no cgroup, no pass yet)."""
+    return float('nan') if nbytes is None else float(nbytes) / MB
+
+
 def camera_status(name, device, cam, counts, deadline_ms, now):
     """Return one camera's status from its counters (rates since the camera's last report)."""
     received, published = counts['received'], counts['published']
@@ -123,6 +128,10 @@ class Diagnostics:
             'resident_weight_mb': float(figures.get('resident_bytes', 0) or 0) / MB,
             'arena_mb': float(figures.get('arena_bytes', 0) or 0) / MB,
             'process_rss_mb': stats['process_rss_bytes'] / MB,
+            'activation_peak_mb': _mb(figures.get('activation_peak_bytes')),
+            'pinned_staging_mb': _mb(figures.get('pinned_bytes')),
+            'page_cache_growth_mb': _mb(figures.get('page_cache_growth_bytes')),
+            'weights_cached_mb': _mb(figures.get('weights_cached_bytes')),
             'io_mode': figures.get('io_mode', ''), 'io_rate_mb_s': io_rate,
             'io_total_mb': io_bytes / MB,
             'stall_ms': float(figures.get('stall_ms', 0.0) or 0.0),

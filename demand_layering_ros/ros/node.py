@@ -19,7 +19,8 @@ import time
 
 from demand_layering_ros.ros import intake, messages, params
 from demand_layering_ros.ros.diagnostics import Diagnostics
-from demand_layering_ros.service import settings
+from demand_layering_ros.runtime import allocator
+from demand_layering_ros.service import imaging, settings
 from demand_layering_ros.service.scheduling import (Camera, deadline_infeasible, Frame,
                                                     FrameQueue)
 from demand_layering_ros.service.service import DetectorService
@@ -470,6 +471,7 @@ class DetectorNode(LifecycleNode):
 
 def main(args=None):
     """Console script `detector_node`: run the node until Ctrl-C."""
+    allocator.limit_arenas()      # before DDS and executor threads take malloc arenas of their own
     rclpy.init(args=args)
     node = None
     try:

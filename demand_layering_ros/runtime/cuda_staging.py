@@ -24,7 +24,7 @@ from demand_layering_ros.runtime.cuda_mapping import mapped_host_arena
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.runtime.staging import HostArena, Staging
 from demand_layering_ros.runtime.timeline import HostClock
-from demand_layering_ros.sizes import align_up, MB
+from demand_layering_ros.sizes import align_up, MB, PAGE, pinned_size
 import torch
 
 
@@ -80,6 +80,17 @@ class CudaStaging(Staging):
     def host_buffer(self, nbytes):
         """Return pinned host memory (the source of asynchronous copies)."""
         return direct_io.aligned_empty(nbytes, pin=True)
+
+    def host_held(self, nbytes):
+        """Return the pinned bytes a host_buffer(nbytes) holds (a power of two: torch's cache)."""
+        return pinned_size(nbytes)
+
+    def release_host(self):
+        """Free the pinned blocks torch's caching host allocator keeps after they were dropped."""
+        torch.cuda.synchronize(self.device)
+        empty = getattr(torch._C, '_host_emptyCache', None)
+        if empty is not None:
+            empty()
 
     def to_device(self, buf):
         """Copy host bytes to the device, on the current stream (asynchronous when pinned)."""
@@ -176,6 +187,11 @@ class DeviceArena(CudaStaging):
     def staging_bytes(self):
         """Return the ring's size."""
         return self.ring.numel() if self.ring is not None else 0
+
+    @property
+    def pinned_bytes(self):
+        """Return the pinned memory the ring holds (its size rounded up to a power of two)."""
+        return pinned_size(self.staging_bytes)
 
     def halt(self):
         """Give up waiting for ring space: the loader stops (lock held)."""

@@ -6,9 +6,13 @@ The engine: one configuration of a demand-layered model, from plan to hooked, ru
 configure(budget_mb, plan) gets its Plan from `planning.decide.decide_plan` (a budget the plan
 leaves open is fitted by `planning.fit.fit_budget`), lays the streamed slots out
 (`slots.slot_layout`, `slots.arena_layout`), refuses a plan the budget cannot hold, then
-installs it: staging allocated, resident units read (checked against the manifest), split units
-hashed once, hooks attached, loader started. teardown() undoes all of it, also what a configure
-that failed half-way had installed (registered host memory, the arena); run() runs one pass.
+installs it: staging allocated, resident units read (checked against the manifest; on CUDA
+streamed to the device through pinned pieces), split units hashed once, hooks attached, the
+heap configure freed handed back (`allocator.trim`), loader started. teardown() undoes all of
+it, also what a configure that failed half-way had installed (registered host memory, the
+arena); run() runs one pass (under torch.inference_mode), its first passes measuring the
+activation peak (`footprint`). A pinned copy ring (CUDA 'copy') counts against a budget like
+the arena.
 """
 
 import dataclasses
@@ -20,18 +24,21 @@ from demand_layering_ros.pack import PackError
 from demand_layering_ros.planning.decide import decide_plan
 from demand_layering_ros.planning.fit import fit_budget
 from demand_layering_ros.planning.plan import Plan
+from demand_layering_ros.runtime import allocator
 from demand_layering_ros.runtime.arena import ArenaTooSmall, describe_budget
 from demand_layering_ros.runtime.binding import Binding
 from demand_layering_ros.runtime.cuda_staging import DeviceArena, MappedHostArena
 from demand_layering_ros.runtime.errors import ExecutorError, read_error
+from demand_layering_ros.runtime.footprint import ActivationProbe, ProcessFigures
 from demand_layering_ros.runtime.hooks import attach_hooks, detach_hooks
-from demand_layering_ros.runtime.options import check_options, default_staging, READER_THREADS
+from demand_layering_ros.runtime.options import (check_options, default_staging, PIECE_BYTES,
+                                                  READER_THREADS)
 from demand_layering_ros.runtime.pipeline import Pipeline
 from demand_layering_ros.runtime.slot_state import Slot
 from demand_layering_ros.runtime.slots import arena_layout, slot_layout
 from demand_layering_ros.runtime.staging import HostArena
 from demand_layering_ros.runtime.timeline import Timeline
-from demand_layering_ros.sizes import MB, PAGE
+from demand_layering_ros.sizes import align_up, MB, PAGE, pinned_size
 import torch
 import xxhash
 
@@ -53,6 +60,7 @@ class Engine:
         shared: a group's SharedParts (`runtime.shared`): the readers then use the group's
         threads, and the lock, staging and loader thread are the group's.
         """
+        allocator.limit_arenas()             # before the reader and loader threads start
         self.pack = pack
         self.model = model
         self.device = check_options(device=device, staging=staging, threads=threads,
@@ -84,6 +92,8 @@ class Engine:
             self.reader.close()
             raise
         self.pipeline = Pipeline(pack.path, self.reader, self.sync_reader, shared)
+        self.probe = ActivationProbe(self.device)
+        self.process = ProcessFigures(pack.weights_path)
 
     # ------------------------------------------------------------------ configuration
 
@@ -100,16 +110,20 @@ class Engine:
         text = describe_budget(budget_bytes) if budget_bytes is not None else None
         slots = slot_layout(self.pack, self.binding.modules, residents, split_bytes)
         layout = arena_layout(slots.slots, run.arena_bytes if fixed else None, depth, text)
+        staging = (run.staging if run is not None else None) or self.opts['staging'] \
+            or default_staging(self.device)
+        ring = self._ring_bytes(staging, slots.slots, layout, budget_bytes)
         need = sum(self.units[i].info.length for i in residents) + self.binding.extra_bytes + \
-            (layout.capacity if layout else 0) + reserve
+            (layout.capacity if layout else 0) + reserve + pinned_size(ring)
         if fixed and budget_bytes is not None and need > budget_bytes:
             what = 'extra buffers, the arena and conversion copies' if reserve else \
                 'extra buffers and the arena'
             raise ArenaTooSmall(f'{text} is below the plan: resident units, {what} need '
-                                f'{need} bytes', needed=need, capacity=budget_bytes)
+                                f'{need} bytes'
+                                + (f' (with a {pinned_size(ring)}-byte pinned staging ring)'
+                                   if ring else ''), needed=need, capacity=budget_bytes)
         self.budget_mb, self.budget_bytes = budget_mb, budget_bytes
-        self.staging = (run.staging if run is not None else None) or self.opts['staging'] \
-            or default_staging(self.device)
+        self.staging, self.ring_bytes = staging, ring
         self.split_bytes = split_bytes
         self.plan_in = plan
         self._install(residents, slots, layout)
@@ -143,11 +157,42 @@ class Engine:
                           device=str(self.device)).plan
         if budget_bytes is None or (run is not None and run.fixes_layout):
             return run
-        fitted = fit_budget(self.pack, self.binding.modules, budget_bytes,
-                            split_bytes=self._option(run, 'split_bytes'),
-                            prefetch_depth=self._option(run, 'prefetch_depth'),
-                            extra_bytes=self.binding.extra_bytes)
+        staging = (run.staging if run is not None else None) or self.opts['staging'] \
+            or default_staging(self.device)
+        reserve = 0
+        for _ in range(4):     # a pinned staging ring (CUDA 'copy') comes out of the budget too
+            fitted = fit_budget(self.pack, self.binding.modules, budget_bytes - reserve,
+                                split_bytes=self._option(run, 'split_bytes'),
+                                prefetch_depth=self._option(run, 'prefetch_depth'),
+                                extra_bytes=self.binding.extra_bytes)
+            if self.device.type != 'cuda' or staging != 'copy':
+                break
+            ring = pinned_size(self._ring_bytes(staging, slot_layout(
+                self.pack, self.binding.modules, self._named(fitted.resident_units),
+                fitted.split_bytes).slots, None, budget_bytes))
+            if ring <= reserve:
+                break
+            reserve = ring
         return dataclasses.replace(fitted, staging=run.staging if run is not None else None)
+
+    def _ring_bytes(self, staging, slots, layout, budget_bytes):
+        """
+        Return the pinned copy ring a configuration needs (0 but on CUDA with staging 'copy').
+
+        Within a budget it is the smallest ring the slots allow, a power of two (what the
+        pinned allocator hands out anyway); without one, the staging's own choice
+        (load()'s staging_bytes, else twice the largest slot and at least 64 MiB, at most the
+        arena).
+        """
+        if self.device.type != 'cuda' or staging != 'copy' or not slots:
+            return 0
+        largest = max(s.length for s in slots)
+        if self.opts['staging_bytes']:
+            return max(self.opts['staging_bytes'], largest)
+        if budget_bytes is not None:
+            return pinned_size(largest)
+        capacity = layout.capacity if layout is not None else largest
+        return max(min(capacity, max(2 * largest, 64 * MB)), largest)
 
     def _option(self, run, key):
         """Return a plan's split_bytes/prefetch_depth, or load()'s option when it has none."""
@@ -171,7 +216,7 @@ class Engine:
         if self.staging == 'zero_copy':
             return MappedHostArena(self.device, self.pipeline.cond, self.timeline_on)
         return DeviceArena(self.device, self.pipeline.cond, self.timeline_on,
-                           self.opts['staging_bytes'])
+                           self.ring_bytes or None)
 
     def _install(self, residents, slots, layout):
         """Allocate memory, load residents, hash split slots, hook modules, start the loader."""
@@ -194,6 +239,9 @@ class Engine:
             self.resident_buf = self._load_residents(residents)
             self._hash_split_slots()
             self.handles = attach_hooks(self.units, self.pipeline, self.timeline)
+            allocator.trim()                 # what planning and load-time checks left free
+            self.probe.reset()
+            self.process.mark()
             self.pipeline.start()
         except BaseException:
             self.teardown()             # frees what was allocated: arena, registered memory
@@ -209,26 +257,26 @@ class Engine:
 
     def _load_residents(self, residents):
         """Read resident units into one buffer on the device and bind them; return it."""
-        staging = self.pipeline.staging
         units = sorted((self.units[i] for i in residents), key=lambda u: u.info.offset)
         total = sum(u.info.length for u in units)
         self.pipeline.resident_bytes = total + self.binding.extra_bytes
         buf = None
-        if total:
-            host = staging.host_buffer(total)
+        if total and self.device.type == 'cpu':
+            buf = self.pipeline.staging.host_buffer(total)     # the reads land where they stay
             futures, pos = [], 0
             for u in units:
                 futures.append(self.pack.read_unit(self.sync_reader, u.info,
-                                                   host[pos:pos + u.info.length]))
+                                                   buf[pos:pos + u.info.length]))
                 pos += u.info.length
             for u, f in zip(units, futures):
                 try:
                     f.result()
                 except OSError as e:
                     raise read_error(e, self.pack.path, u.name, u.info.offset) from e
-            buf = staging.to_device(host)
-            staging.synchronize()       # a pass may run on another stream than this copy's
-            del host
+        elif total:
+            buf = self._copy_residents(units, total)
+            self.pipeline.staging.synchronize()   # a pass may run on another stream than the copy's
+        if buf is not None:
             pos = 0
             for u in units:
                 refs = self.binding.resident_refs(u, pos)
@@ -241,6 +289,60 @@ class Engine:
                 pos += u.info.length
         self.binding.put_extra(self.device)
         return buf
+
+    def _copy_residents(self, units, total):
+        """
+        Stream resident units to a device buffer piece by piece through pinned host memory.
+
+        The pieces go through the staging's own pinned memory (the copy ring, the mapped
+        arena) when it has some; else through one bounce buffer of at most 2 * PIECE_BYTES,
+        counted in peak_weight_bytes while it lives and handed back to the driver afterwards
+        (torch's caching host allocator would otherwise keep it for the process's life).
+        """
+        p = self.pipeline
+        dev = torch.empty(total, dtype=torch.uint8, device=self.device)
+        scratch, held = p.staging.scratch(), 0
+        if scratch is None:
+            n = min(align_up(total), 2 * PIECE_BYTES)
+            scratch, held = p.staging.host_buffer(n), p.staging.host_held(n)
+            with p.cond:
+                p.transient_bytes += held
+                p.note_peak()
+        try:
+            pos = 0
+            for u in units:
+                self._stream_unit(u.info, scratch, lambda a, view, base=pos: dev[
+                    base + a:base + a + view.numel()].copy_(view))
+                pos += u.info.length
+        finally:
+            if held:
+                del scratch
+                with p.cond:
+                    p.transient_bytes -= held
+                p.staging.release_host()
+        return dev
+
+    def _stream_unit(self, info, scratch, sink):
+        """
+        Read a unit piece by piece into `scratch`, verify the manifest digest over all pieces.
+
+        sink(offset in the unit, piece) sees each piece before the next read overwrites it.
+        """
+        piece = _piece(scratch)
+        h = xxhash.xxh3_64()
+        for off in range(info.offset, info.end, piece):
+            n = min(piece, info.end - off)
+            try:
+                self.sync_reader.read_into(off, n, scratch[:n])
+            except OSError as e:
+                raise read_error(e, self.pack.path, info.name, off) from e
+            h.update(direct_io.as_memoryview(scratch[:n]))
+            sink(off - info.offset, scratch[:n])
+        if h.hexdigest() != info.checksum:
+            raise PackError(f'checksum mismatch over [{info.offset}, {info.end}) '
+                            f'(xxh3_64 {h.hexdigest()}, manifest says {info.checksum}): '
+                            'the weights file is damaged', self.pack.path, info.name,
+                            info.offset)
 
     def _hash_split_slots(self):
         """
@@ -255,23 +357,9 @@ class Engine:
             return
         p = self.pipeline
         scratch = p.staging.scratch()
-        piece = min(scratch.numel(), 8 * MB) // PAGE * PAGE
-        p.touched = max(p.touched, piece)
+        p.touched = max(p.touched, _piece(scratch))
         for u in split:
-            info = u.info
-            h = xxhash.xxh3_64()
-            for off in range(info.offset, info.end, piece):
-                n = min(piece, info.end - off)
-                try:
-                    self.sync_reader.read_into(off, n, scratch[:n])
-                except OSError as e:
-                    raise read_error(e, self.pack.path, info.name, off) from e
-                h.update(direct_io.as_memoryview(scratch[:n]))
-            if h.hexdigest() != info.checksum:
-                raise PackError(f'checksum mismatch over [{info.offset}, {info.end}) '
-                                f'(xxh3_64 {h.hexdigest()}, manifest says {info.checksum}): '
-                                'the weights file is damaged', self.pack.path, info.name,
-                                info.offset)
+            self._stream_unit(u.info, scratch, lambda a, view: None)
             for s in ([u.main] if u.main is not None else []) + u.chunks:
                 self.sync_reader.read_into(s.file_offset, s.length, scratch[:s.length])
                 p.touched = max(p.touched, s.length)
@@ -332,9 +420,10 @@ class Engine:
             t0 = time.perf_counter()
             self.pipeline.begin_pass(t0)
             self.timeline.begin(t0)
+            self.probe.begin()
             ok = False
             try:
-                with torch.no_grad():
+                with torch.inference_mode():
                     out = fn(*args, **kwargs)
                 ok = True
             finally:
@@ -346,6 +435,7 @@ class Engine:
         staging.end_pass(ok, self.sync)
         t1 = time.perf_counter()
         device_wait = staging.device_wait_seconds()       # CUDA: the stream's waits for copies
+        self.probe.end()
         self.timeline.end()
         self.pipeline.pause()
         timeline = self.timeline.rows(self.units) if self.timeline_on else []
@@ -358,3 +448,8 @@ class Engine:
                      'stall_ms': (self.pipeline.last_stall + device_wait) * 1e3,
                      'demand_misses': self.pipeline.pass_misses, 'timeline': timeline,
                      'calls': calls, 'ok': ok}
+
+
+def _piece(scratch):
+    """Return the bytes read at a time through `scratch` at load time (whole pages, <= 8 MiB)."""
+    return min(scratch.numel(), 8 * MB) // PAGE * PAGE

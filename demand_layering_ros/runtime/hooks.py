@@ -15,7 +15,6 @@ all off again.
 import functools
 import time
 
-import torch
 from torch import nn
 import torch.nn.functional as F
 
@@ -125,9 +124,16 @@ class ChunkedCompute(ModelHook):
         self.timeline = timeline
 
     def forward(self, module, x):
-        """Return the layer's output, concatenated over chunks of output channels/features."""
+        """
+        Return the layer's output, assembled chunk by chunk of output channels/features.
+
+        Each chunk's result is copied into its rows of one output tensor as soon as it is
+        computed (the same bytes torch.cat would give), so the layer's output is held once,
+        not once in pieces and once concatenated.
+        """
         bias = module.bias
-        outs = []
+        dim = 1 if isinstance(module, nn.Conv2d) else -1
+        out = None
         for j, slot in enumerate(self.unit.chunks):
             t0 = time.perf_counter()
             buf, lease = self.pipeline.acquire(slot, borrow=True)
@@ -139,9 +145,15 @@ class ChunkedCompute(ModelHook):
             b = bias[r0:r1] if bias is not None else None
             self.timeline.stamp(slot.t, 'compute_start')
             if isinstance(module, nn.Conv2d):
-                outs.append(module._conv_forward(x, w, b))
+                y = module._conv_forward(x, w, b)
             else:
-                outs.append(F.linear(x, w, b))
+                y = F.linear(x, w, b)
+            if out is None:
+                shape = list(y.shape)
+                shape[dim] = module.weight.shape[0]
+                out = y.new_empty(shape)
+            out.narrow(dim, r0, r1 - r0).copy_(y)
+            del y
             self.timeline.stamp(slot.t, 'compute_end')
             del w
             self.pipeline.converting(-held)
@@ -149,7 +161,7 @@ class ChunkedCompute(ModelHook):
                 self.pipeline.return_lease(lease)
             self.pipeline.release(slot)
             del buf
-        return torch.cat(outs, dim=1 if isinstance(module, nn.Conv2d) else -1)
+        return out
 
 
 class HookHandle:

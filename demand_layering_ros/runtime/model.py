@@ -43,7 +43,14 @@ NO_MOVING = ('a DemandLayeredModel cannot be moved or cast; choose the device wi
 
 @dataclass
 class Stats:
-    """What stats() reports: memory, I/O and timing; timeline and latency are the last pass's."""
+    """
+    What stats() reports: memory, I/O and timing; timeline and latency are the last pass's.
+
+    peak_weight_bytes counts resident units, the arena pages in use, demand-miss buffers and
+    pinned staging (CUDA: torch's pinned allocator rounds each block to a power of two).
+    activation_peak_bytes, pinned_bytes, process_rss_bytes, page_cache_growth_bytes and
+    weights_cached_bytes: what the configuration costs besides (see runtime.footprint).
+    """
 
     peak_weight_bytes: int
     budget_bytes: object
@@ -70,6 +77,11 @@ class Stats:
     prefetch_depth: object
     timeline: list
     calls: list
+    activation_peak_bytes: int
+    pinned_bytes: int
+    process_rss_bytes: int
+    page_cache_growth_bytes: object
+    weights_cached_bytes: object
     predicted_latency_ms: object = None     # the plan's prediction (None: no plan predicts)
     expected_latency_ms: object = None      # what it expects on a typical run (the ratio's base)
     measured_latency_ms: object = None      # median of the recent passes of one frame
@@ -223,7 +235,8 @@ class DemandLayeredModel(nn.Module):
             split_units=[u.name for u in e.units if u.chunks], split_bytes=e.split_bytes,
             prefetch_depth=e.layout.prefetch_depth if e.layout else None,
             timeline=e.last['timeline'], calls=e.last.get('calls', []),
-            **self.feedback.as_dict()).as_dict()
+            activation_peak_bytes=e.probe.peak, pinned_bytes=p.staging.pinned_bytes,
+            **e.process.get(), **self.feedback.as_dict()).as_dict()
 
     def reconfigure(self, budget_mb=None, plan=None):
         """

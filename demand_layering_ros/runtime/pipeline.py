@@ -127,9 +127,10 @@ class Pipeline:
         return self.staging.committed(self.touched, self.alloc.high_water)
 
     def note_peak(self):
-        """Raise peak to the weight memory in use now (lock held)."""
+        """Raise peak to the weight memory in use now, pinned staging included (lock held)."""
         self.peak = max(self.peak, self.committed() + self.resident_bytes
-                        + self.transient_bytes + self.converted_bytes)
+                        + self.transient_bytes + self.converted_bytes
+                        + self.staging.pinned_bytes)
         if self.shared is not None:
             self.shared.note_peak()
 
@@ -261,9 +262,10 @@ class Pipeline:
         if off is not None:
             buf, lease = self.staging.host(off, slot.length), Lease(offset=off)
         else:
-            buf, lease = self.staging.host_buffer(slot.length), Lease(nbytes=slot.length)
+            held = self.staging.host_held(slot.length)
+            buf, lease = self.staging.host_buffer(slot.length), Lease(nbytes=held)
             with self.cond:
-                self.transient_bytes += slot.length
+                self.transient_bytes += held
                 self.note_peak()
         try:
             self.sync_reader.submit(slot.file_offset, slot.length, buf,

@@ -26,6 +26,7 @@ import time
 from demand_layering_ros import direct_io
 from demand_layering_ros.runtime.options import PIECE_BYTES
 from demand_layering_ros.runtime.timeline import HostClock
+from demand_layering_ros.sizes import align_up
 
 
 class Staging:
@@ -88,6 +89,18 @@ class Staging:
     def host_buffer(self, nbytes):
         """Return aligned host memory for a read outside the arena (residents, misses)."""
         return direct_io.aligned_empty(nbytes)
+
+    def host_held(self, nbytes):
+        """Return the memory a host_buffer(nbytes) really holds (whole pages)."""
+        return align_up(nbytes)
+
+    def release_host(self):
+        """Hand host memory of buffers already dropped back to the system (CUDA: pinned)."""
+
+    @property
+    def pinned_bytes(self):
+        """Return the pinned host memory the staging holds besides the arena (0 on the CPU)."""
+        return 0
 
     def to_device(self, buf):
         """Return host bytes where the model can use them."""

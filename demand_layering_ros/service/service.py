@@ -17,12 +17,12 @@ the budget, and when that is done the service re-plans between two frames and lo
 
 import gc
 import logging
-import os
 import sys
 import threading
 import time
 
 import demand_layering_ros as dlr
+from demand_layering_ros import process_memory
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.planning.correction import corrected_profile
 from demand_layering_ros.planning.decide import decide_plan
@@ -37,12 +37,7 @@ import numpy as np
 
 def process_rss_bytes():
     """Resident set size of this process in bytes (Linux /proc; 0 where unavailable)."""
-    try:
-        with open('/proc/self/statm') as f:
-            pages = int(f.read().split()[1])
-        return pages * os.sysconf('SC_PAGE_SIZE')
-    except (OSError, ValueError, IndexError):
-        return 0
+    return process_memory.rss_bytes()
 
 
 def cpu_threads(cores=None):

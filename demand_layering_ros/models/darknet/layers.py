@@ -47,6 +47,23 @@ ACTIVATIONS = {
     'relie': _relie, 'ramp': _ramp, 'loggy': _loggy, 'hardtan': _hardtan,
 }
 
+# The same functions overwriting their input, for inference: a layer's fresh output is
+# activated where it lies instead of next to a copy (same kernels, bit-identical results).
+ACTIVATIONS_INPLACE = {
+    'leaky': lambda x: F.leaky_relu(x, 0.1, inplace=True),
+    'relu': lambda x: F.relu(x, inplace=True), 'logistic': torch.sigmoid_,
+    'mish': lambda x: F.mish(x, inplace=True), 'swish': lambda x: x.mul_(torch.sigmoid(x)),
+    'tanh': torch.tanh_, 'elu': lambda x: F.elu(x, inplace=True),
+    'selu': lambda x: F.selu(x, inplace=True),
+    'relie': lambda x: F.leaky_relu(x, 0.01, inplace=True),
+    'loggy': lambda x: x.sigmoid_().mul_(2).sub_(1), 'hardtan': lambda x: x.clamp_(-1, 1),
+}
+
+
+def may_overwrite():
+    """Return True when a layer may overwrite its own fresh output: nothing records autograd."""
+    return not torch.is_grad_enabled()
+
 
 def _activation(sec, default='logistic'):
     name = sec.get_str('activation', default).lower()
@@ -69,9 +86,13 @@ class DarknetLayer(nn.Module):
         self.act_name = 'linear'
 
     def act(self, x):
-        """Apply the layer's activation."""
+        """Apply the activation (at inference in place on `x`, the layer's own fresh output)."""
         fn = ACTIVATIONS[self.act_name]
-        return x if fn is None else fn(x)
+        if fn is None:
+            return x
+        if may_overwrite() and self.act_name in ACTIVATIONS_INPLACE:
+            return ACTIVATIONS_INPLACE[self.act_name](x)
+        return fn(x)
 
     def extra_repr(self):
         return f'cfg line {self.cfg_line}'
@@ -88,8 +109,12 @@ class BatchNorm(nn.Module):
         self.register_buffer('running_var', torch.ones(n))
 
     def forward(self, x):
+        """Normalise; at inference in place over `x` (a conv or fc output nothing else holds)."""
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        x = (x - self.running_mean.view(shape)) / (self.running_var.sqrt() + 1e-6).view(shape)
+        mean, std = self.running_mean.view(shape), (self.running_var.sqrt() + 1e-6).view(shape)
+        if may_overwrite():
+            return x.sub_(mean).div_(std).mul_(self.weight.view(shape)).add_(self.bias.view(shape))
+        x = (x - mean) / std
         return x * self.weight.view(shape) + self.bias.view(shape)
 
 

@@ -74,7 +74,10 @@ class DarknetModel(nn.Module):
         for i, layer in enumerate(self.layers):
             if layer.sources:
                 ins = [saved[j] if j != i - 1 else x for j in layer.sources]
+                if not isinstance(layer, Shortcut):
+                    x = None                  # the previous output, unless a route reads it
                 x = layer(x, *ins) if isinstance(layer, Shortcut) else layer(*ins)
+                del ins                       # else the inputs live on to the next route
             else:
                 x = layer(x)
             if i in self._keep:
