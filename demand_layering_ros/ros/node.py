@@ -20,7 +20,7 @@ import time
 from demand_layering_ros.ros import intake, messages, params
 from demand_layering_ros.ros.diagnostics import Diagnostics
 from demand_layering_ros.runtime import allocator
-from demand_layering_ros.service import imaging, settings
+from demand_layering_ros.service import settings
 from demand_layering_ros.service.scheduling import (Camera, deadline_infeasible, Frame,
                                                     FrameQueue)
 from demand_layering_ros.service.service import DetectorService

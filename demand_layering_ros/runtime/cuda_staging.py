@@ -24,7 +24,7 @@ from demand_layering_ros.runtime.cuda_mapping import mapped_host_arena
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.runtime.staging import HostArena, Staging
 from demand_layering_ros.runtime.timeline import HostClock
-from demand_layering_ros.sizes import align_up, MB, PAGE, pinned_size
+from demand_layering_ros.sizes import align_up, MB, pinned_size
 import torch
 
 

@@ -32,7 +32,7 @@ from demand_layering_ros.runtime.errors import ExecutorError, read_error
 from demand_layering_ros.runtime.footprint import ActivationProbe, ProcessFigures
 from demand_layering_ros.runtime.hooks import attach_hooks, detach_hooks
 from demand_layering_ros.runtime.options import (check_options, default_staging, PIECE_BYTES,
-                                                  READER_THREADS)
+                                                 READER_THREADS)
 from demand_layering_ros.runtime.pipeline import Pipeline
 from demand_layering_ros.runtime.slot_state import Slot
 from demand_layering_ros.runtime.slots import arena_layout, slot_layout
@@ -275,7 +275,7 @@ class Engine:
                     raise read_error(e, self.pack.path, u.name, u.info.offset) from e
         elif total:
             buf = self._copy_residents(units, total)
-            self.pipeline.staging.synchronize()   # a pass may run on another stream than the copy's
+            self.pipeline.staging.synchronize()   # a pass may run on another stream
         if buf is not None:
             pos = 0
             for u in units:
@@ -311,8 +311,9 @@ class Engine:
         try:
             pos = 0
             for u in units:
-                self._stream_unit(u.info, scratch, lambda a, view, base=pos: dev[
-                    base + a:base + a + view.numel()].copy_(view))
+                stream_unit(self.pack, self.sync_reader, u.info, scratch,
+                            lambda a, view, base=pos: dev[base + a:base + a + view.numel()]
+                            .copy_(view))
                 pos += u.info.length
         finally:
             if held:
@@ -321,28 +322,6 @@ class Engine:
                     p.transient_bytes -= held
                 p.staging.release_host()
         return dev
-
-    def _stream_unit(self, info, scratch, sink):
-        """
-        Read a unit piece by piece into `scratch`, verify the manifest digest over all pieces.
-
-        sink(offset in the unit, piece) sees each piece before the next read overwrites it.
-        """
-        piece = _piece(scratch)
-        h = xxhash.xxh3_64()
-        for off in range(info.offset, info.end, piece):
-            n = min(piece, info.end - off)
-            try:
-                self.sync_reader.read_into(off, n, scratch[:n])
-            except OSError as e:
-                raise read_error(e, self.pack.path, info.name, off) from e
-            h.update(direct_io.as_memoryview(scratch[:n]))
-            sink(off - info.offset, scratch[:n])
-        if h.hexdigest() != info.checksum:
-            raise PackError(f'checksum mismatch over [{info.offset}, {info.end}) '
-                            f'(xxh3_64 {h.hexdigest()}, manifest says {info.checksum}): '
-                            'the weights file is damaged', self.pack.path, info.name,
-                            info.offset)
 
     def _hash_split_slots(self):
         """
@@ -359,7 +338,7 @@ class Engine:
         scratch = p.staging.scratch()
         p.touched = max(p.touched, _piece(scratch))
         for u in split:
-            self._stream_unit(u.info, scratch, lambda a, view: None)
+            stream_unit(self.pack, self.sync_reader, u.info, scratch, lambda a, view: None)
             for s in ([u.main] if u.main is not None else []) + u.chunks:
                 self.sync_reader.read_into(s.file_offset, s.length, scratch[:s.length])
                 p.touched = max(p.touched, s.length)
@@ -448,6 +427,29 @@ class Engine:
                      'stall_ms': (self.pipeline.last_stall + device_wait) * 1e3,
                      'demand_misses': self.pipeline.pass_misses, 'timeline': timeline,
                      'calls': calls, 'ok': ok}
+
+
+def stream_unit(pack, reader, info, scratch, sink):
+    """
+    Read a unit piece by piece into `scratch`, verify the manifest digest over all pieces.
+
+    sink(offset in the unit, piece) sees each piece before the next read overwrites it.
+    """
+    piece = _piece(scratch)
+    h = xxhash.xxh3_64()
+    for off in range(info.offset, info.end, piece):
+        n = min(piece, info.end - off)
+        try:
+            reader.read_into(off, n, scratch[:n])
+        except OSError as e:
+            raise read_error(e, pack.path, info.name, off) from e
+        h.update(direct_io.as_memoryview(scratch[:n]))
+        sink(off - info.offset, scratch[:n])
+    if h.hexdigest() != info.checksum:
+        raise PackError(f'checksum mismatch over [{info.offset}, {info.end}) '
+                        f'(xxh3_64 {h.hexdigest()}, manifest says {info.checksum}): '
+                        'the weights file is damaged', pack.path, info.name,
+                        info.offset)
 
 
 def _piece(scratch):

@@ -17,6 +17,7 @@ the budget, and when that is done the service re-plans between two frames and lo
 
 import gc
 import logging
+import os
 import sys
 import threading
 import time
