@@ -473,7 +473,7 @@ def main(args=None):
     """Console script `detector_node`: run the node until Ctrl-C."""
     allocator.limit_arenas()      # before DDS and executor threads take malloc arenas of their own
     rclpy.init(args=args)
-    node = None
+    node = executor = None
     try:
         node = DetectorNode()
         executor = MultiThreadedExecutor(num_threads=4)
@@ -485,6 +485,8 @@ def main(args=None):
         # Ctrl-C under `ros2 launch` reaches the node twice (the terminal's process group and
         # launch's own SIGINT): the second must not abort the release of the model's memory.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if executor is not None:       # no callback may still run on a node being destroyed
+            executor.shutdown(timeout_sec=10.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
