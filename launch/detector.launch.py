@@ -54,7 +54,13 @@ def parse_topics(text):
     else:
         topics = [t for t in text.replace(',', ' ').split() if t]
     for topic in topics:
-        check_topic(topic)
+        try:
+            check_topic(topic)
+        except ValueError as e:
+            if len(topics) == 1:
+                raise
+            raise ValueError(f'{e} (image_topics:={text!r} was read as {len(topics)} topics, '
+                             'separated by commas or spaces)') from None
     return topics
 
 
