@@ -87,17 +87,22 @@ class Intake:
         self.node = Node(f'_{name}_intake', namespace=namespace, context=context,
                          use_global_arguments=False, start_parameter_services=False,
                          enable_rosout=False)
+        self.context = context
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.subscriptions = []
+        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._spin, name='dlr-intake', daemon=True)
         self.thread.start()
 
     def _spin(self):
-        from rclpy.executors import ExternalShutdownException
+        # spin_once in a loop, not spin(): close() ends the loop and joins the thread before it
+        # shuts the executor down (an executor shut down while a thread waits in it can crash)
+        from rclpy.executors import ExternalShutdownException, ShutdownException
         try:
-            self.executor.spin()
-        except ExternalShutdownException:   # the context shut down: nothing more to receive
+            while not self.stop.is_set() and self.context.ok():
+                self.executor.spin_once(timeout_sec=0.1)
+        except (ExternalShutdownException, ShutdownException):   # nothing more to receive
             pass
 
     def subscribe(self, msg_type, topic, qos, callback):
@@ -108,8 +113,9 @@ class Intake:
 
     def close(self):
         """Stop receiving: end the loop, then destroy the subscriptions and the node."""
-        self.executor.shutdown(timeout_sec=5.0)
+        self.stop.set()
         self.thread.join(5.0)
+        self.executor.shutdown(timeout_sec=5.0)
         for sub in self.subscriptions:
             self.node.destroy_subscription(sub)
         self.subscriptions = []
