@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from demand_layering_ros.planning.plan import Plan, PlanError, STAGINGS
+from demand_layering_ros.planning.plan import Plan, PlanError, read_yaml, STAGINGS
 
 FORMAT = 'demand_layering_ros.group_plan'
 VERSION = 1
@@ -113,16 +113,7 @@ class GroupPlan:
     @classmethod
     def load(cls, path):
         """Read a group PLAN.yaml and check it."""
-        import yaml
-        path = os.fspath(path)
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
-        except OSError as e:
-            raise PlanError(f'cannot read group plan {path}: {e}') from e
-        except yaml.YAMLError as e:
-            raise PlanError(f'group plan {path} is not valid YAML: {e}') from e
-        return cls.from_dict(data, where=path)
+        return cls.from_dict(read_yaml(path, 'group plan'), where=os.fspath(path))
 
     def save(self, path):
         """Write the group plan as YAML, atomically; return the path."""

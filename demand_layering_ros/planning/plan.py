@@ -106,16 +106,7 @@ class Plan:
     @classmethod
     def load(cls, path):
         """Read PLAN.yaml (or JSON, a subset of YAML) and check it."""
-        import yaml
-        path = os.fspath(path)
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
-        except OSError as e:
-            raise PlanError(f'cannot read plan {path}: {e}') from e
-        except yaml.YAMLError as e:
-            raise PlanError(f'plan {path} is not valid YAML: {e}') from e
-        return cls.from_dict(data, where=path)
+        return cls.from_dict(read_yaml(path, 'plan'), where=os.fspath(path))
 
     def save(self, path):
         """Write the plan as YAML, atomically; return the path."""
@@ -137,3 +128,16 @@ class Plan:
 
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_yaml(path, what):
+    """Return the parsed YAML of a plan file; PlanError names the `what` and the path."""
+    import yaml
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            return yaml.safe_load(f)
+    except OSError as e:
+        raise PlanError(f'cannot read {what} {path}: {e}') from e
+    except yaml.YAMLError as e:
+        raise PlanError(f'{what} {path} is not valid YAML: {e}') from e
