@@ -27,8 +27,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 CHILD = r"""
-import ctypes, json, os, re, sys, tempfile, threading, tracemalloc
+import json, os, re, sys, threading, tracemalloc
 import torch
+from demand_layering_ros.runtime import allocator
 from demand_layering_ros.process_memory import own_cgroup_usage
 from demand_layering_ros.runtime import loading
 from demand_layering_ros.pack import Pack
@@ -65,19 +66,6 @@ def smaps():
         kinds[k] = kinds.get(k, 0) + rss
     return kinds
 
-def arenas():
-    libc = ctypes.CDLL('libc.so.6')
-    libc.fopen.restype = ctypes.c_void_p
-    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    libc.fclose.argtypes = [ctypes.c_void_p]
-    path = tempfile.mktemp()
-    fp = libc.fopen(path.encode(), b'w')
-    libc.malloc_info(0, fp)
-    libc.fclose(fp)
-    text = open(path).read()
-    os.unlink(path)
-    return len(re.findall('<heap nr=', text))
 
 step('imports')
 tracemalloc.start()
@@ -106,7 +94,7 @@ out['peak_bytes'] = int(open(cg / ('memory.max_usage_in_bytes' if kind == 1 else
 out['python_objects_bytes'] = tracemalloc.get_traced_memory()[0] - py0
 tracemalloc.stop()
 out['kinds'] = smaps()
-out['arenas'] = arenas()
+out['arenas'] = allocator.arena_count()
 out['threads'] = threading.active_count() - t0
 st = model.stats() if hasattr(model, 'stats') else {}
 out['weights_bytes'] = st.get('peak_weight_bytes', pk.total_bytes)

@@ -38,8 +38,8 @@ def tiny(tmp_path_factory):
 
 
 CHILD = r"""
-import ctypes, json, os, re, sys, tempfile, threading, tracemalloc
-from demand_layering_ros.runtime import loading
+import json, os, sys, threading, tracemalloc
+from demand_layering_ros.runtime import allocator, loading
 import torch
 mode, pack_dir, budget = sys.argv[1], sys.argv[2], float(sys.argv[3])
 torch.set_num_threads(1)
@@ -61,22 +61,9 @@ t = threading.Thread(target=passes)
 t.start()
 t.join()
 
-def arenas():                          # glibc's own count: one <heap nr=...> per arena
-    libc = ctypes.CDLL('libc.so.6')
-    libc.fopen.restype = ctypes.c_void_p
-    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    libc.fclose.argtypes = [ctypes.c_void_p]
-    path = tempfile.mktemp()
-    fp = libc.fopen(path.encode(), b'w')
-    libc.malloc_info(0, fp)
-    libc.fclose(fp)
-    text = open(path).read()
-    os.unlink(path)
-    return len(re.findall('<heap nr=', text))
 st = model.stats() if hasattr(model, 'stats') else {}
 out = {k: st.get(k) for k in ('peak_weight_bytes', 'activation_peak_bytes')}
-out.update(arenas=arenas(), threads=threading.active_count() - threads0,
+out.update(arenas=allocator.arena_count(), threads=threading.active_count() - threads0,
            python_heap_growth=heap[-1] - heap[4])
 print(json.dumps(out))
 """

@@ -71,3 +71,28 @@ def trim():
     """Give the heap pages malloc holds free back to the kernel; return True if it did."""
     libc = _glibc()
     return bool(libc) and bool(libc.malloc_trim(0))
+
+
+def arena_count():
+    """Return how many malloc arenas glibc has (one <heap nr=...> in malloc_info), or None."""
+    libc = _glibc()
+    if not libc:
+        return None
+    import re
+    import tempfile
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    fd, path = tempfile.mkstemp(prefix='dlr-malloc-info-')
+    os.close(fd)
+    try:
+        fp = libc.fopen(path.encode(), b'w')
+        if not fp:
+            return None
+        libc.malloc_info(0, fp)
+        libc.fclose(fp)
+        with open(path) as f:
+            return len(re.findall('<heap nr=', f.read()))
+    finally:
+        os.unlink(path)
