@@ -67,7 +67,7 @@ def oracle(packs):
 
 @pytest.fixture(scope='module')
 def budget_mb(packs):
-    """A shared budget below the smaller model's weights (whole MiB: a parameter's value)."""
+    """Return a shared budget below the smaller model's weights (whole MiB)."""
     return float(math.floor(min(weights(p) for p in packs.values()) / MB * 0.8))
 
 
@@ -152,7 +152,7 @@ def wait_for(predicate, timeout, what):
 
 
 def expected(oracle, model, header, rgb, threshold=THRESHOLD):
-    """The Detection2DArray the resident model gives for `rgb` (the node's thresholds)."""
+    """Return the Detection2DArray the resident model gives for `rgb`."""
     det = oracle[model].detect([rgb], score_threshold=threshold, nms_iou=0.45,
                                max_detections=100)[0]
     return messages.detections(header, rgb, det, oracle[model].class_names)
@@ -249,8 +249,7 @@ def test_each_model_answers_its_camera_as_the_model_resident(harness, oracle, bu
     assert st['budget_bytes'] == budget_mb * MB
     assert 0 < st['group_peak_weight_bytes'] <= budget_mb * MB
     assert budget_mb * MB < min(weights(m.model.pack) for m in node.models.values())
-    assert {n: node.models[n].model.stats()['passes'] > 2 for n in MODELS} == \
-        {n: True for n in MODELS}
+    assert all(node.models[n].model.stats()['passes'] > 2 for n in MODELS)
 
 
 def test_label_info_carries_each_models_class_names(harness, oracle):

@@ -112,7 +112,7 @@ class GroupService:
             raise
 
     def replan(self, budget_mb):
-        """A new shared memory_budget_mb, applied between two passes; raises to refuse it."""
+        """Apply a new shared memory_budget_mb between two passes; raise to refuse it."""
         if not self.configured:
             raise ValueError('re-planning needs a configured group: configure first')
         self.models.reconfigure(budget_mb=budget_mb or None,
