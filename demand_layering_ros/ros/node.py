@@ -25,7 +25,7 @@ from demand_layering_ros.runtime import allocator
 from demand_layering_ros.service import settings
 from demand_layering_ros.service.group import GroupService
 from demand_layering_ros.service.scheduling import (Camera, deadline_infeasible, Frame,
-                                                    FrameQueue)
+                                                    FrameQueue, most_urgent_model)
 from demand_layering_ros.service.service import DetectorService
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -204,9 +204,9 @@ class DetectorNode(LifecycleNode):
             if settings.param_for(param.name) is None:
                 continue
             value = params.plain(param.value)
-            if param.name not in self._settings:     # declared now (a model named at configure)
-                state = 'unconfigured'
-            reason = params.refusal(param.name, value, state, self._settings.get(param.name))
+            declaring = param.name not in self._settings   # a model named since start-up
+            reason = params.refusal(param.name, value, 'unconfigured' if declaring else state,
+                                    self._settings.get(param.name))
             if reason is not None:
                 return SetParametersResult(successful=False, reason=reason)
             changes[param.name] = value
@@ -397,8 +397,12 @@ class DetectorNode(LifecycleNode):
                 self._record_error(f'inference thread: {type(e).__name__}: {e}')
 
     def _serve(self, pending):
-        pending = self._queue.of_most_urgent_model(pending)   # EDF across models
-        m = pending[0].camera.model
+        mine = self._queue.of_most_urgent_model(pending)   # EDF across models
+        m = mine[0].camera.model
+        others = [f for f in pending if f.camera.model is not m]
+        if others and self.group.configured:     # the model after this one reads ahead
+            self.group.prefetch(most_urgent_model(others).name)
+        pending = mine
         s, service = m.settings, m.service
         latency = service.latency
         now = self._now()

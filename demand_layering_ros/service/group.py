@@ -124,6 +124,12 @@ class GroupService:
         self.log.info(f're-planned the group of {", ".join(self.members)}: budget '
                       f'{budget_mb} MiB; shared arena {arena / MB:.1f} MiB')
 
+    def prefetch(self, name):
+        """Say which model runs after the pass about to start (its first layers read ahead)."""
+        models = self.models
+        if models is not None:
+            models.prefetch(name, after_pass=True)
+
     def stats(self):
         """Return the group's figures (load_shared's stats) and the budget in effect (MiB)."""
         if not self.configured:
