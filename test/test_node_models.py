@@ -12,6 +12,7 @@ live change of the budget while frames flow. Invalid configurations are refused 
 
 import math
 import os
+from pathlib import Path
 import threading
 import time
 
@@ -32,7 +33,9 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
+import yaml
 
+ROOT = Path(__file__).resolve().parents[1]
 DOMAIN = 100 + (os.getpid() * 17 + 41) % 100
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 MODELS = {'front': 'darknet:yolov3-tiny', 'rear': 'darknet:yolov2-tiny'}
@@ -108,20 +111,21 @@ class Harness:
                                             RELIABLE)
         self.count = 0
 
-    def publish(self, model, rgb):
+    def publish(self, model, rgb, topic=None):
         h, w = rgb.shape[:2]
         msg = Image(height=h, width=w, encoding='rgb8', step=w * 3)
         msg.data = rgb.tobytes()
         self.count += 1
         msg.header.frame_id = f'{model}{self.count}'
         msg.header.stamp = self.client.get_clock().now().to_msg()
-        self.pubs[TOPICS[model]].publish(msg)
+        self.pubs[topic or TOPICS[model]].publish(msg)
         return msg.header
 
-    def answer(self, model, header, timeout=60.0):
+    def answer(self, model, header, timeout=60.0, got=None):
+        got = self.got[model] if got is None else got
+
         def match():
-            return next((m for m in list(self.got[model])
-                         if m.header.frame_id == header.frame_id), None)
+            return next((m for m in list(got) if m.header.frame_id == header.frame_id), None)
         wait_for(lambda: match() is not None, timeout, f'detections of {header.frame_id}')
         return match()
 
@@ -213,6 +217,23 @@ def test_start_up_names_outside_models_are_refused():
                           'front.score_threshold: 3.0 is outside [0.0, 1.0]'}
     assert set(overrides) == {'models', 'front.pack_path',
                               'qos_overrides./x.subscription.depth'}
+
+
+def test_two_models_example_file_is_valid():
+    """config/two_models.yaml: nested sections are `<name>.<key>`, every value valid."""
+    data = yaml.safe_load((ROOT / 'config' / 'two_models.yaml').read_text())
+    flat = {}
+    for key, value in data[NODE]['ros__parameters'].items():
+        if isinstance(value, dict):
+            flat.update({f'{key}.{k}': v for k, v in value.items()})
+        else:
+            flat[key] = value
+    names = flat['models']
+    assert len(names) == 2 and all(f'{n}.pack_path' in flat for n in names)
+    assert all(settings.param_for(k) is not None for k in flat), flat
+    settings.check(dict(settings.defaults(), **flat))
+    topics = [t for n in names for t in flat[f'{n}.image_topics']]
+    assert len(set(topics)) == len(topics)
 
 
 def test_earliest_deadline_first_across_models():
@@ -376,4 +397,44 @@ def test_one_model_with_todays_parameters_is_unchanged(harness, packs, oracle):
         assert [st.name.split(': ')[1] for st in node.diagnostics()] == \
             ['camera /single', 'model']
     finally:
+        node.destroy_node()
+
+
+def test_the_real_yolov3_tiny_beside_a_seeded_model(harness, packs, tmp_path):
+    """The real COCO yolov3-tiny finds dog.jpg's dog as it does resident, under a shared budget."""
+    from demand_layering_ros.models import assets
+    from demand_layering_ros.models.detector import read_image
+    cfg, weights_file, _ = assets.yolov3_tiny()
+    real = P.write_pack('darknet:' + str(cfg), tmp_path / 'tiny', weights=str(weights_file),
+                        progress=False)
+    budget = float(math.floor(weights(real) / MB * 0.6))
+    topic = '/coco_cam/image_raw'
+    node = dnode.DetectorNode('real_models', context=harness.ctx, parameter_overrides=[
+        Parameter(k, value=v) for k, v in {
+            'models': ['coco', 'seeded'], 'memory_budget_mb': budget, 'autostart': False,
+            'coco.pack_path': str(real.path), 'coco.image_topics': [topic],
+            'seeded.pack_path': str(packs['rear'].path),
+            'seeded.image_topics': ['/seeded_cam/image_raw']}.items()])
+    harness.executor.add_node(node)
+    got = []
+    harness.client.create_subscription(Detection2DArray, '/coco_cam/detections', got.append,
+                                       RELIABLE)
+    harness.pubs[topic] = harness.client.create_publisher(Image, topic, RELIABLE)
+    try:
+        assert node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS, \
+            node.last_error
+        assert node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
+        wait_for(lambda: harness.pubs[topic].get_subscription_count() > 0, 10, 'subscribed')
+        dog = read_image(assets.photo('dog'))
+        h = harness.publish('coco', dog, topic)
+        msg = harness.answer('coco', h, got=got)
+        det = real.build_detector(meta=True)
+        det.model = load_resident(real.path)
+        want = det.detect([dog], score_threshold=0.25, nms_iou=0.45, max_detections=100)[0]
+        assert_same(msg, messages.detections(h, dog, want, det.class_names))
+        assert '16' in {d.results[0].hypothesis.class_id for d in msg.detections}   # the dog
+        st = node.group.stats()
+        assert 0 < st['group_peak_weight_bytes'] <= budget * MB < weights(real)
+    finally:
+        harness.executor.remove_node(node)
         node.destroy_node()
