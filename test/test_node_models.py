@@ -13,6 +13,9 @@ live change of the budget while frames flow. Invalid configurations are refused 
 import math
 import os
 from pathlib import Path
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -383,6 +386,89 @@ def test_invalid_models_configurations_are_refused_in_one_line(harness, packs, b
             assert '\n' not in node.last_error and 'Traceback' not in node.last_error
         finally:
             node.destroy_node()
+
+
+def run_executable(harness, tmp_path, name, params, until, timeout=120.0):
+    """Run the node executable on a nested parameter file until `until(output)`; its output."""
+    path, log = tmp_path / f'{name}.yaml', tmp_path / f'{name}.log'
+    path.write_text(yaml.safe_dump({name: {'ros__parameters': params}}))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
+    with open(log, 'w') as out:
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'demand_layering_ros.ros.node', '--ros-args', '-r',
+             f'__node:={name}', '--params-file', str(path)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            end = time.monotonic() + timeout
+            while time.monotonic() < end and proc.poll() is None and not until(log.read_text()):
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, log.read_text()
+
+
+def test_the_executable_takes_nested_model_sections(harness, packs, oracle, budget_mb,
+                                                   tmp_path):
+    """
+    `front: {pack_path: ...}` in a parameter file, as ros2 launch passes it: the node serves.
+
+    And a section whose name is not in `models`: one ERROR line, the node stays up.
+    """
+    topics = {n: f'/pf_{n}/image_raw' for n in MODELS}
+    got = {n: [] for n in MODELS}
+    for n in MODELS:
+        harness.client.create_subscription(Detection2DArray, f'/pf_{n}/detections',
+                                           got[n].append, RELIABLE)
+        harness.pubs[topics[n]] = harness.client.create_publisher(Image, topics[n], RELIABLE)
+    params = {'models': list(MODELS), 'memory_budget_mb': budget_mb}
+    params.update({n: {'pack_path': str(packs[n].path), 'image_topics': [topics[n]],
+                       'score_threshold': THRESHOLD} for n in MODELS})
+    rgb = {n: images(13 + k, 1)[0] for k, n in enumerate(MODELS)}
+    last = [0.0]
+
+    def served(_):
+        if time.monotonic() - last[0] > 0.5:      # a frame on each camera until answered
+            last[0] = time.monotonic()
+            for n in MODELS:
+                harness.publish(n, rgb[n], topics[n])
+        return all(got.values())
+    rc, out = run_executable(harness, tmp_path, 'pf_detector', params, served)
+    assert all(got.values()), out[-3000:]
+    for n in MODELS:
+        msg = got[n][0]
+        assert_same(msg, expected(oracle, n, msg.header, rgb[n]))
+    assert rc == 0 and '[ERROR]' not in out and 'Traceback' not in out, out[-3000:]
+
+    params['side'] = {'pack_path': str(packs['rear'].path)}
+    rc, out = run_executable(harness, tmp_path, 'pf_bad', params,
+                             lambda text: '[ERROR]' in text, timeout=60)
+    errors = [line for line in out.splitlines() if '[ERROR]' in line]
+    assert len(errors) == 1, out
+    assert "side.pack_path: 'side' is not in models [front, rear]" in errors[0]
+    assert 'unconfigured' in errors[0] and 'Traceback' not in out and rc == 0, out
+
+
+def test_cleanup_releases_the_group_and_configure_works_again(harness, oracle):
+    import weakref
+    node = harness.node
+    refs = [weakref.ref(s.model) for s in node.models.values()]
+    assert node.trigger_deactivate() == dnode.TransitionCallbackReturn.SUCCESS
+    assert node.trigger_cleanup() == dnode.TransitionCallbackReturn.SUCCESS
+    wait_for(lambda: all(r() is None for r in refs), 5, 'the models released at cleanup')
+    assert not node.group.configured and node.group.stats() == {'configured': False,
+                                                                 'budget_mb': 0.0}
+    assert node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS, node.last_error
+    assert node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
+    for n in MODELS:
+        wait_for(lambda: harness.pubs[TOPICS[n]].get_subscription_count() > 0, 10, 'subscribed')
+        rgb = images(17, 1)[0]
+        h = harness.publish(n, rgb)
+        assert_same(harness.answer(n, h), expected(oracle, n, h, rgb))
 
 
 def test_one_model_with_todays_parameters_is_unchanged(harness, packs, oracle):

@@ -37,7 +37,9 @@ class MemberService(DetectorService):
             self.threads = s['num_threads'] or cpu_threads()
         self._use_threads()
         self.settings = s
-        self.model = self.given
+        self.model, self.given = self.given, None   # close() then lets go of it
+        if self.model is None:
+            raise ValueError(f'model {self.name!r} was closed: configure its group again')
         self.pack = self.model.pack
         self.detector = self.model.detector
         if list(s['input_size']) != [0, 0]:
