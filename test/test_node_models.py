@@ -412,8 +412,8 @@ def run_executable(harness, tmp_path, name, params, until, timeout=120.0):
     return proc.returncode, log.read_text()
 
 
-def test_the_executable_takes_nested_model_sections(harness, packs, oracle, budget_mb,
-                                                   tmp_path):
+def test_the_executable_takes_nested_model_sections(
+        harness, packs, oracle, budget_mb, tmp_path):
     """
     `front: {pack_path: ...}` in a parameter file, as ros2 launch passes it: the node serves.
 
@@ -460,8 +460,8 @@ def test_cleanup_releases_the_group_and_configure_works_again(harness, oracle):
     assert node.trigger_deactivate() == dnode.TransitionCallbackReturn.SUCCESS
     assert node.trigger_cleanup() == dnode.TransitionCallbackReturn.SUCCESS
     wait_for(lambda: all(r() is None for r in refs), 5, 'the models released at cleanup')
-    assert not node.group.configured and node.group.stats() == {'configured': False,
-                                                                 'budget_mb': 0.0}
+    assert not node.group.configured
+    assert node.group.stats() == {'configured': False, 'budget_mb': 0.0}
     assert node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS, node.last_error
     assert node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
     for n in MODELS:
