@@ -17,6 +17,10 @@ dies, the launch says so with its exit code, shuts down and exits 1.
 
     ros2 launch demand_layering_ros detector.launch.py params_file:=my.yaml namespace:=robot1
         image_topics:="[/cam0/image_raw, /cam1/image_raw]" device:=cuda
+
+Several models under one budget: `params_file:=config/two_models.yaml` (its `front: {...}`
+sections are nested parameters, `front.pack_path` ...); the `image_topics` and `pack_path`
+arguments set the node-wide parameters, which a node with `models` does not use.
 """
 
 import os

@@ -1,7 +1,7 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
 """
-What the node reports on /diagnostics: one status per camera and one for the model.
+What the node reports on /diagnostics: one status per camera and one per model (and the group).
 
 A camera is WARN with deadline misses, malformed or failed frames; the model is WARN over its
 budget, with a plan note or an infeasible deadline, and ERROR for ERROR_HOLD_S after a failed
@@ -80,24 +80,25 @@ class Diagnostics:
     def __init__(self):
         self.io_last = (0, time.monotonic())
 
-    def statuses(self, name, s, counters, stats, state, error, infeasible):
+    def statuses(self, name, s, counters, stats, state, error, infeasible, label='model'):
         """
         Return [camera statuses..., model status].
 
         s: the settings; counters: FrameQueue.counters(); stats: DetectorService.stats();
-        state: the lifecycle state label; error: (last error text, its time.monotonic()).
+        state: the lifecycle state label; error: (last error text, its time.monotonic());
+        label: what the model's status is called after the node's name ('model front').
         """
         device = s.get('device', '')
         now = time.monotonic()
         out = [camera_status(name, device, cam, counts, s.get('deadline_ms', 0.0), now)
                for cam, counts in counters]
-        out.append(self.model_status(name, s, stats, state, error, infeasible, now))
+        out.append(self.model_status(name, s, stats, state, error, infeasible, now, label))
         return out
 
-    def model_status(self, name, s, stats, state, error, infeasible, now):
+    def model_status(self, name, s, stats, state, error, infeasible, now, label='model'):
         """Return the model's status: memory against the budget, I/O, plan, last error."""
         figures = stats['model_stats']
-        st = DiagnosticStatus(name=f'{name}: model', hardware_id=s.get('device', ''))
+        st = DiagnosticStatus(name=f'{name}: {label}', hardware_id=s.get('device', ''))
         io_bytes = int(figures.get('io_bytes', 0) or 0)
         b0, t0 = self.io_last
         self.io_last = (io_bytes, now)
@@ -144,3 +145,31 @@ class Diagnostics:
         values.update(slack_values(stats))
         st.values = [kv(k, v) for k, v in values.items()]
         return st
+
+
+def group_status(name, s, stats, state):
+    """
+    Return the status of several models under one budget: the group's peak weight memory.
+
+    WARN when group_peak_weight_bytes went over memory_budget_mb (each model's own status
+    reports its part: its resident units, the shared arena it uses).
+    """
+    st = DiagnosticStatus(name=f'{name}: group', hardware_id=s.get('device', ''))
+    peak = _mb(stats.get('group_peak_weight_bytes', 0) or 0)
+    budget = float(s.get('memory_budget_mb', 0.0))
+    st.level = DiagnosticStatus.OK
+    st.message = 'ok' if stats.get('configured') else state
+    if budget > 0 and peak > budget:
+        st.level = DiagnosticStatus.WARN
+        st.message = f'group peak weight memory {peak:.1f} MiB over the {budget:.0f} MiB budget'
+    values = {'state': state, 'models': ', '.join(s.get('models') or ()),
+              'group_peak_weight_mb': peak, 'budget_mb': budget,
+              'group_peak_weight_bytes': int(stats.get('group_peak_weight_bytes', 0) or 0),
+              'arena_mb': _mb(stats.get('arena_bytes', 0) or 0),
+              'resident_weight_mb': _mb(stats.get('resident_bytes', 0) or 0),
+              'model_weights_mb': _mb(stats.get('model_bytes', 0) or 0),
+              'passes': stats.get('passes', 0), 'switches': stats.get('switches', 0),
+              'prefetch_dropped': stats.get('prefetch_dropped', 0),
+              'io_total_mb': _mb(stats.get('io_bytes', 0) or 0)}
+    st.values = [kv(k, v) for k, v in values.items()]
+    return st

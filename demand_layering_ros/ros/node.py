@@ -9,7 +9,9 @@ model (open at `configure`, every byte given back at `cleanup`), `scheduling` de
 frame runs when (latest frame per camera, earliest deadline first, batches, drops), `messages`
 builds what is published and `diagnostics` what /diagnostics reports once a second. A lifecycle
 node lets a manager (or `autostart`) open the pack at `configure` and stream at `activate`;
-inference runs in its own thread.
+inference runs in its own thread. With `models`, several models share one memory budget
+(`service.group.GroupService`); each camera belongs to one of them (`served`) and the one
+inference thread serves their frames earliest deadline first.
 """
 
 import math
@@ -17,12 +19,13 @@ import signal
 import threading
 import time
 
-from demand_layering_ros.ros import intake, messages, params
-from demand_layering_ros.ros.diagnostics import Diagnostics
+from demand_layering_ros.ros import intake, messages, params, served
+from demand_layering_ros.ros.diagnostics import group_status
 from demand_layering_ros.runtime import allocator
 from demand_layering_ros.service import settings
+from demand_layering_ros.service.group import GroupService
 from demand_layering_ros.service.scheduling import (Camera, deadline_infeasible, Frame,
-                                                    FrameQueue)
+                                                    FrameQueue, most_urgent_model)
 from demand_layering_ros.service.service import DetectorService
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
@@ -60,8 +63,8 @@ def camera_topics(resolved, transport):
 class CameraState(Camera):
     """One camera: its topics and ROS endpoints, on top of its frame slot and counters."""
 
-    def __init__(self, topic, sub_topic, kind, namespace):
-        super().__init__(namespace)
+    def __init__(self, topic, sub_topic, kind, namespace, model=None):
+        super().__init__(namespace, model)
         self.topic = topic
         self.sub_topic = sub_topic
         self.kind = kind
@@ -75,12 +78,68 @@ class CameraState(Camera):
         self.label_pub = None
 
 
+def guard_change_state(node, lock):
+    """Refuse invalid transition requests instead of letting RCLError kill the executor."""
+    service = getattr(node, '_service_change_state', None)
+    if service is None:
+        return
+    inner = service.callback
+
+    def guarded(req, resp):
+        with lock:
+            available = [t[:2] for t in node._state_machine.available_transitions]
+            label = req.transition.label
+            ok = any(lab == label for _, lab in available) if label else \
+                any(tid == req.transition.id for tid, _ in available)
+            if not ok:
+                node.get_logger().warning(
+                    f'refused transition {label or req.transition.id!r} in state '
+                    f'{node.state}; available: {", ".join(lab for _, lab in available)}')
+                resp.success = False
+                return resp
+            return inner(req, resp)
+    service.callback = guarded
+
+
+def make_cameras(node, models):
+    """Return the cameras of the models served (ValueError names a topic that cannot be)."""
+    cameras, owners = [], {}
+    for m in models:
+        key = f'{m.name}.image_topics' if m.name else 'image_topics'
+        for topic in m.settings['image_topics']:
+            try:
+                resolved = node.resolve_topic_name(topic)
+            except Exception as e:   # RCLError: "failed to resolve name: <why>, at <file>"
+                why = str(e).split(': ', 1)[-1].rsplit(', at ', 1)[0]
+                raise ValueError(f'{key}: {topic!r} is not a valid topic name: '
+                                 f'{why}') from None
+            sub, kind, ns = camera_topics(resolved, m.settings['transport'])
+            served.claim_namespace(owners, ns, topic if not m.name else sub, m.name)
+            cameras.append(CameraState(topic, sub, kind, ns, m))
+    return cameras
+
+
+def create_publishers(node, cameras):
+    """Create each camera's detections, label and debug image publishers."""
+    reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                          reliability=ReliabilityPolicy.RELIABLE)
+    latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    for cam in cameras:
+        cam.pub = node.create_lifecycle_publisher(Detection2DArray, cam.out_topic, reliable)
+        cam.label_pub = node.create_lifecycle_publisher(LabelInfo, cam.label_topic, latched)
+        cam.debug_pub = node.create_lifecycle_publisher(Image, cam.debug_topic, reliable)
+
+
 class DetectorNode(LifecycleNode):
     """Lifecycle node running a demand-layered detector on one or more camera streams."""
 
     def __init__(self, node_name=settings.NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        self.service = DetectorService(log=self.get_logger())
+        self.service = DetectorService(log=self.get_logger())    # the one model of today
+        self.group = GroupService(log=self.get_logger())         # or several: `models`
+        self._models = [served.ServedModel('', self.service)]
         self._transition_lock = threading.RLock()
         self._settings = {}
         self._cameras = []
@@ -89,10 +148,6 @@ class DetectorNode(LifecycleNode):
         self._stop = threading.Event()
         self._last_error = ''
         self._last_error_time = -math.inf
-        self._infeasible = False
-        self._infeasible_said = False
-        self._served = 0
-        self._diagnostics = Diagnostics()
         self._intake = None       # the image subscriptions' own executor (ros.intake)
         self._diag_group = MutuallyExclusiveCallbackGroup()
 
@@ -107,7 +162,8 @@ class DetectorNode(LifecycleNode):
         for p in settings.PARAMS:
             self.declare_parameter(p.name, p.default, params.descriptor(p))
         self._settings = self._read_parameters()
-        self._guard_change_state()
+        self._models = self._make_models(self._settings)
+        guard_change_state(self, self._transition_lock)
 
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diag_timer = self.create_timer(1.0, self._publish_diagnostics,
@@ -125,7 +181,18 @@ class DetectorNode(LifecycleNode):
     # -- parameters ---------------------------------------------------------------------------
 
     def _read_parameters(self):
-        return {p.name: params.plain(self.get_parameter(p.name).value) for p in settings.PARAMS}
+        served.declare_models(self, params.plain(self.get_parameter('models').value) or [])
+        return {n: params.plain(self.get_parameter(n).value) for n in served.parameter_names(self)}
+
+    def _make_models(self, s):
+        if not s['models']:
+            models = [served.ServedModel('', self.service)]
+        else:
+            models = [served.ServedModel(n, self.group.members.get(n, self.service))
+                      for n in s['models']]
+        for m in models:
+            m.update(s)
+        return models
 
     def _state_label(self):
         return self._state_machine.current_state[1]
@@ -134,10 +201,12 @@ class DetectorNode(LifecycleNode):
         state = self._state_label() if hasattr(self, '_state_machine') else 'unconfigured'
         changes = {}
         for param in requested:
-            if param.name not in settings.PARAM_BY_NAME:
+            if settings.param_for(param.name) is None:
                 continue
             value = params.plain(param.value)
-            reason = params.refusal(param.name, value, state, self._settings.get(param.name))
+            declaring = param.name not in self._settings   # a model named since start-up
+            reason = params.refusal(param.name, value, 'unconfigured' if declaring else state,
+                                    self._settings.get(param.name))
             if reason is not None:
                 return SetParametersResult(successful=False, reason=reason)
             changes[param.name] = value
@@ -146,42 +215,23 @@ class DetectorNode(LifecycleNode):
                 self._startup_errors.pop(name, None)
         replan = {k: v for k, v in changes.items()
                   if k in settings.REPLAN_PARAMS and v != self._settings.get(k)}
-        if replan and self.service.configured:
-            try:   # never measures here: without a profile, one is measured in the background
+        try:   # never measures here: without a profile, one is measured in the background
+            if replan and self.service.configured:
                 self.service.replan(dict(self._settings, **changes))
-            except Exception as e:   # the model keeps its old plan
-                return SetParametersResult(
-                    successful=False, reason=f'cannot re-plan for {replan}: {e}')
+            elif 'memory_budget_mb' in replan and self.group.configured:
+                self.group.replan(replan['memory_budget_mb'])     # between two passes
+        except Exception as e:   # the model keeps its old plan
+            return SetParametersResult(
+                successful=False, reason=f'cannot re-plan for {replan}: {e}')
         if self._settings:
             self._settings.update(changes)
-            if 'score_threshold' in changes:
+            for m in self._models:
+                m.update(self._settings)
+            if any(k.rsplit('.', 1)[-1] == 'score_threshold' for k in changes):
                 self._publish_label_info()
         return SetParametersResult(successful=True)
 
     # -- lifecycle ----------------------------------------------------------------------------
-
-    def _guard_change_state(self):
-        """Refuse invalid transition requests instead of letting RCLError kill the executor."""
-        service = getattr(self, '_service_change_state', None)
-        if service is None:
-            return
-        inner = service.callback
-
-        def guarded(req, resp):
-            with self._transition_lock:
-                available = [t[:2] for t in self._state_machine.available_transitions]
-                label = req.transition.label
-                ok = any(lab == label for _, lab in available) if label else \
-                    any(tid == req.transition.id for tid, _ in available)
-                if not ok:
-                    self.get_logger().warning(
-                        f'refused transition {label or req.transition.id!r} in state '
-                        f'{self._state_label()}; available: '
-                        f'{", ".join(lab for _, lab in available)}')
-                    resp.success = False
-                    return resp
-                return inner(req, resp)
-        service.callback = guarded
 
     def _autostart(self):
         self._autostart_timer.cancel()
@@ -203,10 +253,16 @@ class DetectorNode(LifecycleNode):
                 raise ValueError(self._startup_error_text())
             settings.check(s)
             self._settings = s
-            self._cameras = self._make_cameras(s)
+            self._models = self._make_models(s)
+            self._cameras = make_cameras(self, self._models)
             self._queue = FrameQueue(self._cameras)
-            self.service.configure(s)
-            self._create_publishers()
+            if s['models']:
+                self.group.configure(s)
+                for m in self._models:
+                    m.service = self.group.members[m.name]
+            else:
+                self.service.configure(s)
+            create_publishers(self, self._cameras)
         except Exception as e:
             self._record_error(f'configure failed: {e}; the node stays unconfigured (fix it, '
                                'then configure)', throttle=False)
@@ -215,11 +271,13 @@ class DetectorNode(LifecycleNode):
             self._queue = FrameQueue()
             return TransitionCallbackReturn.FAILURE
         self._last_error = ''
-        names = ', '.join(f'{c.sub_topic} -> {c.out_topic}' for c in self._cameras)
-        self.get_logger().info(
-            f'configured {self.service.detector.spec} from {s["pack_path"]} on '
-            f'{s["device"]}: {names}; warm-up '
-            f'{self.service.latency.predict(1) * 1e3:.1f} ms/frame')
+        for m in self._models:
+            names = ', '.join(f'{c.sub_topic} -> {c.out_topic}' for c in self._cameras
+                              if c.model is m)
+            self.get_logger().info(
+                f'configured {m.label + " " if m.name else ""}{m.service.detector.spec} from '
+                f'{m.settings["pack_path"]} on {s["device"]}: {names}; warm-up '
+                f'{m.service.latency.predict(1) * 1e3:.1f} ms/frame')
         return super().on_configure(state)
 
     def on_activate(self, state):
@@ -237,7 +295,8 @@ class DetectorNode(LifecycleNode):
             history=HistoryPolicy.KEEP_LAST, depth=s['qos_depth'],
             reliability=ReliabilityPolicy.RELIABLE if s['qos_reliability'] == 'reliable'
             else ReliabilityPolicy.BEST_EFFORT)
-        self._infeasible_said = False
+        for m in self._models:
+            m.infeasible_said = False
         self._intake = intake.Intake(self.get_name(), self.get_namespace(), self.context)
         for cam in self._cameras:
             cam.subscription = self._intake.subscribe(
@@ -277,42 +336,15 @@ class DetectorNode(LifecycleNode):
 
     # -- configure helpers --------------------------------------------------------------------
 
-    def _make_cameras(self, s):
-        cameras, spaces = [], {}
-        for topic in s['image_topics']:
-            try:
-                resolved = self.resolve_topic_name(topic)
-            except Exception as e:   # RCLError: "failed to resolve name: <why>, at <file>"
-                why = str(e).split(': ', 1)[-1].rsplit(', at ', 1)[0]
-                raise ValueError(f'image_topics: {topic!r} is not a valid topic name: '
-                                 f'{why}') from None
-            sub, kind, ns = camera_topics(resolved, s['transport'])
-            if ns in spaces:
-                raise ValueError(f'image_topics: {topic} and {spaces[ns]} are both in namespace '
-                                 f'{ns or "/"}; their detections would share {ns}/detections')
-            spaces[ns] = topic
-            cameras.append(CameraState(topic, sub, kind, ns))
-        return cameras
-
-    def _create_publishers(self):
-        reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                              reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                             reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        for cam in self._cameras:
-            cam.pub = self.create_lifecycle_publisher(Detection2DArray, cam.out_topic, reliable)
-            cam.label_pub = self.create_lifecycle_publisher(LabelInfo, cam.label_topic, latched)
-            cam.debug_pub = self.create_lifecycle_publisher(Image, cam.debug_topic, reliable)
-
     def _publish_label_info(self, activating=False):
-        if not self.service.configured or not (activating or self._state_label() == 'active'):
+        if not (activating or self._state_label() == 'active'):
             return
-        msg = messages.label_info(self.service.class_names, self._settings['score_threshold'],
-                                  self.get_clock().now().to_msg())
         for cam in self._cameras:
-            if cam.label_pub is not None:
-                cam.label_pub.publish(msg)
+            m = cam.model
+            if cam.label_pub is not None and m.service.configured:
+                cam.label_pub.publish(messages.label_info(
+                    m.service.class_names, m.settings['score_threshold'],
+                    self.get_clock().now().to_msg()))
 
     def _stop_streaming(self):
         if self._intake is not None:
@@ -328,8 +360,9 @@ class DetectorNode(LifecycleNode):
         self._queue.clear()
 
     def _release(self):
-        """Drop the model and the publishers; nothing of the model stays referenced."""
+        """Drop the models and the publishers; nothing of a model stays referenced."""
         self.service.close()
+        self.group.close()
         for cam in self._cameras:
             for attr in ('pub', 'label_pub', 'debug_pub'):
                 pub = getattr(cam, attr)
@@ -349,7 +382,7 @@ class DetectorNode(LifecycleNode):
         stamp = stamp[0] + stamp[1] * 1e-9 if stamp is not None else 0.0
         age = now - stamp
         base = stamp if stamp > 0 and -1.0 < age < 3600.0 else now
-        deadline_ms = self._settings['deadline_ms']
+        deadline_ms = cam.model.settings['deadline_ms']
         deadline = base + deadline_ms / 1e3 if deadline_ms > 0 else math.inf
         self._queue.offer(cam, Frame(cam, data, base, deadline, now))
 
@@ -364,40 +397,48 @@ class DetectorNode(LifecycleNode):
                 self._record_error(f'inference thread: {type(e).__name__}: {e}')
 
     def _serve(self, pending):
-        s = self._settings
-        service = self.service
+        mine = self._queue.of_most_urgent_model(pending)   # EDF across models
+        m = mine[0].camera.model
+        others = [f for f in pending if f.camera.model is not m]
+        if others and self.group.configured:     # the model after this one reads ahead
+            self.group.prefetch(most_urgent_model(others).name)
+        pending = mine
+        s, service = m.settings, m.service
         latency = service.latency
         now = self._now()
-        self._note_feasibility(s, latency, service.slack.part('age'))
+        self._note_feasibility(m, latency, service.slack.part('age'))
         max_batch = s['max_batch'] if service.batching_ok else 1
-        batch = self._queue.next_batch(pending, now, latency, max_batch, self._infeasible,
+        batch = self._queue.next_batch(pending, now, latency, max_batch, m.infeasible,
                                        max(PROBE_AFTER_S, 10 * latency.upper(1)))
         if batch:
-            self._run_batch(batch, s)
-            self._served += 1
-            if self._served % REPLAN_EVERY == 0:
+            self._run_batch(batch, m)
+            m.served += 1
+            if m.served % REPLAN_EVERY == 0:
                 service.replan_for_slack()
 
-    def _note_feasibility(self, s, latency, age):
+    def _note_feasibility(self, m, latency, age):
         """Switch best-effort serving on and off; say so once, with the numbers."""
-        infeasible = deadline_infeasible(latency, s['deadline_ms'], age)
-        if infeasible and not self._infeasible and not self._infeasible_said:
-            self._infeasible_said = True
+        deadline_ms = m.settings['deadline_ms']
+        infeasible = deadline_infeasible(latency, deadline_ms, age)
+        if infeasible and not m.infeasible and not m.infeasible_said:
+            m.infeasible_said = True
             self.get_logger().warning(
-                f'deadline {s["deadline_ms"]:.0f} ms cannot be met: frames take '
-                f'{latency.predict(1) * 1e3:.0f} ms plus {age * 1e3:.0f} ms age at arrival; '
-                'serving the newest frame best-effort, late frames count as misses')
-        self._infeasible = infeasible
+                f'{m.label + ": " if m.name else ""}deadline {deadline_ms:.0f} ms cannot be '
+                f'met: frames take {latency.predict(1) * 1e3:.0f} ms plus {age * 1e3:.0f} ms '
+                'age at arrival; serving the newest frame best-effort, late frames count as '
+                'misses')
+        m.infeasible = infeasible
 
-    def _run_batch(self, batch, s):
+    def _run_batch(self, batch, m):
+        s, service = m.settings, m.service
         t0 = time.perf_counter()
-        frames = intake.decode_taken(batch, self._queue, self.service.slack, self.get_logger())
+        frames = intake.decode_taken(batch, self._queue, service.slack, self.get_logger())
         if not frames:
             return
         t1 = time.perf_counter()
         try:
-            results = self.service.infer([rgb for _, _, rgb in frames], s['score_threshold'],
-                                         s['nms_iou'], s['max_detections'])
+            results = service.infer([rgb for _, _, rgb in frames], s['score_threshold'],
+                                    s['nms_iou'], s['max_detections'])
         except Exception as e:
             for f, _, _ in frames:
                 self._queue.drop(f.camera, 'error', str(e))
@@ -405,13 +446,13 @@ class DetectorNode(LifecycleNode):
             return
         if results is None:   # cleaned up meanwhile
             return
-        forward = self.service.last_forward_seconds()
+        forward = service.last_forward_seconds()
         if forward is not None:
-            self.service.slack.add('prepost', time.perf_counter() - t1 - forward)
-        names = self.service.class_names
+            service.slack.add('prepost', time.perf_counter() - t1 - forward)
+        names = service.class_names
         for (f, msg, rgb), det in zip(frames, results):
             self._publish(f, msg.header, rgb, det, s, names)
-        self.service.record_latency(len(frames), time.perf_counter() - t0)
+        service.record_latency(len(frames), time.perf_counter() - t0)
 
     def _publish(self, frame, header, rgb, det, s, names):
         cam = frame.camera
@@ -420,7 +461,7 @@ class DetectorNode(LifecycleNode):
         t0 = time.perf_counter()
         cam.pub.publish(messages.detections(header, rgb, det, names,
                                             by_name=s['class_id_mode'] == 'name'))
-        self.service.slack.add('publish', time.perf_counter() - t0)
+        cam.model.service.slack.add('publish', time.perf_counter() - t0)
         self._queue.published(cam, self._now() - frame.base, s['deadline_ms'],
                               frame.best_effort)
         if s['publish_debug_image'] and cam.debug_pub is not None and \
@@ -444,10 +485,17 @@ class DetectorNode(LifecycleNode):
         self._diag_pub.publish(msg)
 
     def diagnostics(self):
-        """Return the DiagnosticStatus list: one per camera and one for the model."""
-        return self._diagnostics.statuses(
-            self.get_name(), self._settings, self._queue.counters(), self.service.stats(),
-            self._state_label(), (self._last_error, self._last_error_time), self._infeasible)
+        """Return the DiagnosticStatus list: per model its cameras' and its own; the group's."""
+        counters, state = self._queue.counters(), self._state_label()
+        out = []
+        for m in self._models:
+            out += m.diagnostics.statuses(
+                self.get_name(), m.settings, [(c, n) for c, n in counters if c.model is m],
+                m.service.stats(), state, (self._last_error, self._last_error_time),
+                m.infeasible, m.label)
+        if self._settings.get('models'):
+            out.append(group_status(self.get_name(), self._settings, self.group.stats(), state))
+        return out
 
     def camera_stats(self):
         """Return {camera namespace: counters} (a snapshot, for tests and tools)."""
@@ -455,8 +503,13 @@ class DetectorNode(LifecycleNode):
 
     @property
     def model(self):
-        """Return the loaded DemandLayeredModel (None unless configured)."""
+        """Return the loaded DemandLayeredModel (None unless configured, or with `models`)."""
         return self.service.model
+
+    @property
+    def models(self):
+        """Return {model name: its service} of the models served ({'': service} for one)."""
+        return {m.name: m.service for m in self._models}
 
     @property
     def state(self):

@@ -26,7 +26,8 @@ TYPES = {'bool': ParameterType.PARAMETER_BOOL, 'integer': ParameterType.PARAMETE
 def descriptor(p):
     """Return the ParameterDescriptor of a settings.Param."""
     d = ParameterDescriptor(name=p.name, type=TYPES[p.type_name], description=p.description,
-                            read_only=p.applies == 'startup')
+                            read_only=p.applies == 'startup',
+                            dynamic_typing=p.default == [])   # rclpy types [] as bytes
     notes = []
     if p.choices:
         notes.append('one of: ' + ', '.join(p.choices))
@@ -59,8 +60,10 @@ def refusal(name, value, state, current):
     `current` is the value in effect: a configure-time setting may only change while the node
     is unconfigured (or finalized), or to the value it already has.
     """
+    p = settings.param_for(name)
     reason = settings.validate(name, value)
-    p = settings.PARAM_BY_NAME.get(name)
+    if reason is None and p is not None and not _type_ok(p.type_name, value):
+        reason = f'{name}: {value!r} is not {WORDS[p.type_name]}'
     if reason is None and p is not None and p.applies == 'configure' and \
             state not in ('unconfigured', 'finalized') and value != current:
         reason = (f'{name} applies at configure; the node is {state}: '
@@ -85,6 +88,8 @@ def coerce(p, value):
         return [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
     if t == 'string_array' and isinstance(value, str):
         return [value]
+    if t == 'string_array' and value is None:    # `[]` in a parameter file: no type, no value
+        return []
     return value
 
 
@@ -116,7 +121,7 @@ def coerce_request(requested):
     from rclpy.parameter import Parameter
     out = []
     for param in requested:
-        p = settings.PARAM_BY_NAME.get(param.name)
+        p = settings.param_for(param.name)
         if p is not None:
             value = plain(param.value)
             fixed = coerce(p, value)
@@ -134,15 +139,30 @@ def take_startup_overrides(overrides):
     refused value is removed, so the parameter is declared at its default and the node can
     report the reason instead of dying in `declare_parameter` with a traceback.
     """
-    from rclpy.parameter import Parameter
     errors = {}
     for p in settings.PARAMS:
-        if p.name not in overrides:
+        if p.name in overrides:
+            _take(p, overrides, errors)
+    models = overrides['models'].value if 'models' in overrides else []
+    for name in list(overrides):
+        parts = settings.split_name(name)
+        if parts is None or name in settings.PARAM_BY_NAME:
             continue
-        value, reason = startup_value(p, overrides[p.name].value)
-        if reason:
-            errors[p.name] = reason
-            del overrides[p.name]
+        if parts[0] not in models:
+            errors[name] = (f'{name}: {parts[0]!r} is not in models '
+                            f'[{", ".join(models)}]')
+            del overrides[name]
         else:
-            overrides[p.name] = Parameter(p.name, value=value)
+            _take(settings.param_for(name), overrides, errors)
     return errors
+
+
+def _take(p, overrides, errors):
+    """Coerce the override of `p` in place, or drop it and note why it is refused."""
+    from rclpy.parameter import Parameter
+    value, reason = startup_value(p, overrides[p.name].value)
+    if reason:
+        errors[p.name] = reason
+        del overrides[p.name]
+    else:
+        overrides[p.name] = Parameter(p.name, value=value)

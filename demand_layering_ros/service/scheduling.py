@@ -158,11 +158,22 @@ def deadline_infeasible(latency, deadline_ms, outside_s=0.0):
         (latency.predict(1) + outside_s) * 1e3 > deadline_ms
 
 
+def most_urgent_model(frames):
+    """
+    Return the model whose frame is served first: earliest deadline, then the oldest frame.
+
+    Frames of several models never share a pass; across models the node serves earliest
+    deadline first (without deadlines, the frame waiting longest: no model starves another).
+    """
+    return min(frames, key=lambda f: (f.deadline, f.base)).camera.model
+
+
 class Camera:
     """One camera's slot for its latest frame and its counters (what became of each frame)."""
 
-    def __init__(self, namespace):
+    def __init__(self, namespace, model=None):
         self.namespace = namespace
+        self.model = model       # the model its frames run through (one per camera)
         self.latest = None
         self.received = 0
         self.published = 0
@@ -190,7 +201,7 @@ class FrameQueue:
     def __init__(self, cameras=()):
         self.cameras = list(cameras)
         self.cond = threading.Condition()
-        self.starving_since = None    # every frame dropped for its deadline since then
+        self.starving = {}    # model -> time since which its every frame was dropped
 
     def offer(self, camera, frame):
         """Make `frame` the camera's latest unless a newer one was offered; count the loser."""
@@ -226,24 +237,37 @@ class FrameQueue:
         has been dropped for `probe_after` seconds, the next runs anyway, best-effort (a probe).
         A frame run although predicted to miss its deadline is marked `best_effort`.
         """
-        starving = self.starving_since is not None and now - self.starving_since > probe_after
+        model = pending[0].camera.model if pending else None
+        since = self.starving.get(model)
+        starving = since is not None and now - since > probe_after
         best_effort = best_effort or starving
         batch, dropped, waiting = plan_batch(pending, now, latency, max_batch, best_effort)
         for f in batch:
             f.best_effort = best_effort and now + latency.upper(len(batch)) > f.deadline
         if batch:
-            self.starving_since = None
-        elif dropped and self.starving_since is None:
-            self.starving_since = now
+            self.starving.pop(model, None)
+        elif dropped and since is None:
+            self.starving[model] = now
         with self.cond:
             for f in dropped:
                 f.camera.drops['deadline'] += 1
-            for f in waiting:   # back in line unless a newer frame arrived meanwhile
+        self.put_back(waiting)
+        return batch
+
+    def of_most_urgent_model(self, pending):
+        """Return the frames of the most urgent frame's model; put the others back to wait."""
+        model = most_urgent_model(pending)
+        self.put_back([f for f in pending if f.camera.model is not model])
+        return [f for f in pending if f.camera.model is model]
+
+    def put_back(self, frames):
+        """Put frames back in line, each unless a newer one of its camera arrived meanwhile."""
+        with self.cond:
+            for f in frames:
                 if f.camera.latest is None:
                     f.camera.latest = f
                 else:
                     f.camera.drops['superseded'] += 1
-        return batch
 
     def drop(self, camera, kind, error=None):
         """Count one frame dropped for `kind` (one of DROP_KINDS), with its error text."""
@@ -272,7 +296,7 @@ class FrameQueue:
             for c in self.cameras:
                 c.latest = None
                 c.newest = -math.inf
-            self.starving_since = None
+            self.starving = {}
 
     def counters(self):
         """Return [(camera, counters)], counters a consistent copy taken under the lock."""

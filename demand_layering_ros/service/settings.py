@@ -18,6 +18,12 @@ from typing import Any, Optional, Tuple
 
 NODE_NAME = 'demand_layering_detector'
 REPLAN_PARAMS = ('memory_budget_mb', 'deadline_ms', 'frame_period_ms')
+# What each of several models (`models`) sets for itself, as `<name>.<key>`; the rest of the
+# table (memory_budget_mb, device, threads, ...) stays node-wide.
+MODEL_KEYS = ('pack_path', 'image_topics', 'deadline_ms', 'score_threshold', 'nms_iou',
+              'max_detections', 'input_size')
+STRING_ARRAYS = ('image_topics', 'models')
+MODEL_NAME_RE = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,8 @@ class Param:
             return 'double'
         if isinstance(d, str):
             return 'string'
-        return 'string_array' if self.name == 'image_topics' else 'integer_array'
+        return 'string_array' if self.name.rsplit('.', 1)[-1] in STRING_ARRAYS \
+            else 'integer_array'
 
 
 PARAMS = (
@@ -99,6 +106,10 @@ PARAMS = (
     Param('num_threads', 0,
           'Torch CPU threads; 0 = every core but one (left for receiving images, DDS and the '
           'camera), at least one.', (0, 256)),
+    Param('models', [],
+          'Names of several models served under the one memory_budget_mb, each set by '
+          '`<name>.pack_path`, `<name>.image_topics`, ... (README: Several models); empty = one '
+          'model from pack_path and image_topics.'),
     Param('autostart', True,
           'Configure and activate on start-up; false leaves the node to a lifecycle manager.',
           applies='startup'),
@@ -107,11 +118,66 @@ PARAM_BY_NAME = {p.name: p for p in PARAMS}
 DEVICE_RE = re.compile(r'^(cpu|cuda(:\d+)?)$')
 
 
+def split_name(name):
+    """Return (model, key) for a per-model parameter `<model>.<key>`, else None."""
+    model, dot, key = name.rpartition('.')
+    return (model, key) if dot and model and key in MODEL_KEYS else None
+
+
+def model_params(model):
+    """Return the per-model rows of model `model`: `<model>.<key>` for every MODEL_KEYS."""
+    rows = []
+    for key in MODEL_KEYS:
+        p = PARAM_BY_NAME[key]
+        default = [f'/{model}/image_raw'] if key == 'image_topics' else p.default
+        rows.append(Param(f'{model}.{key}', default, f'Model {model}: {p.description}',
+                          p.limits, p.choices, p.applies))
+    return tuple(rows)
+
+
+def param_for(name):
+    """Return the row of parameter `name` (node-wide, or `<model>.<key>`), or None."""
+    if name in PARAM_BY_NAME:
+        return PARAM_BY_NAME[name]
+    parts = split_name(name)
+    if parts is None:
+        return None
+    return next(p for p in model_params(parts[0]) if p.name == name)
+
+
+def model_values(values, model):
+    """Return the settings model `model` runs with: the node's, its own `<model>.*` over them."""
+    out = {k: v for k, v in values.items() if '.' not in k}
+    out.update({key: values[f'{model}.{key}'] for key in MODEL_KEYS
+                if f'{model}.{key}' in values})
+    return out
+
+
+def _validate_models(value):
+    names = list(value)
+    bad = [n for n in names if not isinstance(n, str) or not MODEL_NAME_RE.match(n)]
+    if bad:
+        return (f'models: {bad[0]!r} is not a model name (a letter, then letters, digits or '
+                '_)')
+    if len(set(names)) != len(names):
+        return f'models: duplicate names in {names}'
+    clash = [n for n in names if n in PARAM_BY_NAME]
+    if clash:
+        return f'models: {clash[0]!r} is the name of a node parameter'
+    return None
+
+
 def validate(name, value):
     """Return why `value` is invalid for parameter `name`, or None when it is fine."""
+    parts = split_name(name) if name not in PARAM_BY_NAME else None
+    if parts is not None:
+        reason = validate(parts[1], value)
+        return None if reason is None else f'{parts[0]}.{reason}'
     p = PARAM_BY_NAME.get(name)
     if p is None:
         return None
+    if name == 'models':
+        return _validate_models(value)
     if p.limits is not None and not (p.limits[0] <= value <= p.limits[1]):
         return f'{name}: {value} is outside [{p.limits[0]}, {p.limits[1]}]'
     if p.choices is not None and value not in p.choices:
@@ -143,6 +209,11 @@ def check(values):
     for p in PARAMS:
         if p.name in values:
             reason = validate(p.name, values[p.name])
+            if reason:
+                raise ValueError(reason)
+    for name in values.get('models') or ():
+        for p in model_params(name):
+            reason = validate(p.name, values.get(p.name, p.default))
             if reason:
                 raise ValueError(reason)
 
