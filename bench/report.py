@@ -113,12 +113,14 @@ def goals_table(results):
     return '\n'.join(rows), avg
 
 
-def markdown(results, figures):
+def markdown(results, figures, section=None):
     """Return the markdown section for one results dict; figures: {name: relative path}."""
     m = results.get('machine') or {}
     st = results.get('settings') or {}
     dev = st.get('device', 'cpu')
     title = 'CPU' if not dev.startswith('cuda') else f'GPU: {m.get("device_name", dev)}'
+    if section and section not in ('cpu', 'gpu'):      # a partial run beside the full one
+        title += f' ({section})'
     disk = m.get('disk_o_direct_mb_per_s') or {}
     lines = [f'## Side by side: {title}', '',
              f'Measured {results.get("started", "?")} in one run of `{results["command"]}` '
@@ -206,7 +208,7 @@ an arena that never blocks and no executor overhead."""
 
 def write_markdown(results, path, section, figures):
     """Replace (or append) the block between this section's markers in `path`."""
-    return write_markdown_block(path, section, markdown(results, figures))
+    return write_markdown_block(path, section, markdown(results, figures, section))
 
 
 def write_markdown_block(path, section, body):
