@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
 from bench.configs import MODELS, resolve_models  # noqa: E402
 from bench.machine import disk_bandwidth, machine  # noqa: E402
 from bench.plans import make_plans, pipeline_bound_ms  # noqa: E402
+from bench.worker import to_device  # noqa: E402
 from demand_layering_ros import load, load_resident  # noqa: E402
 from demand_layering_ros import pack as P  # noqa: E402
 from demand_layering_ros.planning import planner, profile_file, profiler  # noqa: E402
@@ -168,7 +169,7 @@ def bench_model(key, src, args):
     pk, prof, prof_s = prepare(key, src, args)
     plans = make_plans(pk, prof, args.budgets)
     det = pk.build_detector(device=args.device, meta=True)
-    x = det.timing_input(1).to(args.device)
+    x = to_device(det.timing_input(1), args.device)
     resident = load_resident(pk.path, device=args.device)
     row = {'model': key, 'spec': src['spec'], 'input': src['input_size'],
            'weights_mb': pk.total_bytes / MB, 'threads': prof['threads'],

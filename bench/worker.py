@@ -193,7 +193,7 @@ def _measure(job, result, t_start):
     result['import_seconds'] = round(time.perf_counter() - t_start, 3)
     t = time.perf_counter()
     model, x, weight_bytes, extra = _build_runner(job, pk)
-    x = _to_device(x, job['device'])
+    x = to_device(x, job['device'])
     sync()
     result['load_seconds'] = round(time.perf_counter() - t, 3)
     io1 = read_bytes_self()
@@ -260,12 +260,13 @@ def _executor_result(model, result, lat, stalls, timelines):
     return st['peak_weight_bytes']
 
 
-def _to_device(x, device):
+def to_device(x, device):
+    """Move a model input (a tensor, or a list/tuple of them for torchvision) to `device`."""
     import torch
     if isinstance(x, torch.Tensor):
         return x.to(device)
     if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
+        return type(x)(to_device(v, device) for v in x)
     return x
 
 
