@@ -83,7 +83,7 @@ def image_to_rgb(encoding, width, height, step, data, is_bigendian=0,
                          f'{width} x {bpp} = {row} for {encoding}')
     buf = _as_bytes_view(data, where)
     # The last row needs only its pixels, but the message definition says step x height.
-    need = step * height
+    need = int(step) * int(height)      # Python ints: numpy scalars would overflow
     if buf.size < need:
         raise ImageError(f'{where}: data has {buf.size} bytes, step x height = {step} x '
                          f'{height} = {need} needed')
