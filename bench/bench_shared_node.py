@@ -96,8 +96,6 @@ def serve(nodes, duration, domain):
                                      cwd=str(ROOT)) for y in nodes]
     results = []
     try:
-        for p in procs:
-            p.__enter__()
         _wait_ready(spin, client, pubs, lat, data, h, w, procs)
         for cam in lat:
             lat[cam].clear()
@@ -118,9 +116,12 @@ def serve(nodes, duration, domain):
         for p in procs:
             if p.running():
                 p.send_signal(signal.SIGINT)
+        grace = time.monotonic() + 60.0      # wait(timeout) counts from the start: not here
+        while any(p.running() for p in procs) and time.monotonic() < grace:
+            time.sleep(0.1)
         for p in procs:
-            results.append(p.wait(timeout=60))
-            p.__exit__(None, None, None)
+            results.append(p.wait(timeout=0.001 if p.running() else None))   # hung: killed
+            p.__exit__(None, None, None)      # removes the cgroup
         spin.shutdown()
         client.destroy_node()
         ctx.try_shutdown()
