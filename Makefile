@@ -38,7 +38,8 @@ bench: build
 	@$(ENV) python -m bench.harness --out bench/out --markdown BENCHMARKS.md
 
 bench-shared: build
-	@$(ENV) python -m bench.bench_shared --json bench/out/shared.json --markdown BENCHMARKS.md
+	@$(ENV) python -m bench.bench_shared --json bench/out/shared.json --markdown BENCHMARKS.md && \
+	  python -m bench.bench_shared_node --json bench/out/shared_node.json
 
 # The node under real camera load (1-4 cameras, 5-30 fps, raw and JPEG) against the node a
 # user writes first; about 15 minutes on 2 cores (BENCH_RT_ARGS=--quick: a 1-minute smoke run).
