@@ -14,8 +14,7 @@ import logging
 
 import demand_layering_ros as dlr
 from demand_layering_ros.service import settings
-from demand_layering_ros.service.scheduling import LatencyModel
-from demand_layering_ros.service.service import cpu_threads, DetectorService
+from demand_layering_ros.service.service import DetectorService
 from demand_layering_ros.sizes import MB
 
 
@@ -30,24 +29,13 @@ class MemberService(DetectorService):
 
     def _open(self, s):
         """Take the group's model (no pack opened, nothing planned here), then warm up."""
-        if s['device'] == 'cpu' or s['num_threads']:
-            import torch          # process-wide: given back at close
-            if self.torch_threads_before is None:
-                self.torch_threads_before = torch.get_num_threads()
-            self.threads = s['num_threads'] or cpu_threads()
-        self._use_threads()
+        self._take_threads(s)
         self.settings = s
         self.model, self.given = self.given, None   # close() then lets go of it
         if self.model is None:
             raise ValueError(f'model {self.name!r} was closed: configure its group again')
         self.pack = self.model.pack
-        self.detector = self.model.detector
-        if list(s['input_size']) != [0, 0]:
-            self.detector.input_size = tuple(s['input_size'])
-        self.latency = LatencyModel()
-        self.batching_ok = True
-        self.drift_note = ''
-        self._warm_up()
+        self._start(s)
 
     def replan(self, values):
         """Take a new deadline (it only changes the scheduling); the budget is the group's."""

@@ -126,12 +126,7 @@ class DetectorService:
             import torch
             if not torch.cuda.is_available():
                 raise ValueError(f'device {s["device"]}: CUDA is not available here')
-        if s['device'] == 'cpu' or s['num_threads']:
-            import torch          # process-wide: given back at close
-            if self.torch_threads_before is None:
-                self.torch_threads_before = torch.get_num_threads()
-            self.threads = s['num_threads'] or cpu_threads()
-        self._use_threads()
+        self._take_threads(s)
         self.settings = s
         self.pack = Pack.open(s['pack_path'])
         self.profile = None
@@ -150,6 +145,19 @@ class DetectorService:
         self.model = dlr.load(s['pack_path'], device=s['device'],
                               budget_mb=s['memory_budget_mb'] or None,
                               plan=decision.plan.to_dict() if decision.plan else None)
+        self._start(s)
+
+    def _take_threads(self, s):
+        """Remember torch's thread count (given back at close) and take this service's."""
+        if s['device'] == 'cpu' or s['num_threads']:
+            import torch          # process-wide
+            if self.torch_threads_before is None:
+                self.torch_threads_before = torch.get_num_threads()
+            self.threads = s['num_threads'] or cpu_threads()
+        self._use_threads()
+
+    def _start(self, s):
+        """Take the loaded model's detector, reset what is learnt per model, warm up."""
         self.detector = self.model.detector
         if list(s['input_size']) != [0, 0]:
             self.detector.input_size = tuple(s['input_size'])
