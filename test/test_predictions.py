@@ -367,3 +367,42 @@ def test_a_drift_of_a_plan_not_made_here_is_reported_once(tiny_pack, tmp_path):
         assert svc.check_drift() is None and svc.decision.plan is not None   # once
     finally:
         svc.close()
+
+
+# ----------------------------------------------------------------------------- probe fit
+
+
+def test_two_probes_tell_the_hand_off_from_slow_reads(tiny_pack):
+    """
+    Two tight passes, replayed at a known hand-off and read slowdown, give both back.
+
+    The unsplit pass alone would put the reads' slowness into the hand-off, which the planner
+    then charges on every chunk.
+    """
+    from dataclasses import replace
+
+    from demand_layering_ros.planning.measure.probe import (fit_probe_handoff,
+                                                            fit_two_probes)
+    from demand_layering_ros.planning.search import Search
+    from demand_layering_ros.planning.simulate import Config, simulate
+    sched = Schedule.from_pack(tiny_pack)
+    assert sched.split_candidates, 'the pack needs a split size'
+    split = min(sched.split_candidates)
+    timing = Timing.from_profile(synthetic_profile(tiny_pack, read_mb_s=400.0), sched)
+    forced = frozenset(sched.forced)
+    probes = {}
+    for sp in (0, split):
+        arena_bytes = Search(sched, timing, split_bytes=sp).min_arena(forced)
+        probes[sp] = {'arena_bytes': arena_bytes, 'prefetch_depth': None, 'split_bytes': sp}
+    truth = replace(timing, handoff=0.2, read_slowdown=timing.read_slowdown * 2.5)
+    for sp, probe in probes.items():
+        probe['measured_ms'] = simulate(sched, truth, Config(
+            forced, probe['arena_bytes'], None, sp)).latency_ms
+    handoff, slow = fit_two_probes(sched, timing, probes[0], probes[split])
+    assert handoff == pytest.approx(0.2, rel=0.05)
+    assert slow == pytest.approx(timing.read_slowdown * 2.5, rel=0.05)
+    # one probe explains the same pass with a larger hand-off and over-predicts the split one
+    alone = replace(timing, handoff=fit_probe_handoff(sched, timing, probes[0]))
+    split_cfg = Config(forced, probes[split]['arena_bytes'], None, split)
+    assert alone.handoff > 0.2
+    assert simulate(sched, alone, split_cfg).latency_ms > probes[split]['measured_ms'] * 1.05

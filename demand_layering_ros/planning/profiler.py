@@ -27,7 +27,8 @@ from demand_layering_ros.planning.measure.contention import read_contention
 from demand_layering_ros.planning.measure.disk import DISK_ROUNDS, DISK_SIZES, DiskRounds
 from demand_layering_ros.planning.measure.h2d import h2d_points, H2D_SIZES
 from demand_layering_ros.planning.measure.machine import machine_info, sync
-from demand_layering_ros.planning.measure.probe import fit_probe_handoff, tight_pass
+from demand_layering_ros.planning.measure.probe import (fit_probe_handoff, fit_two_probes,
+                                                        tight_pass)
 from demand_layering_ros.planning.measure.splits import split_costs, split_exactness
 from demand_layering_ros.planning.profile_file import load_profile, PROFILE_FORMAT
 from demand_layering_ros.planning.profile_file import PROFILE_VERSION
@@ -81,7 +82,7 @@ def profile(pack_dir, device='cpu', repeats=5, warmup=1, progress=True, disk_siz
     check_splits = check_splits and not streamed
     probe = executor_overhead and not streamed      # the tight pass needs its own arena
     bar = _progress_bar(progress, pack_dir, warmup + repeats + DISK_ROUNDS * len(sizes) + (
-        len(H2D_SIZES) if cuda else 0) + 1 + int(executor_overhead) + int(probe) + (
+        len(H2D_SIZES) if cuda else 0) + 1 + int(executor_overhead) + 2 * int(probe) + (
         max(3, repeats)) + (len(sched.split_candidates) if check_splits else 0))
     t_start = time.perf_counter()
     before = torch.get_num_threads()
@@ -125,10 +126,12 @@ def _progress_bar(progress, pack_dir, total):
 
 def _fit_probe(prof, sched):
     """
-    Fit the hand-off to the tight pass of the real pack (measure.probe); return the profile.
+    Fit the hand-off to the tight passes of the real pack (measure.probe); return the profile.
 
     The disk is taken at the level of the two rounds around the probe (their geometric mean);
-    the hand-off calibrated on the small model stays as `handoff_calibration_ms`.
+    the hand-off calibrated on the small model stays as `handoff_calibration_ms`. With a split
+    pass beside the unsplit one, the hand-off and the read slowdown are fitted together
+    (`contention.read_slowdown`; the one measured alone stays as `read_slowdown_measured`).
     """
     probe = prof.get('probe')
     if not probe or probe.get('error') or not probe.get('arena_bytes'):
@@ -138,9 +141,33 @@ def _fit_probe(prof, sched):
     timing = Timing.from_profile(prof, sched).scaled(disk=level)
     ex = prof['executor'] = dict(prof.get('executor') or {})
     ex['handoff_calibration_ms'] = ex.get('handoff_ms')
-    ex['handoff_ms'] = fit_probe_handoff(sched, timing, probe)
+    split = prof.get('probe_split')
+    if split and not split.get('error') and split.get('arena_bytes'):
+        ex['handoff_ms'], slow = fit_two_probes(sched, timing, probe, split)
+        mutual = prof['contention'] = dict(prof.get('contention') or {})
+        mutual['read_slowdown_measured'] = mutual.get('read_slowdown')
+        mutual['read_slowdown'] = slow
+    else:
+        ex['handoff_ms'] = fit_probe_handoff(sched, timing, probe)
     probe['disk_level'] = round(level, 4)
     return prof
+
+
+def _probes(pack, device, x, repeats, bar, exact):
+    """
+    Run the tight passes the hand-off is fitted to: unsplit, and split at the smallest size.
+
+    Returns (probe, probe_split); either is {'error': ...} when it failed (the profile says
+    so and the fit falls back), probe_split is None when no split size is exact.
+    """
+    out = []
+    splits = sorted(int(sp) for sp, ok in (exact or {}).items() if ok)
+    for split in [0] + splits[:1]:
+        try:
+            out.append(tight_pass(pack, device, x, repeats, progress=bar, split_bytes=split))
+        except Exception as e:  # noqa: B902 - reported in the profile; the fit falls back
+            out.append({'error': f'{type(e).__name__}: {e}'})
+    return out[0], (out[1] if len(out) > 1 else None)
 
 
 def _open_model(pack, device, budget_mb=None):
@@ -241,12 +268,10 @@ def _measure_machine(pack, sched, model, x, device, disk, threads, repeats, bar,
     found['checksum'] = checksum_speed()
     found['contention'] = read_contention(pack, model, x, device, max(3, repeats), threads,
                                           progress=bar)
-    found['probe'] = None
+    found['probe'] = found['probe_split'] = None
     if probe:
-        try:
-            found['probe'] = tight_pass(pack, device, x, max(3, repeats), progress=bar)
-        except Exception as e:  # reported in the profile; the calibrated hand-off stays
-            found['probe'] = {'error': f'{type(e).__name__}: {e}'}
+        found['probe'], found['probe_split'] = _probes(pack, device, x, max(3, repeats), bar,
+                                                       found['split_exact'])
     while len(disk.rounds) < DISK_ROUNDS:
         disk.measure('end')
     found['disk'] = disk.result()
@@ -296,6 +321,7 @@ def _profile_dict(pack, sched, device, repeats, budget_mb, calls, found, t_start
         'checksum': found['checksum'],
         'contention': found['contention'],
         'probe': found['probe'],
+        'probe_split': found['probe_split'],
         'split_exact': found['split_exact'],
         'split_cost': found['split_cost'],
         'seconds': round(time.perf_counter() - t_start, 2),

@@ -17,18 +17,18 @@ import time
 
 from demand_layering_ros.planning.measure.executor_costs import solve_handoff
 from demand_layering_ros.planning.measure.machine import sync
-from demand_layering_ros.planning.simulate import Config
+from demand_layering_ros.planning.simulate import Config, simulate
 from demand_layering_ros.quantiles import median
 
 HANDOFF_MAX_MS = 20.0
 
 
-def tight_pass(pack, device, x, repeats, progress=None):
+def tight_pass(pack, device, x, repeats, progress=None, split_bytes=0):
     """Run the pack streamed through its smallest arena; return measured ms and the layout."""
     import torch
     from demand_layering_ros import load
     m = load(pack.path, device=device, plan={'resident_units': [], 'arena_bytes': None,
-                                             'split_bytes': 0, 'prefetch_depth': None})
+                                             'split_bytes': split_bytes, 'prefetch_depth': None})
     try:
         xd = x.to(device)
         times = []
@@ -44,7 +44,7 @@ def tight_pass(pack, device, x, repeats, progress=None):
         out = {'measured_ms': round(median(times[1:]), 4),
                'passes_ms': [round(v, 4) for v in times[1:]],
                'arena_bytes': plan['arena_bytes'], 'prefetch_depth': plan['prefetch_depth'],
-               'stall_ms': round(m.stats()['stall_ms'], 4)}
+               'split_bytes': int(split_bytes or 0), 'stall_ms': round(m.stats()['stall_ms'], 4)}
     finally:
         m.close()
     if progress is not None:
@@ -52,8 +52,53 @@ def tight_pass(pack, device, x, repeats, progress=None):
     return out
 
 
+def _config(sched, probe):
+    return Config(frozenset(sched.forced), int(probe['arena_bytes'] or 0),
+                  probe['prefetch_depth'], int(probe.get('split_bytes') or 0))
+
+
 def fit_probe_handoff(sched, timing, probe):
     """Return the hand-off (ms) at which the replay of the tight pass takes its measured time."""
-    cfg = Config(frozenset(sched.forced), int(probe['arena_bytes'] or 0),
-                 probe['prefetch_depth'], 0)
-    return solve_handoff(sched, timing, cfg, probe['measured_ms'], hi=HANDOFF_MAX_MS)
+    return solve_handoff(sched, timing, _config(sched, probe), probe['measured_ms'],
+                         hi=HANDOFF_MAX_MS)
+
+
+def fit_two_probes(sched, timing, whole, split, rounds=4):
+    """
+    Return (hand-off ms, read slowdown) that replay both tight passes at their measured times.
+
+    One pass cannot tell a cost per hand-off from reads slower than measured alone: fitted to
+    the unsplit pass only, the stall of a few large units became a hand-off cost that the
+    planner then charged on every chunk of a split plan (yolov3's smallest plan predicted 4.6x
+    its time). The split pass hands off several times more often over the same bytes, so the
+    difference between the two passes is the hand-offs' and the rest is the reads'.
+    """
+    from dataclasses import replace
+    cfg_whole, cfg_split = _config(sched, whole), _config(sched, split)
+    base = timing.read_slowdown
+    slow, handoff = 1.0, 0.0
+    for _ in range(rounds):
+        t = replace(timing, read_slowdown=base * slow)
+        handoff = solve_handoff(sched, t, cfg_split, split['measured_ms'], hi=HANDOFF_MAX_MS)
+        slow = _solve_read(sched, replace(timing, handoff=handoff), cfg_whole,
+                           whole['measured_ms'], base)
+    return handoff, round(base * slow, 5)
+
+
+def _solve_read(sched, timing, cfg, measured_ms, base, lo=0.5, hi=20.0):
+    """Return the factor on read_slowdown at which `simulate(cfg)` takes `measured_ms`."""
+    from dataclasses import replace
+
+    def latency(f):
+        return simulate(sched, replace(timing, read_slowdown=base * f), cfg).latency_ms
+    if latency(lo) >= measured_ms:
+        return lo
+    if latency(hi) <= measured_ms:
+        return hi
+    for _ in range(25):
+        mid = (lo + hi) / 2
+        if latency(mid) < measured_ms:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
