@@ -173,16 +173,19 @@ def solve_handoff(sched, timing, cfg, measured_ms, hi=5.0, **sim_kw):
     def latency(h):
         timing.handoff = h
         return simulate(sched, timing, cfg, **sim_kw).latency_ms
+    return round(solve_increasing(latency, measured_ms, 0.0, hi), 5)
 
-    lo = 0.0
-    if latency(lo) >= measured_ms:
-        return 0.0
-    if latency(hi) <= measured_ms:
+
+def solve_increasing(f, target, lo, hi, steps=30):
+    """Return x in [lo, hi] with f(x) = target for an increasing f (clamped at the ends)."""
+    if f(lo) >= target:
+        return lo
+    if f(hi) <= target:
         return hi
-    for _ in range(30):
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        if latency(mid) < measured_ms:
+        if f(mid) < target:
             lo = mid
         else:
             hi = mid
-    return round((lo + hi) / 2, 5)
+    return (lo + hi) / 2

@@ -15,7 +15,8 @@ the disk at the level the rounds around it measured.
 
 import time
 
-from demand_layering_ros.planning.measure.executor_costs import solve_handoff
+from demand_layering_ros.planning.measure.executor_costs import (solve_handoff,
+                                                                 solve_increasing)
 from demand_layering_ros.planning.measure.machine import sync
 from demand_layering_ros.planning.simulate import Config, simulate
 from demand_layering_ros.quantiles import median
@@ -85,20 +86,15 @@ def fit_two_probes(sched, timing, whole, split, rounds=4):
     return handoff, round(base * slow, 5)
 
 
-def _solve_read(sched, timing, cfg, measured_ms, base, lo=0.5, hi=20.0):
-    """Return the factor on read_slowdown at which `simulate(cfg)` takes `measured_ms`."""
+def _solve_read(sched, timing, cfg, measured_ms, base, hi=20.0):
+    """
+    Return the factor on read_slowdown at which `simulate(cfg)` takes `measured_ms`.
+
+    Reads under compute are never faster than alone (Timing clamps read_slowdown at 1), so
+    the factor does not go below what takes the slowdown to 1.
+    """
     from dataclasses import replace
 
     def latency(f):
         return simulate(sched, replace(timing, read_slowdown=base * f), cfg).latency_ms
-    if latency(lo) >= measured_ms:
-        return lo
-    if latency(hi) <= measured_ms:
-        return hi
-    for _ in range(25):
-        mid = (lo + hi) / 2
-        if latency(mid) < measured_ms:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    return solve_increasing(latency, measured_ms, min(1.0, 1.0 / base), hi, steps=25)
