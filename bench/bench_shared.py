@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.report import write_markdown_block  # noqa: E402
 from demand_layering_ros import atomic  # noqa: E402
 from demand_layering_ros.sizes import MB, mib  # noqa: E402
 
@@ -307,8 +308,7 @@ def summarise(mode, names, results):
 def markdown(summary):
     """Return the BENCHMARKS.md section of a run."""
     m = summary['machine']
-    lines = [f'<!-- bench:{SECTION}:begin -->',
-             '## Several detectors under one memory budget (issue 17)', '',
+    lines = ['## Several detectors under one memory budget (issue 17)', '',
              f'Measured {m["date"]} with `{summary["command"]}` ({m["minutes"]:.1f} min). '
              f'Machine: {m["cores"]} cores, 1-minute load average {m["load_before"]:.1f} '
              f'before and {m["load_after"]:.1f} after the run (other work on the machine '
@@ -339,21 +339,7 @@ def markdown(summary):
         lines.append('')
     if summary.get('plot'):
         lines += [f'![shared budget]({summary["plot"]})', '']
-    lines.append(f'<!-- bench:{SECTION}:end -->')
     return '\n'.join(lines) + '\n'
-
-
-def write_section(path, text):
-    """Replace (or append) this benchmark's section of a markdown file."""
-    path = Path(path)
-    begin, end = f'<!-- bench:{SECTION}:begin -->', f'<!-- bench:{SECTION}:end -->'
-    old = path.read_text() if path.exists() else '# Benchmarks\n'
-    if begin in old and end in old:
-        head, _, rest = old.partition(begin)
-        old = head + text.rstrip('\n') + rest.partition(end)[2]
-    else:
-        old = old.rstrip('\n') + '\n\n' + text
-    atomic.write_bytes(path, lambda f: f.write(old))
 
 
 def plot(summary, path):
@@ -451,7 +437,7 @@ def bench(args, argv):
     if args.json:
         atomic.write_json(args.json, summary)
     if args.markdown:
-        write_section(args.markdown, text)
+        write_markdown_block(args.markdown, SECTION, text)
     return 0
 
 

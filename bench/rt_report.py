@@ -11,7 +11,8 @@ from the whole run, warm-up included, since the node's /diagnostics counters are
 from pathlib import Path
 import shutil
 
-from demand_layering_ros import atomic, plots
+from bench.report import write_markdown_block
+from demand_layering_ros import plots
 from demand_layering_ros.quantiles import percentile
 
 SECTION = 'rt'
@@ -193,13 +194,4 @@ def report(results, info, out, markdown_path):
     md = Path(markdown_path)
     for png in figures.values():
         shutil.copy(png, md.parent / 'bench' / Path(png).name)
-    begin, end = f'<!-- bench:{SECTION}:begin -->', f'<!-- bench:{SECTION}:end -->'
-    block = f'{begin}\n{markdown(results, info, figures)}{end}\n'
-    text = md.read_text() if md.exists() else '# Benchmarks\n\n'
-    if begin in text and end in text:
-        head, _, rest = text.partition(begin)
-        _, _, tail = rest.partition(end)
-        text = head + block.rstrip('\n') + tail
-    else:
-        text = text.rstrip('\n') + '\n\n' + block
-    atomic.write_bytes(md, lambda f: f.write(text))
+    write_markdown_block(md, SECTION, markdown(results, info, figures))
