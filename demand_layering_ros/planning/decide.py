@@ -49,11 +49,15 @@ class Decision:
 
 
 def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, profile=None,
-                plan=None, device='cpu', strict=True, threads=None):
+                plan=None, device='cpu', strict=True, threads=None, modules=None,
+                extra_bytes=None):
     """
     Return the Decision for a request (see the module docstring).
 
     threads: the torch thread count the model runs with (None: this process's count now).
+    modules / extra_bytes: the caller's skeleton module table and extra-buffer bytes, for a fit
+    by memory (None: built and read here). load() passes its own, so configure builds no
+    second skeleton: on a small model its leftovers were most of streaming's fixed cost.
     """
     if plan is not None:
         given = Plan.coerce(plan)
@@ -65,7 +69,7 @@ def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, pr
         return Decision(None, None, source='smallest')
     if profile is None:
         return _fit(pack, budget_mb, '' if deadline_ms is None else
-                    'no profile: the deadline is not planned')
+                    'no profile: the deadline is not planned', modules, extra_bytes)
     try:
         return Decision(Plan.coerce(planner.plan(
             pack, profile, budget_mb=budget_mb, deadline_ms=deadline_ms,
@@ -77,7 +81,8 @@ def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, pr
             # A profile measured within the budget checks no split sizes, so the planner's
             # smallest plan holds each layer whole; the runtime's own fit splits them.
             return _fit(pack, budget_mb, f'{e}; the runtime fits the budget itself, splitting '
-                        'large layers' + ('; the deadline is not planned' if deadline_ms else ''))
+                        'large layers' + ('; the deadline is not planned' if deadline_ms else ''),
+                        modules, extra_bytes)
         if strict or deadline_ms is None:
             raise
         room = budget_mb or 2.0 * _open(pack).total_bytes / MB
@@ -87,13 +92,13 @@ def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, pr
                         source='fastest')
 
 
-def _fit(pack, budget_mb, note):
+def _fit(pack, budget_mb, note, modules=None, extra_bytes=None):
     """Fit a budget by memory alone (no timing model); a bad budget is left for load() to name."""
     if isinstance(budget_mb, bool) or not isinstance(budget_mb, (int, float)) or \
             not 0 < budget_mb < float('inf'):
         return Decision(None, budget_mb, note, source='fit')
-    return Decision(fit_budget(_open(pack), None, int(budget_mb * MB)), budget_mb, note,
-                    source='fit')
+    return Decision(fit_budget(_open(pack), modules, int(budget_mb * MB),
+                               extra_bytes=extra_bytes), budget_mb, note, source='fit')
 
 
 def _open(pack):

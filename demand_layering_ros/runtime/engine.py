@@ -153,8 +153,9 @@ class Engine:
                                 or self.opts['prefetch_depth'] is not None):
             request = Plan(split_bytes=self.opts['split_bytes'],
                            prefetch_depth=self.opts['prefetch_depth'])
-        run = decide_plan(self.pack, budget_mb=budget_mb, plan=request,
-                          device=str(self.device)).plan
+        run = decide_plan(self.pack, budget_mb=budget_mb, plan=request, device=str(self.device),
+                          modules=self.binding.modules,
+                          extra_bytes=self.binding.extra_bytes).plan
         if budget_bytes is None or (run is not None and run.fixes_layout):
             return run
         staging = (run.staging if run is not None else None) or self.opts['staging'] \
