@@ -240,7 +240,9 @@ def _timed_passes(job, model, x, sync):
                 if hasattr(model, 'stats'):
                     st = model.stats()
                     stalls.append(round(st['stall_ms'] or 0.0, 4))
-                    timelines.append(st.get('timeline'))
+                    # as JSON text: a pass's event dicts are ~30 KB of Python objects (ssdlite),
+                    # the benchmark's own memory, which it would charge to the configuration
+                    timelines.append(json.dumps(st.get('timeline')))
     return lat, stalls, timelines, io2
 
 
@@ -255,7 +257,7 @@ def _executor_result(model, result, lat, stalls, timelines):
         'pinned_bytes')}
     # the timeline of the pass whose latency is the median one, not an outlier
     mid = sorted(range(len(lat)), key=lambda i: lat[i])[(len(lat) - 1) // 2]
-    result['timeline'] = timelines[mid] if timelines else st.get('timeline')
+    result['timeline'] = json.loads(timelines[mid]) if timelines else st.get('timeline')
     result['timeline_latency_ms'] = lat[mid] if lat else None
     return st['peak_weight_bytes']
 
