@@ -308,11 +308,20 @@ def config_of(plan, sched):
                   prefetch_depth=plan.prefetch_depth, split_bytes=int(plan.split_bytes or 0))
 
 
-def predict(pack, profile, plan, frame_period_ms=None, timeline=False, disk_pct=50):
-    """Simulate a given plan; return the Sim (a budget's prediction; disk_pct 90: a deadline's)."""
+def predict(pack, profile, plan, frame_period_ms=None, timeline=False, disk_pct=50,
+            compute=1.0, disk=1.0):
+    """
+    Simulate a given plan; return the Sim (a budget's prediction; disk_pct 90: a deadline's).
+
+    compute / disk: the machine as measured now, that many times slower than the profile saw it
+    (a drift; the disk relative to the round at disk_pct), to tell the model's own error from
+    the machine's.
+    """
     sched = Schedule.from_pack(pack)
     prof = load_profile(profile) if not isinstance(profile, dict) else profile
     timing = Timing.from_profile(prof, sched, disk_pct=disk_pct)
+    if compute != 1.0 or disk != 1.0:
+        timing = timing.scaled(compute=compute, disk=disk)
     cfg = config_of(plan, sched)
     search = Search(sched, timing, split_bytes=cfg.split_bytes, frame_period_ms=frame_period_ms)
     sim = search.simulate(cfg, timeline=timeline)
