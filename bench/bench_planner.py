@@ -7,11 +7,13 @@ For each of `make bench`'s models (bench/configs.py MODELS, the same input sizes
 this writes or reuses the pack, profiles it at the thread count it then runs with (torch's
 default unless --threads), makes `make bench`'s plans (the smallest plan, the <= 1 ms plan and
 `--budgets` budgets between: bench.plans.make_plans) and runs every plan that streams anything
-in the executor. Blocks of back-to-back passes of the plan alternate with blocks of the fully
-resident model, so load drift on a shared machine hits both alike; the first pass after each
-resident block starts after idle time and is not timed. The disk's O_DIRECT bandwidth is
-measured right before each plan runs (as `make bench` does per model), and the plan's pipeline
-bound is computed at it.
+in the executor. The plans of a model are measured in rounds, one block of back-to-back passes
+of each plan per round, so each plan's passes spread over the model's whole measurement as the
+profile's disk rounds spread over its run (this VM's disk flips between states within a
+minute; a budget plan predicts its latency at the median state). Each block is followed by as
+many passes of the fully resident model, so load drift on a shared machine hits both alike;
+the first pass after each load is not timed. The disk's O_DIRECT bandwidth is measured before
+each block, and the plan's pipeline bound is computed at the median of those rates.
 
 Per plan: predicted latency and range, measured median, error, within 10%?, is the prediction
 at or above the bound measured in the same run?, does the measured median fall inside the
@@ -27,6 +29,7 @@ Usage: python bench/bench_planner.py [--models KEY ...] [--passes N] [--budgets 
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 import statistics
@@ -44,9 +47,11 @@ from bench.worker import to_device  # noqa: E402
 from demand_layering_ros import load, load_resident  # noqa: E402
 from demand_layering_ros import pack as P  # noqa: E402
 from demand_layering_ros.planning import planner, profile_file, profiler  # noqa: E402
+from demand_layering_ros.planning.disk_noise import BOUND_REQUEST_BYTES  # noqa: E402
 from demand_layering_ros.sizes import MB  # noqa: E402
 import torch  # noqa: E402
 
+BLOCK = 4                       # timed passes of a plan per round (measure's block)
 PAPER = {'smallest': (96.5, '+14.8%'), 'overhead_1ms': (88.4, '< 1 ms')}
 NAMES = {'dl-smallest': 'smallest', 'dl-1ms': '<= 1 ms'}
 
@@ -65,50 +70,68 @@ def timed(fn, x, device):
     return (time.perf_counter() - t) * 1e3
 
 
-def measure(pack, plan, x, device, resident, passes, block=4):
+def measure_round(pack, plan, x, device, resident, passes, out):
     """
-    Run a plan back to back, in blocks alternating with blocks of resident passes.
+    Run one block of a plan's passes, then as many resident passes; add them to `out`.
 
-    The executor starts reading the next pass as soon as one ends, so a pass that follows idle
-    time (here: the resident block) starts with its first units already in; the first pass of
-    each block is therefore not timed, and the timed ones see no idle time, as predicted.
+    The plan is loaded for the block and closed after it. Its first pass after load is cold and
+    not timed; the resident block after it times the compute speed of this moment.
     """
+    out.setdefault('disk', []).append(disk_bandwidth(pack.weights_path))
     m = load(pack.path, device=device, plan=plan)
     try:
-        lat, res, stall = [], [], []
         timed(m, x, device)                       # the first pass after load: cold
-        while len(lat) < passes:
-            timed(m, x, device)                   # after idle time: not timed
-            for _ in range(min(block, passes - len(lat))):
-                lat.append(timed(m, x, device))
-                stall.append(m.stats()['stall_ms'])
-            for _ in range(block):
-                res.append(timed(resident, x, device))
+        for _ in range(passes):
+            out.setdefault('lat', []).append(timed(m, x, device))
+            out.setdefault('stall', []).append(m.stats()['stall_ms'])
         st = m.stats()
+        out.update(peak_weight_bytes=st['peak_weight_bytes'], arena_bytes=st['arena_bytes'],
+                   feedback_ratio=st.get('latency_ratio'))
     finally:
         m.close()
-    return {'latency_ms': statistics.median(lat), 'latency_all_ms': lat,
-            'resident_ms': statistics.median(res), 'stall_ms': statistics.median(stall),
-            'peak_weight_bytes': st['peak_weight_bytes'], 'arena_bytes': st['arena_bytes'],
-            'feedback_ratio': st.get('latency_ratio')}
+    for _ in range(passes):
+        out.setdefault('res', []).append(timed(resident, x, device))
 
 
-def rescaled(prof, k):
+def measure(pack, plans, x, device, resident, passes, block=BLOCK):
     """
-    Return the profile with compute (and the executor's per-slot cost) scaled by k.
+    Measure every plan of a model in rounds: each round runs one block of each plan in turn.
 
-    On a shared machine the compute speed drifts between profiling and measuring; the resident
-    passes timed alongside each plan give k = resident now / resident at profile time, and the
-    plan re-simulated with compute scaled by k separates the model's error from that drift.
+    The disk of this VM flips between states within a minute (1.2-3.3 GB/s), and a plan's
+    prediction is its latency at the profile's median disk state. A plan timed in one
+    few-second window measures the state of that moment; spreading its blocks over the
+    model's whole measurement, like the profile's disk rounds over its run, measures the same
+    kind of median the plan predicts. Returns {plan name: figures}.
     """
-    steps = prof['steps']
-    out = dict(prof, steps=dict(steps, busy_ms=[b * k for b in steps['busy_ms']],
-                                gap_ms=[g * k for g in steps['gap_ms']],
-                                tail_ms=steps['tail_ms'] * k))
-    if prof.get('executor'):
-        ex = prof['executor']
-        out['executor'] = dict(ex, overhead_ms_per_slot=ex['overhead_ms_per_slot'] * k)
-    return out
+    acc = {name: {} for name in plans}
+    for r in range(max(1, -(-passes // block))):
+        n = min(block, passes - r * block)
+        for name, plan in plans.items():
+            measure_round(pack, plan, x, device, resident, n, acc[name])
+    return {name: {'latency_ms': statistics.median(a['lat']), 'latency_all_ms': a['lat'],
+                   'resident_ms': statistics.median(a['res']),
+                   'stall_ms': statistics.median(a['stall']),
+                   'peak_weight_bytes': a['peak_weight_bytes'], 'arena_bytes': a['arena_bytes'],
+                   'feedback_ratio': a['feedback_ratio'], 'disk_all': a['disk']}
+            for name, a in acc.items()}
+
+
+def disk_level_now(prof, rates):
+    """
+    Return how many times slower than the profile's median the disk read around a plan's run.
+
+    The profile's median one-at-a-time rate at 4 MiB requests against the geometric mean of the
+    rates measured before each of the plan's blocks (the same kind of read). With the compute
+    drift, `planner.predict` at this level tells the model's own error from the machine's: a
+    virtual disk that flips between states in a minute moves an I/O-bound pass by as much.
+    """
+    pts = [p for p in prof['disk'].get('points') or []
+           if p['request_bytes'] == BOUND_REQUEST_BYTES and p.get('seconds')]
+    now = [b for b in rates if b]
+    if not pts or not now:
+        return 1.0
+    median_rate = BOUND_REQUEST_BYTES / pts[0]['seconds']
+    return median_rate / math.exp(sum(math.log(b) for b in now) / len(now))
 
 
 def prepare(key, src, args):
@@ -136,13 +159,17 @@ def streams(plan, pk):
     return bool(called - set(plan.get('resident_units') or []))
 
 
-def plan_row(pk, prof, name, plan, got, bw_before, bw_after):
+def plan_row(pk, prof, name, plan, got):
     """Return one plan's prediction, measurement and verdicts."""
     pred = plan['predicted_latency_ms']
     lo, hi = plan.get('predicted_latency_range_ms') or (pred, pred)
-    bound = pipeline_bound_ms(pk, prof, bw_before, plan.get('resident_units') or [])
+    disk = [b for b in got['disk_all'] if b]
+    bw = statistics.median(disk) if disk else None
+    bound = pipeline_bound_ms(pk, prof, bw, plan.get('resident_units') or [])
     k = got['resident_ms'] / prof['resident_latency_ms']
-    adjusted = planner.predict(pk, rescaled(prof, k), plan).latency_ms
+    adjusted = planner.predict(pk, prof, plan, compute=k).latency_ms
+    level = disk_level_now(prof, disk)
+    at_run = planner.predict(pk, prof, plan, compute=k, disk=level).latency_ms
     lat = got['latency_ms']
     return {
         'plan': name, 'streams': streams(plan, pk), 'budget_mb': plan.get('budget_mb'),
@@ -152,13 +179,15 @@ def plan_row(pk, prof, name, plan, got, bw_before, bw_after):
         'predicted_peak_mb': plan['predicted_peak_weight_mb'], **got,
         'measured_peak_mb': got['peak_weight_bytes'] / MB,
         'error_pct': (lat / pred - 1) * 100, 'within_10pct': abs(lat / pred - 1) <= 0.10,
-        'bound_ms': bound, 'disk_mb_per_s': [bw_before / MB, (bw_after or 0) / MB],
+        'bound_ms': bound, 'disk_mb_per_s': [b / MB for b in disk],
         'below_bound': pred < bound - 1e-6,
         'inside_range': lo <= lat <= hi,
         'passes_inside_pct': 100.0 * sum(lo <= v <= hi for v in got['latency_all_ms'])
         / len(got['latency_all_ms']),
         'compute_drift': k, 'adjusted_ms': adjusted,
         'adjusted_error_pct': (lat / adjusted - 1) * 100,
+        'disk_level_now': level, 'at_run_ms': at_run,
+        'at_run_error_pct': (lat / at_run - 1) * 100,
         'overhead_ms': lat - got['resident_ms'],
         'reduction_pct': (1 - got['peak_weight_bytes'] / pk.total_bytes) * 100}
 
@@ -177,14 +206,14 @@ def bench_model(key, src, args):
            'profile_disk_mb_per_s': [[p['mb_per_s'] for p in r['points']]
                                      for r in prof['disk']['rounds']],
            'load_start': os.getloadavg()[0], 'plans': [], 'skipped': {}}
+    run = {}
     for name, plan in plans.items():
         if 'infeasible' in plan or 'same_as' in plan:
             row['skipped'][name] = plan.get('infeasible') or f'same as {plan["same_as"]}'
-            continue
-        bw = disk_bandwidth(pk.weights_path)
-        got = measure(pk, plan, x, args.device, resident, args.passes)
-        bw_after = disk_bandwidth(pk.weights_path)
-        row['plans'].append(plan_row(pk, prof, name, plan, got, bw, bw_after))
+        else:
+            run[name] = plan
+    for name, got in measure(pk, run, x, args.device, resident, args.passes).items():
+        row['plans'].append(plan_row(pk, prof, name, run[name], got))
     del resident
     row['load_end'] = os.getloadavg()[0]
     row['seconds'] = time.perf_counter() - t0
@@ -195,11 +224,40 @@ def verdicts(rows):
     """Return the "Done when" counts over the streamed plans."""
     streamed = [p for r in rows for p in r['plans'] if p['streams']]
     passes = [v for p in streamed for v in [p['passes_inside_pct']]]
+    spreads = [v for v in (block_spread_pct(p['latency_all_ms']) for p in streamed)
+               if v is not None]
     return {'streamed': len(streamed),
             'within_10pct': sum(p['within_10pct'] for p in streamed),
             'below_bound': sum(p['below_bound'] for p in streamed),
             'inside_range': sum(p['inside_range'] for p in streamed),
-            'passes_inside_pct': statistics.mean(passes) if passes else None}
+            'within_10pct_at_run': sum(abs(p['at_run_error_pct']) <= 10 for p in streamed
+                                       if 'at_run_error_pct' in p),
+            'passes_inside_pct': statistics.mean(passes) if passes else None,
+            'block_spread_pct': statistics.median(spreads) if spreads else None,
+            'repeatable': sum(v <= 10 for v in spreads)}
+
+
+def block_spread_pct(lat, block=BLOCK):
+    """
+    Return how far apart a plan's block medians are: (largest / smallest - 1) in %, or None.
+
+    The blocks of one plan run about a minute apart in the same run with the same code: their
+    spread is what the machine itself does to one latency, the floor under any prediction
+    error this benchmark can show.
+    """
+    meds = [statistics.median(lat[i:i + block]) for i in range(0, len(lat), block)]
+    return 100.0 * (max(meds) / min(meds) - 1) if len(meds) > 1 else None
+
+
+def _pct(v):
+    return '–' if v is None else f'{v:.0f}%'
+
+
+def _at_run(p):
+    if 'at_run_ms' not in p:
+        return '– | –'
+    return (f"×{p['disk_level_now']:.2f} | {p['at_run_ms']:.1f} "
+            f"({p['at_run_error_pct']:+.1f}%)")
 
 
 def _yes(flag):
@@ -216,7 +274,9 @@ def tables(rows, meta):
            f"start, {meta['load'][1]:.1f} at the end (the benchmark itself included).", '',
            '| model | input | plan | predicted ms | range ms | measured ms (median) | error | '
            '≤ 10% | bound ms (disk MB/s) | predicted ≥ bound | in range (passes) | '
-           'compute drift | peak MB predicted / measured |', '|' + '---|' * 13]
+           "block medians' spread | compute drift | disk now (× median time) | "
+           "at this run's compute and disk: ms (error) | peak MB predicted / measured |",
+           '|' + '---|' * 16]
     for r in rows:
         for p in r['plans']:
             if not p['streams']:
@@ -227,9 +287,10 @@ def tables(rows, meta):
                 f"| {r['model']} | {'x'.join(map(str, r['input'] or []))} | {name} | "
                 f"{p['predicted_ms']:.1f} | {lo:.1f}–{hi:.1f} | {p['latency_ms']:.1f} | "
                 f"{p['error_pct']:+.1f}% | {_yes(p['within_10pct'])} | {p['bound_ms']:.1f} "
-                f"({p['disk_mb_per_s'][0]:.0f}) | {_yes(not p['below_bound'])} | "
+                f"({statistics.median(p['disk_mb_per_s']):.0f}) | {_yes(not p['below_bound'])} | "
                 f"{_yes(p['inside_range'])} ({p['passes_inside_pct']:.0f}%) | "
-                f"×{p['compute_drift']:.2f} | {p['predicted_peak_mb']:.2f} / "
+                f"{_pct(block_spread_pct(p['latency_all_ms']))} | "
+                f"×{p['compute_drift']:.2f} | {_at_run(p)} | {p['predicted_peak_mb']:.2f} / "
                 f"{p['measured_peak_mb']:.2f} |")
     n = v['streamed'] or 1
     out += ['', f"**Streamed plans within 10% of their prediction: {v['within_10pct']} of "
@@ -238,7 +299,13 @@ def tables(rows, meta):
             f"Measured median inside the predicted range: {v['inside_range']} of "
             f"{v['streamed']} ({100 * v['inside_range'] / n:.0f}%; goal ≥ 90%)**"
             + (f"; passes inside the range: {v['passes_inside_pct']:.0f}% on average."
-               if v['passes_inside_pct'] is not None else '.')]
+               if v['passes_inside_pct'] is not None else '.'),
+            '', f"Predicted at the compute and disk speed measured around each plan's run "
+            f"(the model's own error, without the machine's drift): {v['within_10pct_at_run']} "
+            f"of {v['streamed']} within 10%. The machine's own repeatability: a plan's block "
+            'medians (the same plan, a minute apart in this run) differ by '
+            f"{_pct(v['block_spread_pct'])} (median over the plans); {v['repeatable']} of "
+            f"{v['streamed']} plans repeat within 10% of themselves."]
     out += [f'Not measured: {k} ({why}).' for k, why in meta.get('failed', {}).items()]
     return '\n'.join(out + [''] + paper_table(rows))
 
