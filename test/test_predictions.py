@@ -254,6 +254,18 @@ def test_deadline_plans_take_the_slow_disk_and_every_plan_carries_its_range():
         deadline.predicted_latency_ms
 
 
+def test_a_prediction_scales_to_the_machine_as_measured_now():
+    """compute= and disk= (bench_planner's drift columns) slow exactly what they name."""
+    manifest, prof = hand(rounds=[1.0, 0.8, 1.6, 1.0])
+    plan = planner.plan(manifest, prof, budget_mb=6.0)
+    base = planner.predict(manifest, prof, plan).latency_ms
+    assert planner.predict(manifest, prof, plan, compute=2.0, disk=2.0).latency_ms == \
+        pytest.approx(2 * base, rel=1e-6)
+    slow_disk = planner.predict(manifest, prof, plan, disk=2.0).latency_ms
+    slow_cpu = planner.predict(manifest, prof, plan, compute=2.0).latency_ms
+    assert base < slow_disk < 2 * base and base < slow_cpu < 2 * base
+
+
 def test_no_prediction_is_below_the_pipeline_bound_at_the_slowest_disk_round():
     manifest, prof = hand(rounds=[1.0, 1.0, 1.0, 3.0], busy=1.0)
     sched = Schedule.from_manifest(manifest)
