@@ -16,7 +16,9 @@ from demand_layering_ros import pack as P
 from demand_layering_ros.models import assets, registry
 from demand_layering_ros.models.detector import Detector, read_image
 from demand_layering_ros.pack import Pack, PackError
+from demand_layering_ros.planning import planner, profiler
 from demand_layering_ros.runtime.arena import ArenaTooSmall
+from demand_layering_ros.runtime.binding import conversion_reserve
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.runtime.loading import load, load_resident
 from demand_layering_ros.sizes import MB
@@ -225,6 +227,40 @@ def test_awkward_model_streamed_equals_resident(tmp_path, dtype):
             st = m.stats()
             assert budget is None or st['peak_weight_bytes'] <= st['budget_bytes']
             m.close()
+
+
+def test_a_plan_from_a_profile_leaves_room_for_the_conversion_copies(tmp_path):
+    """
+    The node's path (profile, plan, load with the plan) fits a float16 pack's budget on the CPU.
+
+    The profile records the float32 copies a pass holds; the planner fits the budget less
+    them, so the engine accepts the plan. A plan from a profile without that figure (older
+    profiles) spends the whole budget on weights and is refused at configure, as before.
+    """
+    pack = P.write_pack('darknet:yolov3-tiny', tmp_path / 'p', seed=1, input_size='64x64',
+                        progress=False, dtype='float16')
+    prof = profiler.profile(pack.path, repeats=1, progress=False, check_splits=False,
+                            executor_overhead=False, activation=False)
+    reserve = prof['convert_reserve_bytes']
+    assert reserve == conversion_reserve(pack, 'cpu') == \
+        load(pack.path)._engine.binding.convert_reserve > 0
+    stored = sum(u.length for u in pack.units)
+    budget = (reserve + 0.75 * stored) / MB
+    plan = planner.plan(pack, prof, budget_mb=budget).to_dict()
+    assert plan['predicted_peak_weight_bytes'] <= budget * MB
+    assert plan['predicted_conversion_mb'] > 0
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    m = load(pack.path, budget_mb=budget, plan=plan)
+    try:
+        assert same(list(m(x)), list(load_resident(pack.path)(x)))
+        assert m.stats()['peak_weight_bytes'] <= budget * MB
+    finally:
+        m.close()
+    older = {k: v for k, v in prof.items() if k != 'convert_reserve_bytes'}
+    with pytest.raises(ArenaTooSmall, match='conversion copies'):
+        load(pack.path, budget_mb=budget, plan=planner.plan(pack, older, budget_mb=budget))
+    assert conversion_reserve(P.write_pack('darknet:yolov3-tiny', tmp_path / 'f32', seed=1,
+                                           input_size='64x64', progress=False), 'cpu') == 0
 
 
 def test_bfloat16_compute_on_the_cpu_needs_no_conversion(tmp_path):

@@ -102,12 +102,13 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
         exact = prof.get('split_exact') or {}
         splits = [sp for sp in sched.split_candidates if exact.get(str(sp))]
     trade = TradeOff(sched, timing, splits, frame_period_ms, sweep_points)
-    chosen = _choose(trade, budget_mb, deadline_ms)
+    reserve = int(prof.get('convert_reserve_bytes') or 0)
+    chosen = _choose_within(trade, budget_mb, deadline_ms, reserve)
     for _ in range(3):     # a pinned copy ring (discrete CUDA) comes out of the budget too
         staging = staging_bytes(sched, timing, chosen)
-        if budget_mb is None or chosen.memory + staging <= budget_mb * MB:
+        if budget_mb is None or chosen.memory + staging + reserve <= budget_mb * MB:
             break
-        chosen = _choose(trade, (budget_mb * MB - staging) / MB, deadline_ms)
+        chosen = _choose_within(trade, budget_mb - staging / MB, deadline_ms, reserve)
     trade.curve.append(chosen)
     search = {'evaluations': trade.evaluations, 'seconds': round(time.perf_counter() - t0, 3),
               'split_sizes': trade.split_sizes}
@@ -115,6 +116,12 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
                'frame_period_ms': frame_period_ms}
     out = _plan_dict(sched, prof, timing, chosen, trade, search, request)
     out['threads'] = threads
+    if reserve:                 # the float32 copies are weight memory the executor counts
+        out['predicted_conversion_mb'] = mib(reserve)
+        out['predicted_peak_weight_bytes'] += reserve
+        out['predicted_peak_weight_mb'] = _mb_up(out['predicted_peak_weight_bytes'])
+        out.update(memory_prediction(prof, chosen.memory + reserve,
+                                     staging_bytes(sched, timing, chosen)))
     out.update(_honest(sched, prof, chosen, frame_period_ms, device, disk_pct))
     return Plan.from_dict(out)
 
@@ -179,6 +186,31 @@ def staging_bytes(sched, timing, point):
         return 0
     items = sched.streams(point.cfg.resident, point.cfg.split_bytes or 0).items
     return pinned_size(max((it.nbytes for it in items), default=0))
+
+
+def _choose_within(trade, budget_mb, deadline_ms, reserve):
+    """
+    Return _choose's point for a budget less `reserve` bytes (conversion copies; 0: none).
+
+    A float16 pack on the CPU lands as float32 copies outside the residents and the arena the
+    trade-off counts; the engine refuses a plan whose weights and copies exceed the budget.
+    """
+    if budget_mb is None or not reserve:
+        return _choose(trade, budget_mb, deadline_ms)
+    what = f'{mib(reserve)} MB of float32 copies of the weights as they land'
+    if budget_mb * MB <= reserve:
+        raise PlanInfeasible(f'budget {budget_mb:g} MB cannot hold the {what}',
+                             budget_mb=budget_mb, deadline_ms=deadline_ms,
+                             min_memory_mb=_mb_up(trade.smallest.memory + reserve))
+    try:
+        return _choose(trade, budget_mb - reserve / MB, deadline_ms)
+    except PlanInfeasible as e:
+        nums = dict(e.numbers(), budget_mb=budget_mb)
+        for k in ('min_budget_mb', 'min_memory_mb'):
+            if nums[k] is not None:
+                nums[k] = _mb_up(nums[k] * MB + reserve)
+        raise PlanInfeasible(f'{e} (what is left of budget {budget_mb:g} MB after the {what})',
+                             **nums) from None
 
 
 def _choose(trade, budget_mb, deadline_ms):

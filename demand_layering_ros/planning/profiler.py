@@ -35,6 +35,7 @@ from demand_layering_ros.planning.profile_file import PROFILE_VERSION
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.timing import Timing
 from demand_layering_ros.quantiles import median
+from demand_layering_ros.runtime.binding import conversion_reserve
 from demand_layering_ros.sizes import MB, mib, PAGE
 
 
@@ -308,6 +309,8 @@ def _profile_dict(pack, sched, device, repeats, budget_mb, calls, found, t_start
         'steps_scale': round(calls['scale'], 5),
         'activation_peak_bytes': act,
         'activation_peak_mb': mib(act),
+        # float16 pack on the CPU: float32 copies alive at once, outside residents and arena
+        'convert_reserve_bytes': conversion_reserve(pack, device),
         'runtime_baseline_bytes': found['runtime_baseline_bytes'],
         'weight_bytes': sum(pack.units[u].length for u in sched.called),
         'units': [{'index': u.index, 'name': u.name, 'bytes': u.length, 'nbytes': u.nbytes,

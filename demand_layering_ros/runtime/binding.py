@@ -46,6 +46,23 @@ def compute_dtype(pack, device, dtype=None):
     return dtype_of(stored)
 
 
+def conversion_reserve(pack, device, dtype=None):
+    """
+    Return the bytes of conversion copies a pass on `device` holds at once (0: none).
+
+    What `Binding.convert_reserve` says for the skeleton load() would build: a float16 pack on
+    the CPU lands as float32 copies, weight memory outside the plan's residents and arena. The
+    profiler records it so that the planner fits a budget less it, as the engine does.
+    """
+    if pack.stored_dtype is None:
+        return 0
+    det = pack.build_detector(device=device, meta=True)
+    dtype = compute_dtype(pack, device, dtype)
+    if dtype is not None:
+        det.set_dtype(dtype)
+    return Binding(pack, det.model).convert_reserve
+
+
 def landing_dtype(stored, placeholder):
     """Return the dtype a stored tensor converts to as it lands, or None: used as stored."""
     if placeholder is None or stored == placeholder or not stored.is_floating_point \
