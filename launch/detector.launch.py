@@ -121,6 +121,16 @@ def parameter_overrides(values):
     return out
 
 
+def launchable(params):
+    """
+    Return the parameters launch_ros can pass: without empty lists (the node's default anyway).
+
+    launch_ros cannot type an empty sequence and fails the whole launch on one, such as the
+    default file's `models: []`.
+    """
+    return {k: v for k, v in params.items() if not (isinstance(v, (list, tuple)) and not v)}
+
+
 def _on_exit(event, context):
     """Say that the node died, with its exit code, and end the launch with status 1."""
     if event.returncode in (0, None) or event.returncode < 0:   # a clean exit or a signal
@@ -142,7 +152,7 @@ def _setup(context):
     node = LifecycleNode(
         package='demand_layering_ros', executable='detector_node', name=NODE_NAME,
         namespace=values['namespace'], output='screen',
-        parameters=[params],
+        parameters=[launchable(params)],
         arguments=['--ros-args', '--log-level', values['log_level']])
     return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_on_exit))]
 

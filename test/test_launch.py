@@ -93,6 +93,11 @@ def test_parameter_file_section_applies_in_any_namespace(tmp_path):
     from demand_layering_ros.service import settings
     own = mod.node_parameters(ROOT / 'config' / 'detector.yaml')
     assert set(own) == set(settings.PARAM_BY_NAME)
+    # launch_ros fails a launch on an empty list (the default `models: []`): none is passed
+    passed = mod.launchable(own)
+    assert own['models'] == [] and 'models' not in passed
+    assert passed == {k: v for k, v in own.items() if k != 'models'}
+    assert not any(isinstance(v, (list, tuple)) and not v for v in passed.values())
     values = {'params_file': str(path), 'namespace': '', 'image_topics': '/x/image_raw',
               'device': '', 'pack_path': '/p', 'autostart': 'false', 'log_level': 'info',
               'use_sim_time': 'false'}
@@ -172,6 +177,48 @@ def test_real_launch(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
+
+
+def test_real_launch_with_the_default_file_serves_and_stops_cleanly(tmp_path):
+    """
+    What a user runs first: the package's own detector.yaml, a pack, Ctrl-C.
+
+    The launch must start the node (the default file's `models: []` once failed the whole
+    launch in launch_ros), the node must configure and activate, and SIGINT must end the
+    launch with status 0 (no segfault at exit).
+    """
+    pytest.importorskip('launch_ros', reason='launch_ros is not installed (no PyPI wheel)')
+    from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
+    try:
+        get_package_share_directory('demand_layering_ros')
+    except PackageNotFoundError:
+        pytest.skip('demand_layering_ros is not installed in the ament index (colcon build)')
+    from demand_layering_ros import pack as P
+    pack = P.write_pack('darknet:yolov3-tiny', tmp_path / 'pack', seed=0, input_size='64x64',
+                        progress=False, verify=False)
+    log = tmp_path / 'launch.log'
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
+    with open(log, 'w') as out:
+        proc = subprocess.Popen(
+            [sys.executable, '-c', LAUNCH_RUNNER, str(LAUNCH_FILE), f'pack_path:={pack.path}',
+             'namespace:=ld', 'image_topics:=/ld/cam/image_raw'],
+            env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            end = time.monotonic() + 90
+            while time.monotonic() < end and proc.poll() is None and \
+                    'active: /ld/cam/image_raw' not in log.read_text():
+                time.sleep(0.2)
+            assert 'active: /ld/cam/image_raw' in log.read_text(), log.read_text()[-3000:]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert 'Caught exception' not in text and 'exited with code' not in text, text[-3000:]
 
 
 def test_real_launch_invalid_parameter_one_line_node_unconfigured(tmp_path):
