@@ -119,6 +119,16 @@ sys.exit(service.run())
 """
 
 
+def stop(proc, timeout):
+    """Send SIGINT (Ctrl-C); kill after `timeout` s; return the captured stdout (or None)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0]
+
+
 def test_real_launch(tmp_path):
     pytest.importorskip('launch_ros', reason='launch_ros is not installed (no PyPI wheel)')
     from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
@@ -171,12 +181,7 @@ def test_real_launch(tmp_path):
         node.destroy_node()
     finally:
         ctx.try_shutdown()
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop(proc, 20)
 
 
 def test_real_launch_with_the_default_file_serves_and_stops_cleanly(tmp_path):
@@ -210,12 +215,7 @@ def test_real_launch_with_the_default_file_serves_and_stops_cleanly(tmp_path):
                 time.sleep(0.2)
             assert 'active: /ld/cam/image_raw' in log.read_text(), log.read_text()[-3000:]
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 30)
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert 'Caught exception' not in text and 'exited with code' not in text, text[-3000:]
@@ -260,12 +260,7 @@ def test_real_launch_invalid_parameter_one_line_node_unconfigured(tmp_path):
         node.destroy_node()
     finally:
         ctx.try_shutdown()
-        proc.send_signal(signal.SIGINT)
-        try:
-            out = proc.communicate(timeout=20)[0]
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out = proc.communicate()[0]
+        out = stop(proc, 20)
     # the node's own lines (launch may add one if SIGINT reaches the node late, on shutdown)
     errors = [line for line in out.splitlines()
               if '[ERROR]' in line and 'demand_layering_detector]:' in line]
