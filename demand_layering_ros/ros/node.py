@@ -534,7 +534,7 @@ def main(args=None):
     Console script `detector_node`: run the node until Ctrl-C (or SIGTERM).
 
     rclpy's own signal handler shuts the context down from a thread of its own, while the image
-    intake's thread may be waiting in it: a segfault at exit about one run in fifteen. So rclpy
+    intake's thread may be waiting in it: a segfault at exit about one run in thirty. So rclpy
     installs none; the signals raise KeyboardInterrupt in this thread, which spins with a
     timeout to see it, then stops the intake, the inference thread and the executor, destroys
     the node and only then shuts rclpy down.
