@@ -107,8 +107,9 @@ print(json.dumps(out))
 
 def measure(mode, pack, passes, threads):
     """Run one configuration in a fresh memory cgroup; return its figures and peak."""
+    from demand_layering_ros.pack.format import WEIGHTS_FILE
     from tools import cgroups
-    cgroups.evict_file(Path(pack) / 'weights.safetensors')
+    cgroups.evict_file(Path(pack) / WEIGHTS_FILE)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT), os.environ.get('PYTHONPATH')) if p))
     r = cgroups.run_in_cgroup([sys.executable, '-c', CHILD, mode, str(pack), str(passes),

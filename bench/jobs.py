@@ -25,6 +25,7 @@ from bench.prepare import prepare_model
 from bench.summary import model_results
 from bench.worker import weight_files
 from demand_layering_ros import atomic
+from demand_layering_ros.pack.format import WEIGHTS_FILE
 from demand_layering_ros.sizes import mib
 
 
@@ -47,10 +48,11 @@ def _read_pack_files(pack):
     Read a pack's small files (manifest, cfg) here, so no configuration is charged their cache.
 
     Whichever worker read them first after drop_caches paid ~0.1-1 MiB of page cache at its
-    import baseline: noise in the whole-process peaks of small models.
+    import baseline: noise in the whole-process peaks of small models. Once per model, after
+    the caches are dropped: only the weights file is evicted before each configuration.
     """
     for p in Path(pack).iterdir():
-        if p.is_file() and p.name != 'weights.safetensors':
+        if p.is_file() and p.name != WEIGHTS_FILE:
             p.read_bytes()
 
 
@@ -124,7 +126,7 @@ def bench_model(key, info, args, work, bar, log):
     configs = config_list(info, args.configs)
     runs = {c: [] for c in configs}
     use_cgroup = bool(cgroups.cgroups_available()) and not args.no_cgroup
-    bw = disk_bandwidth(Path(info['pack']) / 'weights.safetensors')
+    bw = disk_bandwidth(Path(info['pack']) / WEIGHTS_FILE)
     info['disk_mb_per_s'] = mib(bw, 0)
     if args.drop_caches == 'all':
         try:
@@ -133,6 +135,7 @@ def bench_model(key, info, args, work, bar, log):
         except (PermissionError, OSError) as e:
             log(f'drop_caches: {e}; evicting the weight files only')
             args.drop_caches = 'weights'
+    _read_pack_files(info['pack'])
     for rep in range(args.reps):
         for config in rep_order(configs, rep):
             bar.set_postfix_str(f'{key} {config} r{rep}', refresh=True)
@@ -175,7 +178,6 @@ def _run_config(key, info, config, rep, runs, args, work, use_cgroup, log):
            + info['buffer_bytes'], 'limit_above_base': above}
     if args.drop_caches != 'none':
         _evict(job)
-    _read_pack_files(info['pack'])
     res = run_job(job, work, timeout=args.timeout, use_cgroup=use_cgroup)
     if res.get('status') != 'ok':
         log(f'{key} {config} rep {rep}: {res.get("status")}: '

@@ -17,6 +17,7 @@ import time
 from bench.configs import BenchError, STREAMING
 from bench.prepare import param_state
 from demand_layering_ros import atomic, load, load_resident
+from demand_layering_ros.pack.format import WEIGHTS_FILE
 
 
 def read_bytes_self():
@@ -276,7 +277,7 @@ def weight_files(job):
     """Return the files a configuration reads its weights from."""
     if job['kind'] == 'accelerate-disk' and job.get('offload_dir'):
         return sorted(Path(job['offload_dir']).glob('*.dat'))
-    return [Path(job['pack']) / 'weights.safetensors']
+    return [Path(job['pack']) / WEIGHTS_FILE]
 
 
 def cached_bytes(job):
