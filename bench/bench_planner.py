@@ -300,9 +300,9 @@ def tables(rows, meta):
             f"{v['streamed']} ({100 * v['inside_range'] / n:.0f}%; goal ≥ 90%)**"
             + (f"; passes inside the range: {v['passes_inside_pct']:.0f}% on average."
                if v['passes_inside_pct'] is not None else '.'),
-            '', f"Predicted at the compute and disk speed measured around each plan's run "
-            f"(the model's own error, without the machine's drift): {v['within_10pct_at_run']} "
-            f"of {v['streamed']} within 10%. The machine's own repeatability: a plan's block "
+            '', 'Predicted at the compute speed (resident passes) and the one-request disk rate '
+            f"measured around each plan's blocks: {v['within_10pct_at_run']} of "
+            f"{v['streamed']} within 10%. The machine's own repeatability: a plan's block "
             'medians (the same plan, a minute apart in this run) differ by '
             f"{_pct(v['block_spread_pct'])} (median over the plans); {v['repeatable']} of "
             f"{v['streamed']} plans repeat within 10% of themselves."]
