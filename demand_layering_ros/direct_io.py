@@ -342,8 +342,22 @@ class Reader:
             self._finish(req)
             return fut
         for k in range(len(chunks)):
-            self._pool.submit(self._chunk, req, k)
+            try:
+                self._pool.submit(self._chunk, req, k)
+            except RuntimeError as e:    # the pool is shut down (interpreter exit)
+                self._unsent(req, len(chunks) - k, e)
+                break
         return fut
+
+    def _unsent(self, req, n, err):
+        """Fail a request whose last `n` chunks never reach a thread (close() never waits)."""
+        with req.lock:
+            if req.error is None:
+                req.error = err
+            req.finished += n
+            last = req.finished == len(req.chunks)
+        if last:
+            self._finish(req)
 
     def _done(self, fut):
         with self._stats_lock:

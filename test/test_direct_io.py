@@ -208,6 +208,23 @@ def test_fault_injector_error_names_offset_and_reader_recovers(tmp_path):
         assert torch.equal(dest, data)
 
 
+def test_a_read_the_shut_down_pool_refuses_fails_and_close_does_not_wait(tmp_path):
+    # At interpreter exit Python shuts every thread pool down while the loader may still read
+    # ahead: the future must fail, not stay pending for close() to wait on for ever.
+    path = tmp_path / 'data.bin'
+    make_file(path, 8 * PAGE)
+    pool = direct_io.ReadPool(2)
+    r = Reader(path, chunk_bytes=2 * PAGE, pool=pool)
+    pool.pool.shutdown(wait=True)
+    fut = r.submit(0, 8 * PAGE, aligned_empty(8 * PAGE))
+    assert isinstance(fut.exception(timeout=5), RuntimeError)
+    closer = threading.Thread(target=r.close)
+    closer.start()
+    closer.join(5)
+    assert not closer.is_alive(), 'Reader.close() waits for a read that never started'
+    pool.close()
+
+
 def test_verify_runs_in_worker_and_its_error_reaches_the_caller(tmp_path):
     path = tmp_path / 'data.bin'
     data = make_file(path, 4 * PAGE)
