@@ -119,7 +119,8 @@ def test_readme_parameter_table_is_generated_from_the_descriptors():
 
 
 def _frame(cam, base, deadline_s):
-    return scheduling.Frame(cam, None, base, base + deadline_s if deadline_s else math.inf)
+    return scheduling.Frame(scheduling.Camera(cam), None, base,
+                            base + deadline_s if deadline_s else math.inf)
 
 
 def test_latency_model_extrapolates_batches_from_compute_share():

@@ -18,6 +18,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 
 def frame(cam, base, deadline_s=0.0, arrival=None):
+    cam = scheduling.Camera(cam) if isinstance(cam, str) else cam
     return scheduling.Frame(cam, None, base, base + deadline_s if deadline_s else math.inf,
                             base if arrival is None else arrival)
 
@@ -142,6 +143,82 @@ class _Never:
 
     def is_set(self):
         return False
+
+
+# -- fair turns: no camera starves, with or without deadlines ----------------------------------
+
+def serve(cameras, pass_s, seconds=20.0, deadline_s=0.0, max_batch=1):
+    """
+    Run the node's serving loop on a virtual clock; return {camera: frames served}.
+
+    cameras: {name: (model, period s, phase s)}; every pass takes `pass_s` of its model's
+    (one model's frames may share a pass: a batch of k costs k passes here, so batching
+    never pays). Frames arrive as cameras publish them, the node takes the latest of each,
+    picks the model (`of_most_urgent_model`), then the batch (`next_batch`), exactly as
+    ros/node.py does.
+    """
+    cams = {n: scheduling.Camera(n, model) for n, (model, _, _) in cameras.items()}
+    q = scheduling.FrameQueue(list(cams.values()))
+    models = {m for m, _, _ in cameras.values()}
+    lat = {m: scheduling.LatencyModel() for m in models}
+    for m in models:
+        lat[m].update(1, pass_s[m], stall_seconds=0.0)
+    events = sorted((phase + k * period, n) for n, (_, period, phase) in cameras.items()
+                    for k in range(int(seconds / period) + 1))
+    served = dict.fromkeys(cams, 0)
+    now, i = 0.0, 0
+    while now < seconds:
+        while i < len(events) and events[i][0] <= now:
+            t, n = events[i]
+            q.offer(cams[n], frame(cams[n], t, deadline_s))
+            i += 1
+        if not any(c.latest for c in cams.values()):
+            now = events[i][0] if i < len(events) else seconds
+            continue
+        pending = q.take(_Never())
+        mine = q.of_most_urgent_model(pending, now, lambda f: lat[f.camera.model].upper(1))
+        m = mine[0].camera.model
+        batch = q.next_batch(mine, now, lat[m], max_batch)
+        for f in batch:
+            served[f.camera.namespace] += 1
+        now += len(batch) * pass_s[m] if batch else 0.001
+    return served
+
+
+def fairness(served):
+    return min(served.values()) / max(served.values())
+
+
+@pytest.mark.parametrize('deadline_s', [0.0, 0.451])
+@pytest.mark.parametrize('phase', [0.0005, 1 / 30])        # together, half a period apart
+@pytest.mark.parametrize('n', [2, 3, 4])
+def test_cameras_of_one_model_take_turns(n, phase, deadline_s):
+    cams = {f'/cam{k}': ('m', 1 / 15, k * phase) for k in range(n)}
+    served = serve(cams, {'m': 0.1}, deadline_s=deadline_s)
+    assert sum(served.values()) >= 190                  # the node never idles: 10 passes/s
+    assert fairness(served) >= 0.8, served
+
+
+@pytest.mark.parametrize('deadline_s', [0.0, 0.451])
+def test_models_take_turns(deadline_s):
+    cams = {'/front': ('front', 1 / 15, 0.0), '/rear': ('rear', 1 / 15, 0.0005)}
+    served = serve(cams, {'front': 0.1, 'rear': 0.1}, deadline_s=deadline_s)
+    assert fairness(served) >= 0.8, served
+
+
+def test_a_deadline_that_waiting_would_miss_goes_first():
+    cam_a, cam_b = scheduling.Camera('/a'), scheduling.Camera('/b')
+    cam_a.turn, cam_b.turn = 2, 1                 # a was served last: b's turn
+    now = 10.0
+    tight = frame(cam_a, now - 0.05, 0.2)         # 150 ms left: makes it only if it goes now
+    roomy = frame(cam_b, now - 0.05, 1.0)
+    order = scheduling.serving_order([roomy, tight], now, lambda f: 0.1)
+    assert order == [tight, roomy]
+    loose = frame(cam_a, now - 0.05, 0.3)         # 250 ms left: still met after b's pass
+    order = scheduling.serving_order([loose, roomy], now, lambda f: 0.1)
+    assert order == [roomy, loose]
+    lost = frame(cam_a, now - 0.05, 0.1)          # 50 ms left: missed whatever goes first
+    assert scheduling.serving_order([lost, roomy], now, lambda f: 0.1) == [roomy, lost]
 
 
 # -- the slack ---------------------------------------------------------------------------------

@@ -399,15 +399,15 @@ class DetectorNode(LifecycleNode):
                 self._record_error(f'inference thread: {type(e).__name__}: {e}')
 
     def _serve(self, pending):
-        mine = self._queue.of_most_urgent_model(pending)   # EDF across models
+        now = self._now()
+        mine = self._queue.of_most_urgent_model(pending, now, _pass_cost)   # turns across models
         m = mine[0].camera.model
         others = [f for f in pending if f.camera.model is not m]
         if others and self.group.configured:     # the model after this one reads ahead
-            self.group.prefetch(most_urgent_model(others).name)
+            self.group.prefetch(most_urgent_model(others, now, _pass_cost).name)
         pending = mine
         s, service = m.settings, m.service
         latency = service.latency
-        now = self._now()
         self._note_feasibility(m, latency, service.slack.part('age'))
         max_batch = s['max_batch'] if service.batching_ok else 1
         batch = self._queue.next_batch(pending, now, latency, max_batch, m.infeasible,
@@ -522,6 +522,11 @@ class DetectorNode(LifecycleNode):
     def last_error(self):
         """Return the last error reported (a failed configure or frame); '' after a configure."""
         return self._last_error
+
+
+def _pass_cost(frame):
+    """Return the seconds one pass of a frame's model takes (the slow end of recent passes)."""
+    return frame.camera.model.service.latency.upper(1)
 
 
 def _interrupt(signum, frame):

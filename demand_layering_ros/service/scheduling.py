@@ -1,13 +1,19 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
 """
-Which frame runs when: latest frame per camera, earliest deadline first, batches, drops.
+Which frame runs when: latest frame per camera, fair turns, earliest deadline first, batches.
 
 No ROS here: times are plain seconds, so the policy is testable on its own. A camera keeps only
-its latest frame (an older one still waiting is superseded and counted), cameras are served
-earliest-deadline-first, a frame that can no longer meet its deadline is dropped and counted,
-and frames of several cameras share one forward pass when that meets the deadlines better.
-`LatencyModel` predicts the cost of a batch from what was measured in steady state.
+its latest frame (an older one still waiting is superseded and counted). Cameras take turns:
+the camera served least recently goes first (`serving_order`), unless another frame's deadline
+would be missed by waiting one more pass while serving it first would meet it (earliest deadline
+first where it saves a deadline). A frame that can no longer meet its deadline is dropped and
+counted, and frames of several cameras share one forward pass when that meets the deadlines
+better. `LatencyModel` predicts the cost of a batch from what was measured in steady state.
+
+Why turns and not "oldest frame first": a camera's waiting frame is superseded by its next one,
+so under overload the camera whose frames are stamped a little later (a stereo pair triggered
+together, the second camera of a rig) would lose every comparison and never be served.
 """
 
 from collections import deque
@@ -21,6 +27,7 @@ from demand_layering_ros.quantiles import median, nearest_rank
 
 DROP_KINDS = ('malformed', 'deadline', 'superseded', 'error')
 JUMP_S = 1.0   # a frame this much older than the newest is a camera restart, not a late one
+TIE_S = 0.005  # deadlines closer than this are equally urgent (cameras triggered together)
 
 
 @dataclass
@@ -110,18 +117,47 @@ class LatencyModel:
         return self.predict(batch, upper=True)
 
 
+def serving_order(frames, now, cost):
+    """
+    Return frames in the order to serve them: fair turns, earliest deadline where it matters.
+
+    The next frame is the one of the camera served least recently (`Camera.turn`), unless the
+    frame with the earliest deadline would then miss it while going first would meet it: that
+    frame goes first (deadlines within TIE_S count as equal, frames without a deadline never
+    need to go first). `cost(frame)` is the seconds one pass of that frame's model takes (the
+    slow end of its recent passes). Cameras never served come first, in the order given.
+    """
+    left = sorted(frames, key=lambda f: (f.deadline, f.base))
+    fair = sorted(left, key=lambda f: f.camera.turn)
+    out, t = [], now
+    while left:
+        first = left[0]
+        pick = first
+        for f in fair:
+            if f is first or f.deadline - first.deadline <= TIE_S or \
+                    t + cost(f) + cost(first) <= first.deadline or \
+                    t + cost(first) > first.deadline:
+                pick = f
+                break
+        out.append(pick)
+        left.remove(pick)
+        fair.remove(pick)
+        t += cost(pick)
+    return out
+
+
 def plan_batch(frames, now, latency, max_batch, best_effort=False):
     """
     Decide what runs next: returns (batch, dropped, waiting), each a list of frames.
 
-    Frames are ordered earliest-deadline-first. A frame is dropped when it would finish after
-    its deadline even if it started now (its age plus the slow end of the recent service times,
-    `latency.upper`), unless even a fresh frame could not make it, or `best_effort` says the
-    deadline is infeasible: then frames still run, late, and the misses are counted. The batch
-    size is the one that lets the most frames meet their deadlines (running the rest one at a
-    time afterwards), ties broken by the smallest total completion time.
+    Frames are ordered by `serving_order` (fair turns, earliest deadline first where it saves
+    one). A frame is dropped when it would finish after its deadline even if it started now
+    (its age plus the slow end of the recent service times, `latency.upper`), unless even a
+    fresh frame could not make it, or `best_effort` says the deadline is infeasible: then
+    frames still run, late, and the misses are counted. The batch size is the one that lets
+    the most frames meet their deadlines (running the rest one at a time afterwards), ties
+    broken by the smallest total completion time.
     """
-    frames = sorted(frames, key=lambda f: f.deadline)
     one = latency.predict(1)
     admit = latency.upper(1)
     dropped, live = [], []
@@ -133,6 +169,7 @@ def plan_batch(frames, now, latency, max_batch, best_effort=False):
             live.append(f)
     if not live:
         return [], dropped, []
+    live = serving_order(live, now, lambda f: admit)
     best, best_key = 1, None
     for k in range(1, min(max_batch, len(live)) + 1):
         t = now + latency.predict(k)
@@ -158,14 +195,14 @@ def deadline_infeasible(latency, deadline_ms, outside_s=0.0):
         (latency.predict(1) + outside_s) * 1e3 > deadline_ms
 
 
-def most_urgent_model(frames):
+def most_urgent_model(frames, now, cost):
     """
-    Return the model whose frame is served first: earliest deadline, then the oldest frame.
+    Return the model whose frame is served first (`serving_order` over every model's frames).
 
-    Frames of several models never share a pass; across models the node serves earliest
-    deadline first (without deadlines, the frame waiting longest: no model starves another).
+    Frames of several models never share a pass; across models, as within one, cameras take
+    turns, and a deadline that waiting would miss goes first.
     """
-    return min(frames, key=lambda f: (f.deadline, f.base)).camera.model
+    return serving_order(frames, now, cost)[0].camera.model
 
 
 class Camera:
@@ -184,6 +221,7 @@ class Camera:
         self.latencies = deque(maxlen=2000)
         self.last_error = ''
         self.last_count = (0, 0, time.monotonic())   # (received, published, time) at last report
+        self.turn = 0            # when it was last served (FrameQueue.turns then); 0: never
 
 
 class FrameQueue:
@@ -202,6 +240,7 @@ class FrameQueue:
         self.cameras = list(cameras)
         self.cond = threading.Condition()
         self.starving = {}    # model -> time since which its every frame was dropped
+        self.turns = 0        # batches taken so far: each camera's `turn` is one of these
 
     def offer(self, camera, frame):
         """Make `frame` the camera's latest unless a newer one was offered; count the loser."""
@@ -251,12 +290,16 @@ class FrameQueue:
         with self.cond:
             for f in dropped:
                 f.camera.drops['deadline'] += 1
+            if batch:
+                self.turns += 1
+                for f in batch:
+                    f.camera.turn = self.turns
         self.put_back(waiting)
         return batch
 
-    def of_most_urgent_model(self, pending):
-        """Return the frames of the most urgent frame's model; put the others back to wait."""
-        model = most_urgent_model(pending)
+    def of_most_urgent_model(self, pending, now, cost):
+        """Return the frames of the model served next; put the others back to wait."""
+        model = most_urgent_model(pending, now, cost)
         self.put_back([f for f in pending if f.camera.model is not model])
         return [f for f in pending if f.camera.model is model]
 
