@@ -6,7 +6,7 @@ ENV := source scripts/env.sh &&
 COLCON := colcon --log-base .colcon/log
 COLCON_PATHS := --base-paths . --build-base .colcon/build --install-base .colcon/install
 
-.PHONY: setup build test lint demo bench bench-rt bench-shared soak gpu-check clean
+.PHONY: setup build test lint demo bench bench-rt bench-shared soak stress gpu-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -48,6 +48,11 @@ bench-rt: build
 
 soak: build
 	@$(ENV) python -m pytest test/test_soak.py -q --soak-frames 5000
+
+# Live budget changes at random moments while two cameras stream (one model, a group of two):
+# 200 changes per scene, about 5 minutes on 2 cores; `make test` runs 30.
+stress: build
+	@$(ENV) python -m pytest test/test_replan_stress.py -q -s --stress-changes 200
 
 # The CUDA check on a machine with a GPU, in two stages (tests <= 150 s, then the GPU benchmark
 # <= 300 s); bench/gpu_check.sh's header says what to carry there and the time limit to ask for.

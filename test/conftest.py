@@ -25,6 +25,8 @@ def pytest_configure(config):
 
 
 def pytest_addoption(parser):
-    """Register --soak-frames (test_soak.py; `make soak` runs 5000)."""
+    """Register --soak-frames (`make soak` runs 5000) and --stress-changes (`make stress`)."""
     parser.addoption('--soak-frames', type=int, default=300,
                      help='frames the soak test sends through the node (default 300)')
+    parser.addoption('--stress-changes', type=int, default=30,
+                     help='live budget changes per scene in test_replan_stress.py (default 30)')

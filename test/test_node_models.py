@@ -52,16 +52,14 @@ def weights(pack):
     return sum(u.length for u in pack.units)
 
 
-@pytest.fixture(scope='module')
-def packs(tmp_path_factory):
-    root = tmp_path_factory.mktemp('node_models')
+def write_packs(root):
+    """Write the two seeded 64x64 packs of MODELS under `root`; return {name: Pack}."""
     return {name: P.write_pack(spec, root / name, seed=i + 1, input_size='64x64',
                                progress=False, verify=False)
             for i, (name, spec) in enumerate(MODELS.items())}
 
 
-@pytest.fixture(scope='module')
-def oracle(packs):
+def resident_oracle(packs):
     """Return {name: Detector whose model is the pack's, fully resident}."""
     out = {}
     for name, pack in packs.items():
@@ -69,6 +67,16 @@ def oracle(packs):
         det.model = load_resident(pack.path)
         out[name] = det
     return out
+
+
+@pytest.fixture(scope='module')
+def packs(tmp_path_factory):
+    return write_packs(tmp_path_factory.mktemp('node_models'))
+
+
+@pytest.fixture(scope='module')
+def oracle(packs):
+    return resident_oracle(packs)
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +103,9 @@ def group_params(packs, budget):
 class Harness:
     """The node and a client node on a MultiThreadedExecutor in a thread (own DDS domain)."""
 
-    def __init__(self, params, name=NODE):
+    def __init__(self, params, name=NODE, topics=None, outs=None):
+        self.topics = dict(TOPICS if topics is None else topics)    # {name: image topic}
+        self.outs = dict(OUT if outs is None else outs)             # {name: detections topic}
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx, domain_id=DOMAIN)
         self.node = dnode.DetectorNode(name, context=self.ctx, parameter_overrides=[
@@ -107,10 +117,10 @@ class Harness:
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
         self.pubs = {t: self.client.create_publisher(Image, t, RELIABLE)
-                     for t in TOPICS.values()}
-        self.got = {n: [] for n in MODELS}
-        for n in MODELS:
-            self.client.create_subscription(Detection2DArray, OUT[n], self.got[n].append,
+                     for t in self.topics.values()}
+        self.got = {n: [] for n in self.outs}
+        for n, topic in self.outs.items():
+            self.client.create_subscription(Detection2DArray, topic, self.got[n].append,
                                             RELIABLE)
         self.count = 0
 
@@ -121,7 +131,7 @@ class Harness:
         self.count += 1
         msg.header.frame_id = f'{model}{self.count}'
         msg.header.stamp = self.client.get_clock().now().to_msg()
-        self.pubs[topic or TOPICS[model]].publish(msg)
+        self.pubs[topic or self.topics[model]].publish(msg)
         return msg.header
 
     def answer(self, model, header, timeout=60.0, got=None):
@@ -239,19 +249,26 @@ def test_two_models_example_file_is_valid():
     assert len(set(topics)) == len(topics)
 
 
-def test_earliest_deadline_first_across_models():
+def test_models_take_turns_and_a_deadline_that_would_be_missed_goes_first():
     a, b = object(), object()
     cam_a, cam_b = scheduling.Camera('/a', a), scheduling.Camera('/b', b)
     q = scheduling.FrameQueue([cam_a, cam_b])
+    cost = {a: 0.1, b: 0.1}.get
+
+    def pass_of(f):
+        return cost(f.camera.model)
     fa = scheduling.Frame(cam_a, None, 10.0, 10.5)
     fb = scheduling.Frame(cam_b, None, 10.2, 10.3)          # later stamp, earlier deadline
-    assert q.of_most_urgent_model([fa, fb]) == [fb]
+    assert q.of_most_urgent_model([fa, fb], 10.15, pass_of) == [fb]   # a waits: b misses
     assert cam_a.latest is fa and cam_b.latest is None     # a's frame waits, not lost
-    # no deadlines: the frame waiting longest (no model starves the other)
+    # no deadlines: turns (the model served less recently first), whatever the stamps
+    cam_a.latest = None
+    cam_a.turn, cam_b.turn = 1, 2
     ga = scheduling.Frame(cam_a, None, 11.0, math.inf)
     gb = scheduling.Frame(cam_b, None, 10.9, math.inf)
-    cam_a.latest = None
-    assert scheduling.most_urgent_model([ga, gb]) is b
+    assert scheduling.most_urgent_model([ga, gb], 11.0, pass_of) is a
+    cam_a.turn = 3
+    assert scheduling.most_urgent_model([ga, gb], 11.0, pass_of) is b
 
 
 # ---------------------------------------------------------------------------------------------
