@@ -442,6 +442,9 @@ def test_malformed_frames_are_counted_and_the_node_keeps_serving(harness, photos
     assert st.level == st.WARN and 'malformed' in st.message
     assert {'in_rate_hz', 'out_rate_hz', 'latency_p50_ms', 'latency_p99_ms',
             'deadline_misses', 'dropped_deadline', 'dropped_superseded'} <= set(values)
+    share = float(values['answered_share'])       # malformed frames are not answered
+    assert 0 < share < 1 and share == pytest.approx(
+        int(values['frames_out']) / int(values['frames_in']), abs=1e-3)
     model = next(s for arr in diags for s in arr.status if s.name.endswith(': model'))
     mv = {kv.key: kv.value for kv in model.values}
     assert float(mv['peak_weight_mb']) > 1 and float(mv['process_rss_mb']) > 50

@@ -30,6 +30,11 @@ def _mb(nbytes):
     return float('nan') if nbytes is None else float(nbytes) / MB
 
 
+def _share(answered, received):
+    """Return the share of frames received that were answered (nan before any frame)."""
+    return answered / received if received > 0 else float('nan')
+
+
 def camera_status(name, device, cam, counts, deadline_ms, now):
     """Return one camera's status from its counters (rates since the camera's last report)."""
     received, published = counts['received'], counts['published']
@@ -51,6 +56,8 @@ def camera_status(name, device, cam, counts, deadline_ms, now):
         kv('topic', cam.sub_topic), kv('detections_topic', cam.out_topic),
         kv('frames_in', received), kv('frames_out', published),
         kv('in_rate_hz', (received - r0) / dt), kv('out_rate_hz', (published - p0) / dt),
+        kv('answered_share', _share(published, received)),
+        kv('answered_share_recent', _share(published - p0, received - r0)),
         kv('latency_p50_ms', percentile(lat, 50) * 1e3),
         kv('latency_p99_ms', percentile(lat, 99) * 1e3),
         kv('deadline_ms', float(deadline_ms)),
