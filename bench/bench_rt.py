@@ -38,12 +38,25 @@ ROOT = Path(__file__).resolve().parents[1]
 STREAMED_MB, RESIDENT_MB = 8.0, 64.0
 
 
-def config(server, cameras, fps, transport='raw', deadline=False, memory='streamed'):
+def config(server, cameras, fps, transport='raw', deadline=False, memory='streamed',
+           together=False):
     """Return one configuration of the grid (a dict with a readable name)."""
     name = f'{server} {memory} {cameras}x{fps:g}fps {transport}' + \
-        (' deadline' if deadline else '')
+        (' deadline' if deadline else '') + (' together' if together else '')
     return {'name': name, 'server': server, 'cameras': cameras, 'fps': float(fps),
-            'transport': transport, 'deadline': deadline, 'memory': memory}
+            'transport': transport, 'deadline': deadline, 'memory': memory,
+            'together': together}
+
+
+def fairness_grid():
+    """Return the scenes of camera fairness: 2-4 cameras, together and apart, +-deadline."""
+    runs = []
+    for cameras, fps, transport in ((2, 15, 'raw'), (3, 10, 'raw'), (4, 10, 'jpeg')):
+        for together in (True, False):
+            for deadline in (False, True):
+                runs.append(config('node', cameras, fps, transport, deadline,
+                                   together=together))
+    return runs
 
 
 def grid(quick=False):
@@ -60,7 +73,8 @@ def grid(quick=False):
              config('node', 2, 15, deadline=True, memory='resident')]
     runs += [config('baseline', 1, f) for f in (5, 10, 20, 30)]
     runs += [config('baseline', 1, 30, 'jpeg'), config('baseline', 2, 15)]
-    return runs
+    names = {r['name'] for r in runs}
+    return runs + [r for r in fairness_grid() if r['name'] not in names]
 
 
 def prepare(out):
@@ -137,7 +151,8 @@ def run_one(cfg, pack, deadline_ms, args, out):
     load = subprocess.Popen(
         [sys.executable, '-m', 'bench.rt_load', '--cameras', str(cfg['cameras']),
          '--fps', str(cfg['fps']), '--transport', cfg['transport'], '--warmup',
-         str(args.warmup), '--seconds', str(args.seconds), '--out', str(result_path)],
+         str(args.warmup), '--seconds', str(args.seconds), '--out', str(result_path)]
+        + (['--together'] if cfg.get('together') else []),
         cwd=ROOT, env=env)
     samples = []
     try:

@@ -122,13 +122,18 @@ class Load:
             time.sleep(0.1)
         return False
 
-    def publish(self, fps, seconds, start_index=0):
-        """Publish every camera at `fps` for `seconds`, phases spread over one period."""
+    def publish(self, fps, seconds, start_index=0, together=False):
+        """
+        Publish every camera at `fps` for `seconds`.
+
+        Phases spread over one period, or, `together`, every camera in the same instant (a
+        stereo pair, a hardware-triggered rig: the case where one camera could starve another).
+        """
         from builtin_interfaces.msg import Time
         period = 1.0 / fps
         n = len(self.pubs)
         t0 = time.monotonic() + 0.01
-        nexts = [t0 + i * period / n for i in range(n)]
+        nexts = [t0 + (0.0 if together else i * period / n) for i in range(n)]
         counts = [start_index] * n
         end = t0 + seconds
         while True:
@@ -181,9 +186,9 @@ def run(args):
             raise SystemExit(f'rt_load: no subscriber on the image topics after '
                              f'{args.ready_timeout:g} s')
         cpu0 = time.process_time()
-        warm = load.publish(args.fps, args.warmup)
+        warm = load.publish(args.fps, args.warmup, together=args.together)
         measured_from = time.time()
-        load.publish(args.fps, args.seconds, start_index=max(warm))
+        load.publish(args.fps, args.seconds, start_index=max(warm), together=args.together)
         measured_to = time.time()
         cpu1 = time.process_time()
         time.sleep(args.tail)        # the last answers and one more diagnostics report
@@ -204,6 +209,8 @@ def main(argv=None):
     p.add_argument('--cameras', type=int, default=1)
     p.add_argument('--fps', type=float, default=10.0)
     p.add_argument('--transport', choices=('raw', 'jpeg'), default='raw')
+    p.add_argument('--together', action='store_true',
+                   help='every camera publishes in the same instant (default: phases apart)')
     p.add_argument('--warmup', type=float, default=3.0, help='seconds not measured')
     p.add_argument('--seconds', type=float, default=20.0, help='measured seconds')
     p.add_argument('--tail', type=float, default=2.5, help='seconds to wait for late answers')

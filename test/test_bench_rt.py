@@ -46,6 +46,23 @@ def test_summary_counts_rates_latencies_and_misses():
     assert d['late_pct'] == pytest.approx(10.0) and d['diag_misses'] == d['late_all'] == 30
 
 
+def test_answers_per_camera_and_the_fairness_goal():
+    fair = run(cameras=2, fps=15.0, answered_every=2)         # only camera 0's frames
+    s = rt_report.summarize(fair)
+    assert s['answered_per_camera'] == [150, 0] and s['fairness'] == 0.0
+    turns = run(cameras=2, fps=15.0, answered_every=3)         # every third: 50 / 50
+    assert rt_report.summarize(turns)['answered_per_camera'] == [50, 50]
+    goals = '\n'.join(rt_report.goals([fair, turns]))
+    assert '150/0 answered = 0% | NO' in goals and '50/50 answered = 100% | yes' in goals
+    kept_up = run(cameras=2, fps=15.0)                          # every frame: nobody starves
+    assert 'kept' not in '\n'.join(rt_report.goals([kept_up])) and \
+        rt_report.fairness_goals([kept_up]) == []
+    assert '150/0 (0%)' in '\n'.join(rt_report.table([fair]))
+    names = [c['name'] for c in bench_rt.fairness_grid()]
+    assert 'node streamed 2x15fps raw together' in names
+    assert 'node streamed 3x10fps raw deadline together' in names and len(names) == 12
+
+
 def test_goals_and_table_say_what_was_met():
     results = [run(), run(fps=30.0, answered_every=3, latency_ms=150.0),
                run(transport='jpeg'), run(fps=30.0, transport='jpeg', answered_every=4),
