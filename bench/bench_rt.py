@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from bench.rt_report import report
+from bench.rt_report import fairness_report, report
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMED_MB, RESIDENT_MB = 8.0, 64.0
@@ -213,6 +213,8 @@ def main(argv=None):
     p.add_argument('--deadline-ms', type=float, default=0.0,
                    help='deadline of the deadline runs (default: 2 x the p50 at 1 camera, '
                         '30 fps raw, >= 150)')
+    p.add_argument('--fairness', action='store_true', help='only the twelve scenes of camera '
+                   'fairness (2-4 cameras, together and apart, with and without a deadline)')
     p.add_argument('--only', default='', help='run only configurations whose name contains '
                    'every comma-separated word')
     p.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
@@ -230,7 +232,7 @@ def main(argv=None):
     started = time.time()
     info = machine()
     pack = prepare(out)
-    runs = [c for c in grid(args.quick)
+    runs = [c for c in (fairness_grid() if args.fairness else grid(args.quick))
             if all(w in c['name'] for w in args.only.split(',') if w)]
     deadline_ms, results = args.deadline_ms, []
     for i, cfg in enumerate(runs):
@@ -244,7 +246,7 @@ def main(argv=None):
                  'command': 'python -m bench.bench_rt ' + ' '.join(
                      shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))})
     (out / 'results.json').write_text(json.dumps({'machine': info, 'runs': results}))
-    report(results, info, out, args.markdown)
+    (fairness_report if args.fairness else report)(results, info, out, args.markdown)
     print(f'[bench-rt] {len(results)} runs in {info["minutes"]:.1f} min; {out}/results.json')
     return 0
 

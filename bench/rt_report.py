@@ -16,6 +16,7 @@ from demand_layering_ros import plots
 from demand_layering_ros.quantiles import percentile
 
 SECTION = 'rt'
+FAIR_SECTION = 'rt-fairness'
 
 
 def summarize(r):
@@ -219,3 +220,47 @@ def report(results, info, out, markdown_path):
     for png in figures.values():
         shutil.copy(png, md.parent / 'bench' / Path(png).name)
     write_markdown_block(md, SECTION, markdown(results, info, figures))
+
+
+def plot_fairness(results, path):
+    """Answers per camera in each fairness scene, one bar per camera."""
+    plt = plots.pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.0))
+    width, labelled = 0.2, set()
+    for i, r in enumerate(results):
+        per = summarize(r)['answered_per_camera']
+        for c, n in enumerate(per):
+            ax.bar(i + (c - (len(per) - 1) / 2) * width, n, width, color=f'C{c}',
+                   label=None if c in labelled else f'camera {c}')
+            labelled.add(c)
+    ax.set_xticks(range(len(results)))
+    ax.set_xticklabels([r['name'].replace('node streamed ', '').replace(' ', '\n')
+                        for r in results], fontsize=6)
+    ax.set_ylabel('frames answered in the measured window')
+    ax.set_title('Answers per camera (each camera publishes at the same rate)')
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return plots.save(fig, path)
+
+
+def fairness_report(results, info, out, markdown_path):
+    """Write the fairness scenes' plot and (unless markdown_path is '') their section."""
+    out = Path(out)
+    png = plot_fairness(results, out / 'rt_fairness.png')
+    la0, la1 = info['loadavg_start'], info.get('loadavg_end', ('?',) * 3)
+    text = ['## Every camera served (`python -m bench.bench_rt --fairness`)', '',
+            f'`{info.get("command", "python -m bench.bench_rt --fairness")}`: {len(results)} '
+            f'runs in {info.get("minutes", 0):.1f} min on {info["cores"]} cores '
+            f'({info["cpu"]}); load average {la0[0]:.2f} at the start, {la1[0]:.2f} at the '
+            'end. Cameras of one model publish at the same rate, in the same instant '
+            '(`together`: a stereo pair, a triggered rig) or with phases spread over a period, '
+            'with and without a deadline, more frames than the node can serve. Answers per '
+            'camera are counted by the subscriber over the measured window; the goal: the least '
+            'served camera gets at least 80% of the answers of the most served.', '']
+    text += ['| goal | measured | met |', '|---|---|---|'] + fairness_goals(results) + ['']
+    text += table(results) + ['', f'![answers per camera](bench/{Path(png).name})']
+    (out / 'rt_fairness.md').write_text('\n'.join(text) + '\n')
+    if markdown_path:
+        md = Path(markdown_path)
+        shutil.copy(png, md.parent / 'bench' / Path(png).name)
+        write_markdown_block(md, FAIR_SECTION, '\n'.join(text) + '\n')

@@ -92,6 +92,12 @@ def test_report_writes_plots_and_replaces_its_own_block(tmp_path):
     assert text.count('<!-- bench:rt:begin -->') == 1 and 'kept' in text
     assert '(bench/rt_rate.png)' in text and (tmp_path / 'bench' / 'rt_rate.png').is_file()
     assert (tmp_path / 'bench' / 'rt_latency_cdf.png').is_file()
+    fair = [run(cameras=2, fps=15.0, answered_every=3), run(cameras=2, fps=15.0, deadline=True)]
+    rt_report.fairness_report(fair, info, tmp_path / 'out', str(md))
+    text = md.read_text()
+    assert text.count('<!-- bench:rt-fairness:begin -->') == 1
+    assert text.count('<!-- bench:rt:begin -->') == 1 and '50/50 (100%)' in text
+    assert (tmp_path / 'bench' / 'rt_fairness.png').is_file()
 
 
 def test_grid_covers_the_issue_and_quick_is_small():
