@@ -56,7 +56,9 @@ def budgets(packs, scene):
 
 def scene_params(packs, scene):
     """Return the node's parameters and {camera: (image topic, detections topic, model)}."""
-    common = {'autostart': False, 'max_batch': 2, 'memory_budget_mb': 0.0}
+    # One frame per pass: a batch of two computes with other kernels than the one-frame
+    # oracle (the last bits of a score move), which is batching's business, not re-planning's.
+    common = {'autostart': False, 'max_batch': 1, 'memory_budget_mb': 0.0}
     if scene == 'group':
         params = dict(common, models=list(MODELS))
         for name, pack in packs.items():

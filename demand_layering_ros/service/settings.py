@@ -101,7 +101,8 @@ PARAMS = (
           'Publish annotated images on `<camera>/debug_image` (only while someone subscribes).',
           applies='runtime'),
     Param('max_batch', 4,
-          'Most frames (of different cameras) run in one forward pass; 1 = never batch.',
+          'Most frames (of different cameras) run in one forward pass; 1 = never batch. A '
+          'batch computes with other kernels than one frame: scores may differ in the last bits.',
           (1, 64), applies='runtime'),
     Param('num_threads', 0,
           'Torch CPU threads; 0 = every core but one (left for receiving images, DDS and the '
