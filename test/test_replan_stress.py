@@ -8,10 +8,10 @@ passes of a few tens of milliseconds and a hand-over between the models at nearl
 the case where a re-plan races the loader most often. The budget jumps at random moments
 (between passes, right after a camera was answered while the next pass's read-ahead is in
 flight, back to back) between the smallest plan the packs allow, fully resident, and anything
-between. After each change: every camera answers a frame sent after it within STALL_S, and
-the peak weight memory since the change is within the new budget. Throughout: every answer
-equals the resident model's on the same image (exact floats), and at the end every frame a
-camera sent was either answered or counted as dropped. `--stress-changes` sets the number of
+between. After each change: every camera answers a frame sent after it within STALL_S (the
+median within a few frame periods), and the peak weight memory since the change is within the
+new budget. Throughout: every answer equals the resident model's on the same image (exact
+floats), and at the end every frame a camera sent was either answered or counted as dropped. `--stress-changes` sets the number of
 changes per scene (a few dozen here; `make stress` runs 200 each).
 """
 
@@ -29,7 +29,12 @@ from test_node_models import (assert_same, expected, Harness, images, MODELS,
                               resident_oracle, THRESHOLD, wait_for, write_packs)
 
 PERIOD_S = 0.05          # each camera publishes at 20 fps, both in the same instant
-STALL_S = 3.0            # a camera not answered this long after a change has stalled
+# A camera not answered this long after a change has stalled (the pipeline itself reports a
+# wait for weights after 300 s). Typical recovery is a few frame periods (asserted on the
+# median below); single ones reach 3 s on a 2-core machine at load 5 while the pack is being
+# profiled in the background (the first budget change without a profile starts that).
+STALL_S = 10.0
+TYPICAL_PERIODS = 10     # the median recovery, in frame periods
 CAMS = {'cam0': '/cam0/image_raw', 'cam1': '/cam1/image_raw'}
 CAM_OUT = {'cam0': '/cam0/detections', 'cam1': '/cam1/detections'}
 GROUP_TOPICS = {'front': '/front_cam/image_raw', 'rear': '/rear_cam/image_raw'}
@@ -191,6 +196,7 @@ def test_budget_changes_at_random_moments_never_stall(request, packs, truth, sce
     finally:
         h.close()
     p50, worst = statistics.median(recover), max(recover)
+    assert p50 <= TYPICAL_PERIODS * PERIOD_S, f'median recovery {p50 * 1e3:.0f} ms'
     print(f'\n[stress] {scene}: {changes} changes between {small} and {whole} MiB '
           f'({kinds}); every camera answered a frame sent after the change within '
           f'p50 {p50 * 1e3:.0f} ms ({p50 / PERIOD_S:.1f} frame periods), max '
