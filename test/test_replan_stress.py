@@ -11,8 +11,9 @@ flight, back to back) between the smallest plan the packs allow, fully resident,
 between. After each change: every camera answers a frame sent after it within STALL_S (the
 median within a few frame periods), and the peak weight memory since the change is within the
 new budget. Throughout: every answer equals the resident model's on the same image (exact
-floats), and at the end every frame a camera sent was either answered or counted as dropped. `--stress-changes` sets the number of
-changes per scene (a few dozen here; `make stress` runs 200 each).
+floats), and at the end every frame a camera sent was either answered or counted as dropped.
+`--stress-changes` sets the number of changes per scene (a few dozen here; `make stress` runs
+200 each).
 """
 
 import math
