@@ -308,7 +308,7 @@ def summarise(mode, names, results):
 def markdown(summary):
     """Return the BENCHMARKS.md section of a run."""
     m = summary['machine']
-    lines = ['## Several detectors under one memory budget (issue 17)', '',
+    lines = ['## Several detectors under one memory budget', '',
              f'Measured {m["date"]} with `{summary["command"]}` ({m["minutes"]:.1f} min). '
              f'Machine: {m["cores"]} cores, 1-minute load average {m["load_before"]:.1f} '
              f'before and {m["load_after"]:.1f} after the run (other work on the machine '
