@@ -33,8 +33,7 @@ MAX_WH = 7680          # Ultralytics' class offset for NMS per class
 MAX_NMS = 30000        # at most this many boxes enter NMS (as Ultralytics)
 HEADS = ('Detect', 'v10Detect')   # heads whose eval output is decoded here
 _META_LOCK = threading.Lock()   # a meta build briefly replaces Detect.bias_init
-INSTALL_HINT = ('python -m pip install --no-deps ultralytics==8.4.190 ultralytics-thop '
-                'requests polars')
+INSTALL_HINT = 'python -m pip install --no-deps ultralytics==8.4.190'   # deps are ours already
 
 
 def _tasks():
