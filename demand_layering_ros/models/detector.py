@@ -208,6 +208,10 @@ def _is_meta(module):
     return False
 
 
+class UntrustedPickle(ValueError):
+    """A model file is a pickle (loading it runs code) and the caller did not say it trusts it."""
+
+
 def load_state_dict_file(path):
     """Read a state dict from a .safetensors file or a torch file (weights_only=True)."""
     path = str(path)

@@ -18,6 +18,7 @@ ENTRY_POINT_GROUP = 'demand_layering_ros.models'
 BUILTIN = {
     'torchvision': 'demand_layering_ros.models.tv_models:build',
     'darknet': 'demand_layering_ros.models.darknet:build',
+    'ultralytics': 'demand_layering_ros.models.ultralytics_yolo:build',   # optional, AGPL-3.0
 }
 _registered = {}
 

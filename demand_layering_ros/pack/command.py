@@ -25,6 +25,10 @@ def add_arguments(parser, command):
                              'half the bytes to read; default: as the model)')
     parser.add_argument('--no-verify', action='store_true',
                         help='skip reading the pack back and comparing it with the model')
+    parser.add_argument('--trust-pickle', action='store_true',
+                        help='allow reading a pickled model file (an Ultralytics .pt runs code '
+                             'when loaded): only for a file from a source you trust; the pack '
+                             'written holds no pickle')
     parser.add_argument('--check', metavar='PACK_DIR', default=None,
                         help='instead of writing: validate PACK_DIR and verify every checksum')
 
@@ -42,8 +46,13 @@ def run(args, command):
         return 0
     if not args.model or not args.out:
         raise SystemExit('pack: --model and --out are required (or --check PACK_DIR)')
-    pack = write_pack(args.model, args.out, weights=args.weights, seed=args.seed,
-                      input_size=args.input_size, merge_bytes=args.merge_bytes,
-                      verify=not args.no_verify, dtype=args.dtype)
+    from demand_layering_ros.models.detector import UntrustedPickle
+    try:
+        pack = write_pack(args.model, args.out, weights=args.weights, seed=args.seed,
+                          input_size=args.input_size, merge_bytes=args.merge_bytes,
+                          verify=not args.no_verify, dtype=args.dtype,
+                          trust_pickle=args.trust_pickle)
+    except UntrustedPickle as e:
+        raise SystemExit(f'pack: refused: {e}') from None
     print(json.dumps(pack.summary()))
     return 0

@@ -13,6 +13,7 @@ holds a complete pack.
 import json
 from pathlib import Path
 import shutil
+import tempfile
 
 from demand_layering_ros import atomic, direct_io
 from demand_layering_ros.pack.format import (ALIGNMENT, CFG_FILE, dtype_name, EXTRA_FILE,
@@ -247,20 +248,41 @@ def _darknet_cfg_path(arg):
 
 
 def write_pack(spec, out_dir, weights=None, seed=None, input_size=None, progress=True,
-               merge_bytes=MERGE_BYTES, verify=True, dtype=None):
+               merge_bytes=MERGE_BYTES, verify=True, dtype=None, trust_pickle=False):
     """
     Build `spec` through the registry, trace it and write a pack; return the opened Pack.
 
     For darknet the cfg text is copied into the pack as model.cfg and manifest['model']['spec']
     refers to it relative to the pack ('darknet:model.cfg'). verify=True reads the pack back
     (O_DIRECT, checksums) and compares every tensor with the model's state dict (cast to the
-    stored dtype). dtype: see write_pack_from_module.
+    stored dtype). dtype: see write_pack_from_module. A detector with `pack_files()` (the
+    ultralytics family) gives the files the pack stores instead (its configuration as model.yaml).
+    trust_pickle: let the family read a pickled model file (an Ultralytics .pt); the pack itself
+    holds no pickle.
     """
     from demand_layering_ros.models import registry
-    det = registry.build(spec, weights=weights, seed=seed, input_size=input_size)
+    options = {'trust_pickle': True} if trust_pickle else {}
+    det = registry.build(spec, weights=weights, seed=seed, input_size=input_size, **options)
     info = dict(registry.constructor_args(det))
     info['weights'] = None
+    with tempfile.TemporaryDirectory(prefix='dlr-pack-') as tmp:
+        extra_files, roles = _model_files(det, info, spec, Path(tmp))
+        return _write_detector_pack(det, info, extra_files, roles, spec, out_dir, weights, seed,
+                                    progress, merge_bytes, verify, dtype)
+
+
+def _model_files(det, info, spec, tmp):
+    """Return ({pack file: source path}, {role: pack file}); point `info` at the pack's files."""
+    from demand_layering_ros.models import registry
     extra_files, roles = {}, {}
+    if hasattr(det, 'pack_files'):
+        blobs, file_roles, updates = det.pack_files()
+        for name, data in blobs.items():
+            (tmp / name).write_bytes(data)
+            extra_files[name] = tmp / name
+        roles.update(file_roles)
+        info.update(updates)
+        return extra_files, roles
     family, arg = registry.split_spec(info.get('spec', spec))
     if family == 'darknet':
         extra_files[CFG_FILE] = _darknet_cfg_path(arg)
@@ -270,6 +292,12 @@ def write_pack(spec, out_dir, weights=None, seed=None, input_size=None, progress
             extra_files[NAMES_FILE] = Path(info['names'])
             roles['names'] = NAMES_FILE
             info['names'] = NAMES_FILE
+    return extra_files, roles
+
+
+def _write_detector_pack(det, info, extra_files, roles, spec, out_dir, weights, seed, progress,
+                         merge_bytes, verify, dtype):
+    """Write the pack of a built detector (see write_pack); return the opened Pack."""
     size = list(det.input_size) if det.input_size is not None else None
     input_info = {'example': 'detector.example_input', 'input_size': size, 'batch': 1}
     source = {'spec': spec, 'weights': str(weights) if weights else None, 'seed': seed}
