@@ -227,7 +227,7 @@ def main(argv=None):
     p.add_argument('--domain', type=int, default=int(os.environ.get('ROS_DOMAIN_ID', 0) or 0))
     args = p.parse_args(argv)
     args.seconds = args.seconds or (6.0 if args.quick else 15.0)
-    out = Path(args.out)
+    out = Path(args.out) / ('fairness' if args.fairness else '')
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     info = machine()

@@ -250,26 +250,22 @@ def test_two_models_example_file_is_valid():
     assert len(set(topics)) == len(topics)
 
 
-def test_models_take_turns_and_a_deadline_that_would_be_missed_goes_first():
+def test_models_take_turns():
     a, b = object(), object()
     cam_a, cam_b = scheduling.Camera('/a', a), scheduling.Camera('/b', b)
     q = scheduling.FrameQueue([cam_a, cam_b])
-    cost = {a: 0.1, b: 0.1}.get
-
-    def pass_of(f):
-        return cost(f.camera.model)
     fa = scheduling.Frame(cam_a, None, 10.0, 10.5)
     fb = scheduling.Frame(cam_b, None, 10.2, 10.3)          # later stamp, earlier deadline
-    assert q.of_most_urgent_model([fa, fb], 10.15, pass_of) == [fb]   # a waits: b misses
+    assert q.of_most_urgent_model([fa, fb]) == [fb]         # neither served yet: deadline
     assert cam_a.latest is fa and cam_b.latest is None     # a's frame waits, not lost
-    # no deadlines: turns (the model served less recently first), whatever the stamps
+    # then turns (the model served less recently first), whatever the stamps and deadlines
     cam_a.latest = None
     cam_a.turn, cam_b.turn = 1, 2
     ga = scheduling.Frame(cam_a, None, 11.0, math.inf)
-    gb = scheduling.Frame(cam_b, None, 10.9, math.inf)
-    assert scheduling.most_urgent_model([ga, gb], 11.0, pass_of) is a
+    gb = scheduling.Frame(cam_b, None, 10.9, 11.2)
+    assert scheduling.most_urgent_model([ga, gb]) is a
     cam_a.turn = 3
-    assert scheduling.most_urgent_model([ga, gb], 11.0, pass_of) is b
+    assert scheduling.most_urgent_model([ga, gb]) is b
 
 
 # ---------------------------------------------------------------------------------------------

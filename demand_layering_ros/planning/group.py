@@ -3,7 +3,7 @@
 """
 Plan several profiled models under one memory budget: residents per model, one shared arena.
 
-The models of a group run one pass at a time (one inference thread, earliest deadline first),
+The models of a group run one pass at a time (one inference thread, cameras in turn),
 so they share one arena and the group's weight memory is the arena plus every model's resident
 units. For each model the single-model search (`search.Search`, one per split size the profile
 found exact) gives its greedy path of resident sets; for each candidate arena size every model

@@ -6,12 +6,12 @@ The detector as a ROS 2 lifecycle node: camera topics in, vision_msgs detections
 The node only wires ROS to the service: parameters (declared from `service.settings`),
 lifecycle transitions, image subscriptions, publishers and timers. `DetectorService` owns the
 model (open at `configure`, every byte given back at `cleanup`), `scheduling` decides which
-frame runs when (latest frame per camera, earliest deadline first, batches, drops), `messages`
+frame runs when (latest frame per camera, cameras in turn, batches, drops), `messages`
 builds what is published and `diagnostics` what /diagnostics reports once a second. A lifecycle
 node lets a manager (or `autostart`) open the pack at `configure` and stream at `activate`;
 inference runs in its own thread. With `models`, several models share one memory budget
 (`service.group.GroupService`); each camera belongs to one of them (`served`) and the one
-inference thread serves their frames earliest deadline first.
+inference thread serves their frames, their cameras in turn.
 """
 
 import math
@@ -400,11 +400,11 @@ class DetectorNode(LifecycleNode):
 
     def _serve(self, pending):
         now = self._now()
-        mine = self._queue.of_most_urgent_model(pending, now, _pass_cost)   # turns across models
+        mine = self._queue.of_most_urgent_model(pending)   # cameras take turns across models
         m = mine[0].camera.model
         others = [f for f in pending if f.camera.model is not m]
         if others and self.group.configured:     # the model after this one reads ahead
-            self.group.prefetch(most_urgent_model(others, now, _pass_cost).name)
+            self.group.prefetch(most_urgent_model(others).name)
         pending = mine
         s, service = m.settings, m.service
         latency = service.latency
@@ -522,11 +522,6 @@ class DetectorNode(LifecycleNode):
     def last_error(self):
         """Return the last error reported (a failed configure or frame); '' after a configure."""
         return self._last_error
-
-
-def _pass_cost(frame):
-    """Return the seconds one pass of a frame's model takes (the slow end of recent passes)."""
-    return frame.camera.model.service.latency.upper(1)
 
 
 def _interrupt(signum, frame):

@@ -14,7 +14,7 @@ engine was given the group's SharedParts (`runtime.shared`): one arena, one set 
 threads, one loader thread, one lock. Passes run one at a time across the group; the budget
 holds every model's resident units plus the one arena (`planning.group_fit`, or a group
 PLAN.yaml from `plan --pack A --pack B`). A robot's node serves all its models from one
-inference thread, earliest deadline first, and tells the group which model comes next
+inference thread, its cameras in turn, and tells the group which model comes next
 (`prefetch`) so that model's first layers are read while nothing computes.
 """
 
