@@ -572,6 +572,75 @@ def test_impossible_deadline_serves_best_effort_and_counts_every_miss(
         node.destroy_node()
 
 
+def test_impossible_deadline_set_at_run_time_is_served_best_effort_as_at_start_up(
+        harness, yolo_pack, photos):
+    """
+    `ros2 param set ... deadline_ms D` with D no plan can meet: taken, like the same at start-up.
+
+    The node plans for D minus the slack measured outside the network; the fastest plan cannot
+    make that, so it runs and the node serves best-effort. It says so once (a WARN on /rosout),
+    quoting D as set and the slack's share apart, never only what was left for the network.
+    """
+    from demand_layering_ros.planning.decide import decide_plan
+    from demand_layering_ros.service import profiles
+    from rcl_interfaces.msg import Log
+    name = 'live_deadline_detector'
+    node = dnode.DetectorNode(name, context=harness.ctx, parameter_overrides=[
+        Parameter('pack_path', value=str(yolo_pack)), Parameter('autostart', value=False),
+        Parameter('image_topics', value=['/ld/image_raw'])])
+    harness.executor.add_node(node)
+    out, logs = [], []
+    harness.client.create_subscription(type_detections(), '/ld/detections', out.append,
+                                       RELIABLE)
+    harness.client.create_subscription(
+        Log, '/rosout', lambda m: logs.append(m) if m.name == name else None,
+        QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+
+    def set_deadline(ms):      # as `ros2 param set /live_deadline_detector deadline_ms MS`
+        req = SetParameters.Request(
+            parameters=[Parameter('deadline_ms', value=ms).to_parameter_msg()])
+        return harness.call(SetParameters, f'/{name}/set_parameters', req).results[0]
+    try:
+        assert node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
+        svc = node.service
+        harness.publish('/ld/image_raw', photos['dog'], frame_id='warmup')
+        harness.wait_subscribed('/ld/image_raw')
+        for i in range(3):          # frames measure the slack outside the network
+            h = harness.publish('/ld/image_raw', photos['dog'], frame_id=f'ld{i}')
+            detections_for(out, h)
+        slack = svc.slack.total() * 1e3
+        profile = profiles.stored(svc.settings)        # what a deadline change plans with
+        assert profile is not None
+        fastest = decide_plan(svc.pack, deadline_ms=1e-3, profile=profile, strict=False,
+                              threads=svc.threads).plan.predicted_latency_ms
+        deadline = float(math.ceil(slack + fastest / 2))   # slack + half the fastest pass
+        res = set_deadline(deadline)
+        assert res.successful, res.reason
+        assert node.get_parameter('deadline_ms').value == deadline
+        assert svc.decision.source == 'fastest'
+        target = deadline - svc.planned_slack_ms            # what the planner was asked for
+        assert 0 < target < fastest
+        note = svc.plan_note
+        assert note.startswith(f'deadline {deadline:g} ms cannot be met'), note
+        assert f'plus {svc.planned_slack_ms:.0f} ms outside it' in note, note
+        assert f'{target:g} ms' not in note and 'best-effort' in note
+        wait_for(lambda: any(m.msg == note for m in logs), 10, 'the warning on /rosout')
+        said = [m for m in logs if 'cannot be met' in m.msg]
+        assert len(said) == 1 and said[0].level == Log.WARN, [m.msg for m in said]
+        assert not any(f'deadline {target:g}' in m.msg for m in logs)
+        misses = node.camera_stats()['/ld']['deadline_misses']
+        end = time.monotonic() + 30        # still serving, every frame late
+        while node.camera_stats()['/ld']['deadline_misses'] <= misses:
+            assert time.monotonic() < end, 'no frame served after the change'
+            harness.publish('/ld/image_raw', photos['dog'], frame_id='late')
+            time.sleep(0.5)
+        assert set_deadline(0.0).successful
+    finally:
+        harness.executor.remove_node(node)
+        node.destroy_node()
+
+
 def test_several_cameras_one_model(harness, photos):
     outs = {cam: harness.subscribe(type_detections(), f'/{cam}/detections')
             for cam in ('cam0', 'cam1', 'cam2')}
