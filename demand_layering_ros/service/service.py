@@ -63,6 +63,26 @@ def _same_plan(a, b):
     return all(getattr(a.plan, k) == getattr(b.plan, k) for k in RUN_KEYS)
 
 
+def _deadline_note(decision, deadline, target, slack_ms, slack):
+    """
+    Return a decision's note, quoting the deadline as set, with the slack's share of it apart.
+
+    The planner was asked for `target` (the deadline less `slack_ms`, what frames spend outside
+    the network); a note never quotes only that. A deadline no plan meets ('fastest': the
+    fastest plan within the budget runs) is served best-effort, and the note says so.
+    """
+    if decision.source == 'fastest':
+        return (f'deadline {deadline:g} ms cannot be met: the fastest plan is predicted at '
+                f'{decision.plan.predicted_latency_ms or float("nan"):.0f} ms for the network, '
+                f'plus {slack_ms:.0f} ms outside it ({slack.describe()}); frames are served '
+                'best-effort and late ones count as misses')
+    if target is None or target == deadline or not decision.note:
+        return decision.note
+    return decision.note.replace(f'deadline {target:g} ms', (
+        f'deadline {deadline:g} ms ({slack_ms:.0f} ms of it measured outside the network, '
+        f'{target:g} ms left for it)'))
+
+
 class DetectorService:
     """
     One demand-layered detector: configure, infer, re-plan, report, close.
@@ -187,10 +207,7 @@ class DetectorService:
 
         The slack (service.slack: age at arrival, decode, pre/post-processing, publish) is what
         a frame spends outside the forward pass the planner predicts. A deadline no plan can
-        meet is not refused, at configure or at run time: the fastest plan within the budget
-        runs, frames are served best-effort, and `note` says so with the numbers. Every note
-        quotes the deadline as set, with the slack's share of it apart, never only the part
-        left to the network the planner was asked for.
+        meet is taken, at configure and at run time alike (`_deadline_note`).
         """
         deadline = s['deadline_ms'] or None
         slack_ms = self._slack_ms(s)
@@ -199,16 +216,7 @@ class DetectorService:
                                deadline_ms=target, frame_period_ms=s['frame_period_ms'] or None,
                                profile=self.profile, device=s['device'], strict=False,
                                threads=self._use_threads())
-        if decision.source == 'fastest':
-            decision.note = (
-                f'deadline {deadline:g} ms cannot be met: the fastest plan is predicted at '
-                f'{decision.plan.predicted_latency_ms or float("nan"):.0f} ms for the network, '
-                f'plus {slack_ms:.0f} ms outside it ({self.slack.describe()}); frames are '
-                'served best-effort and late ones count as misses')
-        elif target is not None and target != deadline and decision.note:
-            decision.note = decision.note.replace(
-                f'deadline {target:g} ms', f'deadline {deadline:g} ms ({slack_ms:.0f} ms of it '
-                f'measured outside the network, {target:g} ms left for it)')
+        decision.note = _deadline_note(decision, deadline, target, slack_ms, self.slack)
         return decision
 
     def _warm_up(self):
@@ -322,11 +330,10 @@ class DetectorService:
         Apply a new memory_budget_mb / deadline_ms / frame_period_ms between two frames.
 
         Raises (PlanInfeasible, the runtime's errors) to refuse a change that cannot run (a
-        budget below the smallest plan); the model then keeps its configuration. A deadline no
-        plan can meet is taken, as at configure: the fastest plan within the budget runs, frames
-        are served best-effort, and the plan's note is logged once, with the numbers. Never
-        measures here: without a profile, a budget runs the runtime's own fit and a deadline
-        only the scheduling, while `profiling` measures in a thread.
+        budget below the smallest plan): the model keeps its configuration. A deadline no plan
+        meets is taken as at configure, its note logged once. Never measures here: without a
+        profile, a budget runs the runtime's own fit and a deadline only the scheduling, while
+        `profiling` measures in a thread.
         """
         if not self.configured:
             raise ValueError('re-planning needs a configured service: configure first')
