@@ -13,6 +13,7 @@ import math
 import os
 from pathlib import Path
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -971,3 +972,67 @@ def test_detector_node_executable_autostarts(yolo_pack, photos):
     assert any(d.results[0].hypothesis.class_id == '16' for d in got[0].detections)
     assert proc.returncode == 0, out
     assert 'configured' in out and 'active' in out
+
+
+def _console_script(name):
+    """Return (module, function) of a console script as setup.py declares it."""
+    import re
+    found = re.search(rf"'{name} = ([\w.]+):(\w+)'", (ROOT / 'setup.py').read_text())
+    assert found, f'setup.py declares no console script {name}'
+    return found.groups()
+
+
+def _interrupted_at(cmd, env, log, delay=None, until=None, what=''):
+    """Run `cmd`, SIGINT it `delay` s after spawn or once `until(output)`; (status, output)."""
+    with open(log, 'w') as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            if delay is not None:
+                time.sleep(delay)
+            else:
+                wait_for(lambda: proc.poll() is not None or until(log.read_text()), 90,
+                         f'{what} ({log})')
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, log.read_text()
+
+
+def test_ctrl_c_while_the_executable_starts_is_quiet(tmp_path):
+    """
+    SIGINT at several moments of start-up, imports included: no traceback, status 0.
+
+    The process runs `detector_node` as its console-script wrapper does (import the function
+    setup.py names, call it); it is interrupted 0.1 s, 0.5 s and 1 s after it was spawned, while
+    it still imports torch and rclpy, and once it is up (configure failed on a missing pack and
+    said so in one line). Before any code of the package runs, the interpreter imports `site`
+    (the environment's .pth files), where nothing can handle a signal: the first moment is never
+    earlier than twice a bare start of the interpreter here.
+    """
+    module, func = _console_script('detector_node')
+    cmd = [sys.executable, '-c', f'import sys; from {module} import {func}; sys.exit({func}())',
+           '--ros-args', '-r', '__node:=sigint_detector', '-p',
+           f'pack_path:={tmp_path / "missing"}', '-p', 'image_topics:=[/sigint/image_raw]']
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
+    bare = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, '-c', 'pass'], check=True, env=env)
+        bare.append(time.monotonic() - t0)
+
+    def up(text):
+        return 'no such pack directory' in text
+    runs = [(delay, *_interrupted_at(cmd, env, tmp_path / f'{k}.log', delay))
+            for k, delay in enumerate((max(0.1, 2 * max(bare)), 0.5, 1.0))]
+    runs.append(('up', *_interrupted_at(cmd, env, tmp_path / 'up.log', until=up,
+                                        what='the node up, configure failed on the pack')))
+    for moment, rc, text in runs:
+        assert 'Traceback' not in text and 'KeyboardInterrupt' not in text, (moment, text)
+        assert rc == 0, (moment, rc, text)
+        assert len(text.strip().splitlines()) <= 1, (moment, text)
+    assert not runs[0][2].strip(), runs[0]      # still importing: nothing said yet
+    assert up(runs[-1][2]), runs[-1]
