@@ -27,7 +27,7 @@ setup(
     extras_require={'test': ['pytest']},
     entry_points={
         'console_scripts': [
-            'detector_node = demand_layering_ros.ros.node:main',
+            'detector_node = demand_layering_ros.ros.entry:detector_node',
             'camera_node = demand_layering_ros.ros.camera:main',
             'demand_layering_ros = demand_layering_ros.cli:main',
         ],

@@ -13,6 +13,7 @@ import math
 import os
 from pathlib import Path
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -576,6 +577,75 @@ def test_impossible_deadline_serves_best_effort_and_counts_every_miss(
         node.destroy_node()
 
 
+def test_impossible_deadline_set_at_run_time_is_served_best_effort_as_at_start_up(
+        harness, yolo_pack, photos):
+    """
+    `ros2 param set ... deadline_ms D` with D no plan can meet: taken, like the same at start-up.
+
+    The node plans for D minus the slack measured outside the network; the fastest plan cannot
+    make that, so it runs and the node serves best-effort. It says so once (a WARN on /rosout),
+    quoting D as set and the slack's share apart, never only what was left for the network.
+    """
+    from demand_layering_ros.planning.decide import decide_plan
+    from demand_layering_ros.service import profiles
+    from rcl_interfaces.msg import Log
+    name = 'live_deadline_detector'
+    node = dnode.DetectorNode(name, context=harness.ctx, parameter_overrides=[
+        Parameter('pack_path', value=str(yolo_pack)), Parameter('autostart', value=False),
+        Parameter('image_topics', value=['/ld/image_raw'])])
+    harness.executor.add_node(node)
+    out, logs = [], []
+    harness.client.create_subscription(type_detections(), '/ld/detections', out.append,
+                                       RELIABLE)
+    harness.client.create_subscription(
+        Log, '/rosout', lambda m: logs.append(m) if m.name == name else None,
+        QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+
+    def set_deadline(ms):      # as `ros2 param set /live_deadline_detector deadline_ms MS`
+        req = SetParameters.Request(
+            parameters=[Parameter('deadline_ms', value=ms).to_parameter_msg()])
+        return harness.call(SetParameters, f'/{name}/set_parameters', req).results[0]
+    try:
+        assert node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
+        svc = node.service
+        harness.publish('/ld/image_raw', photos['dog'], frame_id='warmup')
+        harness.wait_subscribed('/ld/image_raw')
+        for i in range(3):          # frames measure the slack outside the network
+            h = harness.publish('/ld/image_raw', photos['dog'], frame_id=f'ld{i}')
+            detections_for(out, h)
+        slack = svc.slack.total() * 1e3
+        profile = profiles.stored(svc.settings)        # what a deadline change plans with
+        assert profile is not None
+        fastest = decide_plan(svc.pack, deadline_ms=1e-3, profile=profile, strict=False,
+                              threads=svc.threads).plan.predicted_latency_ms
+        deadline = float(math.ceil(slack + fastest / 2))   # slack + half the fastest pass
+        res = set_deadline(deadline)
+        assert res.successful, res.reason
+        assert node.get_parameter('deadline_ms').value == deadline
+        assert svc.decision.source == 'fastest'
+        target = deadline - svc.planned_slack_ms            # what the planner was asked for
+        assert 0 < target < fastest
+        note = svc.plan_note
+        assert note.startswith(f'deadline {deadline:g} ms cannot be met'), note
+        assert f'plus {svc.planned_slack_ms:.0f} ms outside it' in note, note
+        assert f'{target:g} ms' not in note and 'best-effort' in note
+        wait_for(lambda: any(m.msg == note for m in logs), 10, 'the warning on /rosout')
+        said = [m for m in logs if 'cannot be met' in m.msg]
+        assert len(said) == 1 and said[0].level == Log.WARN, [m.msg for m in said]
+        assert not any(f'deadline {target:g}' in m.msg for m in logs)
+        misses = node.camera_stats()['/ld']['deadline_misses']
+        end = time.monotonic() + 30        # still serving, every frame late
+        while node.camera_stats()['/ld']['deadline_misses'] <= misses:
+            assert time.monotonic() < end, 'no frame served after the change'
+            harness.publish('/ld/image_raw', photos['dog'], frame_id='late')
+            time.sleep(0.5)
+        assert set_deadline(0.0).successful
+    finally:
+        harness.executor.remove_node(node)
+        node.destroy_node()
+
+
 def test_several_cameras_one_model(harness, photos):
     outs = {cam: harness.subscribe(type_detections(), f'/{cam}/detections')
             for cam in ('cam0', 'cam1', 'cam2')}
@@ -906,3 +976,67 @@ def test_detector_node_executable_autostarts(yolo_pack, photos):
     assert any(d.results[0].hypothesis.class_id == '16' for d in got[0].detections)
     assert proc.returncode == 0, out
     assert 'configured' in out and 'active' in out
+
+
+def _console_script(name):
+    """Return (module, function) of a console script as setup.py declares it."""
+    import re
+    found = re.search(rf"'{name} = ([\w.]+):(\w+)'", (ROOT / 'setup.py').read_text())
+    assert found, f'setup.py declares no console script {name}'
+    return found.groups()
+
+
+def _interrupted_at(cmd, env, log, delay=None, until=None, what=''):
+    """Run `cmd`, SIGINT it `delay` s after spawn or once `until(output)`; (status, output)."""
+    with open(log, 'w') as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            if delay is not None:
+                time.sleep(delay)
+            else:
+                wait_for(lambda: proc.poll() is not None or until(log.read_text()), 90,
+                         f'{what} ({log})')
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, log.read_text()
+
+
+def test_ctrl_c_while_the_executable_starts_is_quiet(tmp_path):
+    """
+    SIGINT at several moments of start-up, imports included: no traceback, status 0.
+
+    The process runs `detector_node` as its console-script wrapper does (import the function
+    setup.py names, call it); it is interrupted 0.1 s, 0.5 s and 1 s after it was spawned, while
+    it still imports torch and rclpy, and once it is up (configure failed on a missing pack and
+    said so in one line). Before any code of the package runs, the interpreter imports `site`
+    (the environment's .pth files), where nothing can handle a signal: the first moment is never
+    earlier than twice a bare start of the interpreter here.
+    """
+    module, func = _console_script('detector_node')
+    cmd = [sys.executable, '-c', f'import sys; from {module} import {func}; sys.exit({func}())',
+           '--ros-args', '-r', '__node:=sigint_detector', '-p',
+           f'pack_path:={tmp_path / "missing"}', '-p', 'image_topics:=[/sigint/image_raw]']
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
+    bare = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, '-c', 'pass'], check=True, env=env)
+        bare.append(time.monotonic() - t0)
+
+    def up(text):
+        return 'no such pack directory' in text
+    runs = [(delay, *_interrupted_at(cmd, env, tmp_path / f'{k}.log', delay))
+            for k, delay in enumerate((max(0.1, 2 * max(bare)), 0.5, 1.0))]
+    runs.append(('up', *_interrupted_at(cmd, env, tmp_path / 'up.log', until=up,
+                                        what='the node up, configure failed on the pack')))
+    for moment, rc, text in runs:
+        assert 'Traceback' not in text and 'KeyboardInterrupt' not in text, (moment, text)
+        assert rc == 0, (moment, rc, text)
+        assert len(text.strip().splitlines()) <= 1, (moment, text)
+    assert not runs[0][2].strip(), runs[0]      # still importing: nothing said yet
+    assert up(runs[-1][2]), runs[-1]

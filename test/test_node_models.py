@@ -362,6 +362,48 @@ def test_live_budget_change_while_frames_flow(harness, oracle, packs, budget_mb)
     assert harness.set_param('memory_budget_mb', budget_mb).successful
 
 
+def test_peaks_start_again_with_each_live_budget(harness, oracle, packs, budget_mb):
+    """
+    Every model resident under a large budget, then back to the small one: no WARN for good.
+
+    A peak is the peak since the budget in force began, the group's and each model's, so after
+    the change back both hold the small budget and every status says ok again.
+    """
+    node = harness.node
+    large = float(math.ceil(sum(weights(p) for p in packs.values()) / MB) + 8)
+
+    def statuses():
+        return {st.name.rsplit(': ', 1)[-1]: st for st in node.diagnostics()}
+
+    def peak_mb(st):
+        return float({kv.key: kv.value for kv in st.values}[
+            'group_peak_weight_mb' if st.name.endswith(': group') else 'peak_weight_mb'])
+
+    res = harness.set_param('memory_budget_mb', large)
+    assert res.successful, res.reason
+    try:
+        for n, rgb in zip(MODELS, images(21, 2)):
+            h = harness.publish(n, rgb)
+            assert_same(harness.answer(n, h), expected(oracle, n, h, rgb))
+        st = statuses()
+        for n in MODELS:       # whole models resident: each over the small budget, by far
+            assert peak_mb(st[f'model {n}']) >= weights(packs[n]) / MB > budget_mb
+    finally:
+        res = harness.set_param('memory_budget_mb', budget_mb)
+        assert res.successful, res.reason
+    for n, rgb in zip(MODELS, images(23, 2)):
+        h = harness.publish(n, rgb)
+        assert_same(harness.answer(n, h), expected(oracle, n, h, rgb))
+    st = statuses()
+    for what in [f'model {n}' for n in MODELS] + ['group']:
+        assert st[what].level == st[what].OK, (what, st[what].message)
+        assert 'over the' not in st[what].message, (what, st[what].message)
+        assert 0 < peak_mb(st[what]) <= budget_mb, what
+    for n, member in node.models.items():
+        assert 0 < member.model.stats()['peak_weight_bytes'] <= budget_mb * MB, n
+    assert 0 < node.group.stats()['group_peak_weight_bytes'] <= budget_mb * MB
+
+
 def test_per_model_threshold_changes_at_run_time(harness, oracle):
     bad = harness.set_param('front.score_threshold', 2.0)
     assert not bad.successful and 'front.score_threshold' in bad.reason

@@ -359,6 +359,25 @@ def test_missing_files_are_refused(fresh_pack):
         Pack.open(out)
 
 
+def test_a_missing_pack_is_named_without_placeholder_fields(tmp_path, fresh_pack):
+    """No unit or offset to name: the message says only what is known, never 'unit -'."""
+    missing = tmp_path / 'x'
+    with pytest.raises(PackError) as e:
+        Pack.open(missing)
+    assert str(e.value) == f'pack {missing}: no such pack directory'
+    assert e.value.pack == str(missing) and e.value.unit is None and e.value.offset is None
+    m, out = fresh_pack
+    (out / P.MANIFEST_FILE).unlink()
+    with pytest.raises(PackError) as e:
+        Pack.open(out)
+    assert str(e.value).startswith(f'pack {out}: missing manifest.json')
+    # an offset without a unit keeps the offset; both known: the full form
+    e = PackError('weights file has 4 bytes, manifest says 8', out, None, 4)
+    assert str(e) == f'pack {out}: offset 4: weights file has 4 bytes, manifest says 8'
+    e = PackError('damaged', out, 'conv1', 4096)
+    assert str(e) == f"pack {out}: unit 'conv1', offset 4096: damaged"
+
+
 @pytest.mark.parametrize('field,value', [
     ('weights_file', '../weights.safetensors'),
     ('weights_file', '/etc/passwd'),

@@ -233,11 +233,25 @@ def test_a_deadline_plan_leaves_the_slack_measured_outside_the_network(profiled_
         assert any('re-planned for the measured slack' in line for line in lines)
         assert not svc.replan_for_slack()            # nothing moved since
         _slack(svc, deadline + 10.0, frames=64)      # more than the whole deadline
-        with pytest.raises(PlanInfeasible):          # a change at run time is refused...
-            svc.replan({'deadline_ms': deadline - 0.01})
+        said = len(lines)
+        svc.replan({'deadline_ms': deadline - 0.01})  # taken at run time as at configure
+        assert svc.decision.source == 'fastest' and svc.settings['deadline_ms'] == deadline - 0.01
+        assert svc.plan_note.startswith(f'deadline {deadline - 0.01:g} ms cannot be met')
+        assert f'plus {deadline + 10.0:.0f} ms outside it' in svc.plan_note
+        assert 'best-effort' in svc.plan_note
+        assert [line for line in lines[said:] if 'cannot be met' in line] == [svc.plan_note]
+        # within a budget too: the fastest plan the budget holds
+        budget = float(round(svc.model.stats()['model_bytes'] / (1 << 20) * 0.7))
+        svc.replan({'memory_budget_mb': budget, 'deadline_ms': deadline})
+        assert svc.decision.source == 'fastest'
+        assert svc.plan_note.startswith(f'deadline {deadline:g} ms cannot be met')
+        assert svc.model.stats()['budget_bytes'] == budget * (1 << 20)
+        with pytest.raises(PlanInfeasible, match='budget 1 MB'):   # a budget still is refused
+            svc.replan({'memory_budget_mb': 1.0})
+        assert svc.settings['memory_budget_mb'] == budget
     finally:
         svc.close()
-    # ...and at configure the fastest plan runs, and the note says why, with the numbers
+    # at configure likewise: the fastest plan runs, and the note says why, with the numbers
     svc.configure({'pack_path': str(profiled_pack), 'deadline_ms': deadline})
     try:
         assert svc.decision.source == 'fastest'

@@ -256,6 +256,30 @@ def test_live_budget_change_keeps_outputs_and_refuses_a_budget_too_small(packs, 
         models.close()
 
 
+def test_peaks_are_since_the_budget_in_force_for_the_group_and_each_model(packs, oracle):
+    small = budget_for(packs, ['front', 'rear'])
+    big = (weights(packs['front']) + weights(packs['rear'])) / MB + 8     # all resident
+    models = load_shared({'front': packs['front'].path, 'rear': packs['rear'].path},
+                         budget_mb=big)
+    try:
+        assert run_order(models, oracle, ['front', 'rear']) == []
+        for name in ('front', 'rear'):
+            assert models[name].stats()['peak_weight_bytes'] >= weights(packs[name]) > small * MB
+        models.reconfigure(budget_mb=small)
+        assert run_order(models, oracle, ['rear', 'front', 'rear']) == []
+        st = models.stats()
+        assert 0 < st['group_peak_weight_bytes'] <= small * MB
+        peaks = {n: models[n].stats()['peak_weight_bytes'] for n in ('front', 'rear')}
+        assert all(0 < p <= small * MB for p in peaks.values()), peaks
+        assert {n: m['peak_weight_bytes'] for n, m in st['models'].items()} == peaks
+        with pytest.raises(GroupTooSmall):      # refused: the peaks stay those of `small`
+            models.reconfigure(budget_mb=0.01)
+        assert {n: models[n].stats()['peak_weight_bytes'] for n in peaks} == peaks
+        assert models.stats()['group_peak_weight_bytes'] == st['group_peak_weight_bytes']
+    finally:
+        models.close()
+
+
 def test_a_model_keeps_working_when_another_of_its_group_is_closed(packs, oracle):
     models = load_shared({'front': packs['front'].path, 'rear': packs['rear'].path})
     try:

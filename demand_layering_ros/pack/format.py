@@ -97,13 +97,20 @@ class PackError(ValueError):
     """A pack is malformed or damaged; the message names the pack, the unit and the offset."""
 
     def __init__(self, message, pack=None, unit=None, offset=None):
-        """Keep the location as attributes and put all of it in the message."""
+        """
+        Keep the location as attributes and put what is known of it in the message.
+
+        'pack P: unit 'U', offset N: why' when both are known; a part not known is left out
+        ('pack P: why' for a pack that cannot be opened at all), never shown as a placeholder.
+        """
         self.pack = str(pack) if pack is not None else None
         self.unit = unit
         self.offset = offset
-        where = f'unit {unit!r}' if unit is not None else 'unit -'
-        at = f'offset {offset}' if offset is not None else 'offset -'
-        super().__init__(f'pack {self.pack}: {where}, {at}: {message}')
+        where = [f'unit {unit!r}'] if unit is not None else []
+        if offset is not None:
+            where.append(f'offset {offset}')
+        place = f'pack {self.pack}' + (': ' + ', '.join(where) if where else '')
+        super().__init__(f'{place}: {message}')
 
 
 @dataclass

@@ -64,7 +64,7 @@ class Pack:
         path = Path(path)
         mpath = path / MANIFEST_FILE
         if not path.is_dir():
-            raise PackError(f'no such pack directory {path}', pack=path)
+            raise PackError('no such pack directory', pack=path)
         if not mpath.is_file():
             raise PackError(f'missing {MANIFEST_FILE} (not a pack, or its writing did not '
                             'finish)', pack=path)

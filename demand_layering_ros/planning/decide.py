@@ -12,8 +12,9 @@ One place that decides the plan for a request: a budget, a deadline, a frame per
     arena its schedule allows;
   * a budget without a profile: the runtime's own fit (no timing model, just memory);
   * with a profile: the planner's search (`planner.plan`). When a deadline cannot be met and
-    `strict` is false, the fastest plan within the budget runs and `note` says so; `strict`
-    raises `PlanInfeasible` instead (a run-time change is refused with the reason).
+    `strict` is false, the fastest plan within the budget runs and `note` says so (the node,
+    at configure and at run time alike: the deadline is served best-effort); `strict` raises
+    `PlanInfeasible` instead, for a caller that must refuse with the reason.
 
 Deciding never profiles: whoever holds the profile (the node at configure, `plan` on the command
 line) measures first and passes it in.

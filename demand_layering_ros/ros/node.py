@@ -531,19 +531,20 @@ def _interrupt(signum, frame):
 
 def main(args=None):
     """
-    Console script `detector_node`: run the node until Ctrl-C (or SIGTERM).
+    Run the node until Ctrl-C (or SIGTERM); the console script `detector_node` calls it.
 
     rclpy's own signal handler shuts the context down from a thread of its own, while the image
     intake's thread may be waiting in it: a segfault at exit about one run in thirty. So rclpy
     installs none; the signals raise KeyboardInterrupt in this thread, which spins with a
     timeout to see it, then stops the intake, the inference thread and the executor, destroys
-    the node and only then shuts rclpy down.
+    the node and only then shuts rclpy down. A signal during rclpy's start ends it the same
+    way, with no traceback; one during the imports before this runs is `ros.entry`'s.
     """
-    allocator.limit_arenas()      # before DDS and executor threads take malloc arenas of their own
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGTERM, _interrupt)
     node = executor = None
     try:
+        allocator.limit_arenas()    # before DDS and executor threads take their own malloc arenas
+        signal.signal(signal.SIGTERM, _interrupt)
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = DetectorNode()
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)

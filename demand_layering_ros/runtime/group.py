@@ -221,7 +221,9 @@ class ModelGroup:
         Between frames: a new budget or group plan for every model at once.
 
         A budget or plan that cannot work is refused with the same errors as load_shared, and
-        the group keeps running with its previous configuration.
+        the group keeps running with its previous configuration. The peaks, the group's and
+        each model's, start again with the new configuration: a peak is the peak since the
+        budget in force began (a refused change keeps the old ones).
         """
         budget_mb = check_budget(budget_mb)
         plan = _coerce(plan)
@@ -229,17 +231,29 @@ class ModelGroup:
             if not self.engines or all(e.closed for e in self.engines.values()):
                 raise ExecutorError('the group is closed')
             new = self._decide(budget_mb, plan)
-            old = (self.budget_mb, self.plan_in, self.plan, self.parts.peak)
+            old = (self.budget_mb, self.plan_in, self.plan, self._peaks())
             self._teardown()
             try:
-                self.parts.peak = 0
+                self._set_peaks(None)
                 self._install(new)
             except BaseException:
                 self._teardown()
                 self._install(old[2])
-                self.parts.peak = old[3]
+                self._set_peaks(old[3])
                 raise
             self.budget_mb, self.plan_in, self.plan = budget_mb, plan, new
+
+    def _peaks(self):
+        """Return the peaks to restore: the group's and each model's pipeline's."""
+        return self.parts.peak, {n: e.pipeline.peak for n, e in self.engines.items()}
+
+    def _set_peaks(self, peaks):
+        """Start the group's and every model's peak again (None), or restore `_peaks()`."""
+        group, models = peaks if peaks is not None else (0, {})
+        with self.parts.cond:
+            self.parts.peak = group
+            for name, e in self.engines.items():
+                e.pipeline.peak = models.get(name, 0)
 
     def _teardown(self):
         with self.parts.cond:

@@ -47,7 +47,8 @@ class Stats:
     What stats() reports: memory, I/O and timing; timeline and latency are the last pass's.
 
     peak_weight_bytes counts resident units, the arena pages in use, demand-miss buffers and
-    pinned staging (CUDA: torch's pinned allocator rounds each block to a power of two).
+    pinned staging (CUDA: torch's pinned allocator rounds each block to a power of two), since
+    the configuration in force began (load, or the last reconfigure: its own or its group's).
     activation_peak_bytes, pinned_bytes, process_rss_bytes, page_cache_growth_bytes and
     weights_cached_bytes: what the configuration costs besides (see runtime.footprint).
     """

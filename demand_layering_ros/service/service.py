@@ -63,6 +63,26 @@ def _same_plan(a, b):
     return all(getattr(a.plan, k) == getattr(b.plan, k) for k in RUN_KEYS)
 
 
+def _deadline_note(decision, deadline, target, slack_ms, slack):
+    """
+    Return a decision's note, quoting the deadline as set, with the slack's share of it apart.
+
+    The planner was asked for `target` (the deadline less `slack_ms`, what frames spend outside
+    the network); a note never quotes only that. A deadline no plan meets ('fastest': the
+    fastest plan within the budget runs) is served best-effort, and the note says so.
+    """
+    if decision.source == 'fastest':
+        return (f'deadline {deadline:g} ms cannot be met: the fastest plan is predicted at '
+                f'{decision.plan.predicted_latency_ms or float("nan"):.0f} ms for the network, '
+                f'plus {slack_ms:.0f} ms outside it ({slack.describe()}); frames are served '
+                'best-effort and late ones count as misses')
+    if target is None or target == deadline or not decision.note:
+        return decision.note
+    return decision.note.replace(f'deadline {target:g} ms', (
+        f'deadline {deadline:g} ms ({slack_ms:.0f} ms of it measured outside the network, '
+        f'{target:g} ms left for it)'))
+
+
 class DetectorService:
     """
     One demand-layered detector: configure, infer, re-plan, report, close.
@@ -137,7 +157,7 @@ class DetectorService:
             if s['memory_budget_mb'] or s['deadline_ms']:
                 self.profile = profiles.stored(s, self.log) or \
                     profiles.measure_and_save(s, self.log)
-            decision = self._decide(s, strict=False)
+            decision = self._decide(s)
         self.decision, self.plan_note = decision, decision.note
         self.planned_slack_ms = self._slack_ms(s)
         if decision.note:
@@ -181,26 +201,22 @@ class DetectorService:
             torch.set_num_threads(self.threads)
         return torch.get_num_threads()
 
-    def _decide(self, s, strict):
+    def _decide(self, s):
         """
         Decide the plan for the settings; a deadline plan targets the deadline minus the slack.
 
         The slack (service.slack: age at arrival, decode, pre/post-processing, publish) is what
-        a frame spends outside the forward pass the planner predicts.
+        a frame spends outside the forward pass the planner predicts. A deadline no plan can
+        meet is taken, at configure and at run time alike (`_deadline_note`).
         """
         deadline = s['deadline_ms'] or None
         slack_ms = self._slack_ms(s)
         target = None if deadline is None else max(deadline - slack_ms, 1e-3)
         decision = decide_plan(self.pack, budget_mb=s['memory_budget_mb'] or None,
                                deadline_ms=target, frame_period_ms=s['frame_period_ms'] or None,
-                               profile=self.profile, device=s['device'], strict=strict,
+                               profile=self.profile, device=s['device'], strict=False,
                                threads=self._use_threads())
-        if decision.source == 'fastest':
-            decision.note = (
-                f'deadline {deadline:g} ms cannot be met: the fastest plan is predicted at '
-                f'{decision.plan.predicted_latency_ms or float("nan"):.0f} ms for the network, '
-                f'plus {slack_ms:.0f} ms outside it ({self.slack.describe()}); frames are '
-                'served best-effort and late ones count as misses')
+        decision.note = _deadline_note(decision, deadline, target, slack_ms, self.slack)
         return decision
 
     def _warm_up(self):
@@ -289,7 +305,7 @@ class DetectorService:
             return False
         with self.plan_lock:
             old = self.decision
-            decision = self._decide(s, strict=False)
+            decision = self._decide(s)
             self.planned_slack_ms = now_ms
             if decision.source not in ('planner', 'fastest') or _same_plan(old, decision):
                 return False
@@ -313,9 +329,11 @@ class DetectorService:
         """
         Apply a new memory_budget_mb / deadline_ms / frame_period_ms between two frames.
 
-        Raises (PlanInfeasible, the runtime's errors) to refuse the change; the model then keeps
-        its configuration. Never measures here: without a profile, a budget runs the runtime's
-        own fit and a deadline only the scheduling, while `profiling` measures in a thread.
+        Raises (PlanInfeasible, the runtime's errors) to refuse a change that cannot run (a
+        budget below the smallest plan): the model keeps its configuration. A deadline no plan
+        meets is taken as at configure, its note logged once. Never measures here: without a
+        profile, a budget runs the runtime's own fit and a deadline only the scheduling, while
+        `profiling` measures in a thread.
         """
         if not self.configured:
             raise ValueError('re-planning needs a configured service: configure first')
@@ -326,10 +344,12 @@ class DetectorService:
             need = bool(s['memory_budget_mb'] or s['deadline_ms']) and self.profile is None
             if need:
                 self.profile = profiles.stored(s, self.log)
-            decision = self._decide(s, strict=True)
+            decision = self._decide(s)
             if decision.source in ('planner', 'fastest') or \
                     s['memory_budget_mb'] != self.settings['memory_budget_mb']:
                 self._apply(s, decision, 're-planned')
+                if decision.note:
+                    self.log.warning(decision.note)
             # else: a deadline change without a plan only changes the scheduling
             self.settings = s
             if need and self.profile is None and not (self.profiling and
@@ -362,7 +382,7 @@ class DetectorService:
             if not (s['memory_budget_mb'] or s['deadline_ms']):
                 return      # nothing to plan for any more; the profile is kept for later
             try:
-                decision = self._decide(s, strict=False)
+                decision = self._decide(s)
                 self._apply(s, decision, 're-planned with the profile measured in the background')
             except Exception as e:   # the change was accepted already: keep serving as it is
                 self.log.warning(f'profiled in the background, but cannot re-plan for budget '
@@ -403,7 +423,7 @@ class DetectorService:
                 return self.drift_note
             self.profile = corrected_profile(self.profile, ratio, why=what)
             try:
-                decision = self._decide(self.settings, strict=False)
+                decision = self._decide(self.settings)
                 self._apply(self.settings, decision, f'{what}: re-planned')
             except Exception as e:   # keep serving with the plan in effect
                 self.drift_note = f'{what}; re-planning failed ({e}); the plan stays'
