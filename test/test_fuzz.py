@@ -26,6 +26,7 @@ from hypothesis import given, HealthCheck, settings, strategies as st
 import numpy as np
 import pytest
 import skimage.data
+from test_imaging import opencv_rgb, pixels_from_fields
 from tools import cgroups
 import torch
 
@@ -74,8 +75,8 @@ SIZES = st.one_of(st.integers(-3, 40), st.sampled_from(
 ODD = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=True), st.text(max_size=4),
                 st.just(np.int64(7)), st.just(np.uint32(2 ** 32 - 1)))
 ENCODINGS = st.one_of(st.sampled_from(sorted(imaging.ENCODINGS)),
-                      st.sampled_from(['rgb16', '16UC1', '32FC1', 'RGB8', '', 'bgr8\x00',
-                                       'yuv422', 'bayer_rggb8']),
+                      st.sampled_from(['rgba16', '16UC1', '32FC1', 'RGB8', '', 'bgr8\x00',
+                                       'nv21', 'bayer_rggb16', 'YUYV']),
                       st.text(max_size=10))
 
 
@@ -83,7 +84,7 @@ ENCODINGS = st.one_of(st.sampled_from(sorted(imaging.ENCODINGS)),
 def raw_images(draw):
     """Mostly plausible Image fields with one or more adversarial twists."""
     encoding = draw(ENCODINGS)
-    bpp = imaging.ENCODINGS.get(encoding, (3, None))[0]
+    bpp = imaging.ENCODINGS.get(encoding, (3,))[0]
     width = draw(st.one_of(SIZES, ODD) if draw(st.integers(0, 9)) == 0 else SIZES)
     height = draw(st.one_of(SIZES, ODD) if draw(st.integers(0, 9)) == 0 else SIZES)
     w = width if isinstance(width, int) and 0 < width <= 40 else 4
@@ -109,30 +110,28 @@ def raw_images(draw):
     elif kind == 'str':
         data = data.decode('latin-1')
     max_pixels = draw(st.sampled_from([imaging.MAX_PIXELS, 1 << 12, 1]))
-    return encoding, width, height, step, data, max_pixels
+    bigendian = draw(st.sampled_from([0, 1, 255]))
+    return encoding, width, height, step, data, bigendian, max_pixels
 
 
 @FUZZ
 @given(raw_images())
 def test_fuzz_raw_image_fields(fields):
-    encoding, width, height, step, data, max_pixels = fields
+    encoding, width, height, step, data, bigendian, max_pixels = fields
     with guard(max_bytes=32 * MIB, name='raw image'):
         try:
-            out = imaging.image_to_rgb(encoding, width, height, step, data,
+            out = imaging.image_to_rgb(encoding, width, height, step, data, bigendian,
                                        max_pixels=max_pixels)
         except ImageError as e:
             assert str(e)
             return
-    # accepted: the fields were consistent and the result is exactly the pixels
+    # accepted: the fields were consistent and the result is OpenCV's of the same pixels
     assert encoding in imaging.ENCODINGS
     bpp = imaging.ENCODINGS[encoding][0]
     assert out.shape == (height, width, 3) and out.dtype == np.uint8
     assert step >= width * bpp and width * height <= max_pixels
-    buf = np.frombuffer(bytes(data) if not isinstance(data, np.ndarray) else data.tobytes(),
-                        np.uint8)
-    rows = buf[:step * height].reshape(height, step)[:, :width * bpp].reshape(height, width, bpp)
-    order = list(imaging.ENCODINGS[encoding][1])
-    assert np.array_equal(out, rows[:, :, order])
+    pixels = pixels_from_fields(encoding, width, height, step, data, bigendian)
+    assert np.array_equal(out, opencv_rgb(encoding, pixels))
 
 
 def test_header_sizes_are_refused_before_allocating():

@@ -402,7 +402,7 @@ def _malformed_images():
         m = Image(**base)
         m.data = data
         return m
-    return [img(step=8), img(data=b'\0' * 20), img(encoding='yuv422'),
+    return [img(step=8), img(data=b'\0' * 20), img(encoding='nv21'),
             img(width=0, step=0, data=b''), img(width=100000, step=300000, data=b'\0' * 64)]
 
 

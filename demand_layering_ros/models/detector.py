@@ -88,23 +88,14 @@ def as_image_list(images):
 
 
 def read_image(path):
-    """Read an image file as an RGB uint8 HxWx3 numpy array."""
+    """Read an image file as an RGB uint8 HxWx3 numpy array (with OpenCV, never torchvision)."""
+    import cv2
+
     path = str(path)
-    try:
-        import cv2
-    except ImportError:
-        cv2 = None
-    if cv2 is not None:
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f'cannot read image {path} (missing file or unknown format)')
-        return np.ascontiguousarray(bgr[:, :, ::-1])
-    import torchvision.io
-    try:
-        t = torchvision.io.decode_image(path, mode=torchvision.io.ImageReadMode.RGB)
-    except (RuntimeError, OSError) as e:
-        raise ValueError(f'cannot read image {path}: {e}') from e
-    return t.permute(1, 2, 0).contiguous().numpy()
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f'cannot read image {path} (missing file or unknown format)')
+    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 class Detector:

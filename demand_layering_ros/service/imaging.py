@@ -6,21 +6,47 @@ Image message fields -> RGB numpy arrays, validated before a byte is trusted.
 Camera drivers send padded rows, odd encodings, truncated buffers and broken JPEGs; the PyPI
 cv_bridge port decodes padded rows wrong and raises KeyError on unknown encodings. This module
 converts the plain fields of `sensor_msgs/Image` and `sensor_msgs/CompressedImage` (or any
-object carrying them) itself, with numpy, and raises ImageError naming what was wrong, so the
-node can drop one bad frame, count it and keep serving. Dimensions are checked before any
-allocation, including the ones declared in a JPEG or PNG header. It imports no ROS package.
+object carrying them) itself, with numpy and OpenCV, and raises ImageError naming what was
+wrong, so the node can drop one bad frame, count it and keep serving. Dimensions are checked
+before any allocation, including the ones declared in a JPEG or PNG header. It imports no ROS
+package.
+
+Each encoding converts as ROS 2's cv_bridge converts it to rgb8: YUV 4:2:2 and Bayer through
+OpenCV's cvtColor with the code cv_bridge uses, 16-bit channels scaled to 8 bits like its
+`convertTo(CV_8U, 255.0 / 65535)`, i.e. round(v / 257) (not v >> 8), after reading them in the
+byte order `is_bigendian` gives.
 """
 
 import numpy as np
 
-# Encodings the detector accepts: name -> (bytes per pixel, channel order of the RGB result).
-# The order lists, for R, G and B, which input channel holds it.
+# Encodings the detector accepts: name -> (bytes per pixel, bytes per channel, conversion).
+# The conversion is a channel order (for R, G and B, which input channel holds it) or the
+# name of OpenCV's colour conversion to RGB of the whole image (cv_bridge's choice).
 ENCODINGS = {
-    'rgb8': (3, (0, 1, 2)),
-    'bgr8': (3, (2, 1, 0)),
-    'rgba8': (4, (0, 1, 2)),
-    'bgra8': (4, (2, 1, 0)),
-    'mono8': (1, (0, 0, 0)),
+    'rgb8': (3, 1, (0, 1, 2)),
+    'bgr8': (3, 1, (2, 1, 0)),
+    'rgba8': (4, 1, (0, 1, 2)),
+    'bgra8': (4, 1, (2, 1, 0)),
+    'mono8': (1, 1, (0, 0, 0)),
+    # OpenCV type names, read as cv_bridge reads them for display: one channel as mono8, three
+    # in OpenCV's own order, bgr8 (an image sent with cv2_to_imgmsg's default 'passthrough')
+    '8UC1': (1, 1, (0, 0, 0)),
+    '8UC3': (3, 1, (2, 1, 0)),
+    'rgb16': (6, 2, (0, 1, 2)),
+    'bgr16': (6, 2, (2, 1, 0)),
+    'mono16': (2, 2, (0, 0, 0)),
+    # YUV 4:2:2, two pixels in four bytes: U Y0 V Y1 (uyvy) or Y0 U Y1 V (yuyv); ROS 2 keeps
+    # the older names yuv422 (= uyvy) and yuv422_yuy2 (= yuyv), which drivers still send
+    'uyvy': (2, 1, 'COLOR_YUV2RGB_UYVY'),
+    'yuv422': (2, 1, 'COLOR_YUV2RGB_UYVY'),
+    'yuyv': (2, 1, 'COLOR_YUV2RGB_YUYV'),
+    'yuv422_yuy2': (2, 1, 'COLOR_YUV2RGB_YUYV'),
+    # Bayer mosaics, demosaiced bilinearly; OpenCV names a pattern by its second row's second
+    # and third pixels, so ROS's rggb is OpenCV's BG
+    'bayer_rggb8': (1, 1, 'COLOR_BayerBG2RGB'),
+    'bayer_bggr8': (1, 1, 'COLOR_BayerRG2RGB'),
+    'bayer_gbrg8': (1, 1, 'COLOR_BayerGR2RGB'),
+    'bayer_grbg8': (1, 1, 'COLOR_BayerGB2RGB'),
 }
 
 MAX_SIDE = 16384               # pixels per side; larger is a corrupt header, not a camera
@@ -68,13 +94,17 @@ def image_to_rgb(encoding, width, height, step, data, is_bigendian=0,
     Convert raw `sensor_msgs/Image` fields to a new [height, width, 3] uint8 RGB array.
 
     `step` is the row length in bytes and may exceed width x bytes-per-pixel (row padding).
-    `is_bigendian` does not matter for the 8-bit encodings accepted here. Raises ImageError.
+    `is_bigendian` (nonzero: most significant byte first) matters for the 16-bit encodings
+    only. Raises ImageError.
     """
     if encoding not in ENCODINGS:
         raise ImageError(f'{where}: unsupported encoding {encoding!r}; accepted: '
                          f'{", ".join(ENCODINGS)}')
-    bpp, order = ENCODINGS[encoding]
+    bpp, depth, conversion = ENCODINGS[encoding]
     _check_dims(width, height, max_pixels, where)
+    if isinstance(conversion, str) and conversion.startswith('COLOR_YUV') and width % 2:
+        raise ImageError(f'{where}: width {width} is odd; {encoding} packs two pixels in '
+                         f'four bytes, so its width must be even')
     row = width * bpp
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
         raise ImageError(f'{where}: step must be an integer, got {step!r}')
@@ -87,12 +117,44 @@ def image_to_rgb(encoding, width, height, step, data, is_bigendian=0,
     if buf.size < need:
         raise ImageError(f'{where}: data has {buf.size} bytes, step x height = {step} x '
                          f'{height} = {need} needed')
-    rows = buf[:need].reshape(height, step)[:, :row].reshape(height, width, bpp)
-    if bpp == 1:
-        return np.repeat(rows, 3, axis=2)
-    if order == (0, 1, 2):
-        return rows[:, :, :3].copy()   # a copy: the result must not alias the message
-    return np.ascontiguousarray(rows[:, :, list(order)])
+    rows = buf[:need].reshape(height, step)[:, :row]
+    if isinstance(conversion, str):
+        return _opencv_to_rgb(rows, width, bpp, conversion, where)
+    pixels = rows.reshape(height, width, bpp // depth, depth)
+    if depth == 2:
+        pixels = _scale_16_to_8(pixels, bool(is_bigendian))
+    else:
+        pixels = pixels[:, :, :, 0]
+    if pixels.shape[2] == 1:
+        return np.repeat(pixels, 3, axis=2)
+    if conversion == (0, 1, 2):
+        return pixels[:, :, :3].copy()   # a copy: the result must not alias the message
+    return np.ascontiguousarray(pixels[:, :, list(conversion)])
+
+
+# 16-bit value -> 8 bits: round(v * 255 / 65535) = floor((v + 128) / 257), as cv_bridge's
+# convertTo(CV_8U, 255.0 / 65535) rounds it (a 64 KiB table)
+_SCALE_16_TO_8 = ((np.arange(1 << 16, dtype=np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _scale_16_to_8(pixels, bigendian):
+    """[H, W, C, 2] bytes of 16-bit channels (in the given byte order) -> [H, W, C] uint8."""
+    high, low = (0, 1) if bigendian else (1, 0)
+    values = (pixels[..., high].astype(np.uint16) << 8) | pixels[..., low]
+    return _SCALE_16_TO_8[values]
+
+
+def _opencv_to_rgb(rows, width, bpp, conversion, where):
+    """YUV 4:2:2 ([H, W, 2]) or Bayer ([H, W]) rows to RGB with OpenCV's cvtColor."""
+    import cv2
+
+    src = rows.reshape(rows.shape[0], width, bpp) if bpp > 1 else rows
+    try:
+        return np.ascontiguousarray(cv2.cvtColor(src, getattr(cv2, conversion)))
+    except cv2.error as e:     # checked above; a failure left is OpenCV's, said in one line
+        detail = str(e).strip().splitlines()[-1]
+        raise ImageError(f'{where}: OpenCV could not convert {rows.shape[1] // bpp}x'
+                         f'{rows.shape[0]} by {conversion}: {detail}') from None
 
 
 def _jpeg_size(data):

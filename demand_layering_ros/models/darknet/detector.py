@@ -12,6 +12,7 @@ from pathlib import Path
 from demand_layering_ros.models import assets
 from demand_layering_ros.models.darknet.layers import Yolo
 from demand_layering_ros.models.detector import as_image_list, Detections, Detector
+from demand_layering_ros.models.nms import batched_nms
 import numpy as np
 import torch
 
@@ -133,7 +134,6 @@ class DarknetDetector(Detector):
         """Decode heads, threshold like Darknet (obj > t, obj*p > t), per-class NMS."""
         if self.kind == 'classifier':
             return self._topk(outputs[0], max(1, min(5, max_detections)))
-        import torchvision.ops
         net_h, net_w = meta['net']
         heads = [self.model_layers[i] for i in self.model_heads]
         results = []
@@ -160,7 +160,7 @@ class DarknetDetector(Detector):
             if scores.numel() > self.max_candidates:
                 top = scores.topk(self.max_candidates).indices
                 boxes, scores, ids = boxes[top], scores[top], ids[top]
-            keep = torchvision.ops.batched_nms(boxes, scores, ids, nms_iou)[:max_detections]
+            keep = batched_nms(boxes, scores, ids, nms_iou)[:max_detections]
             ids = ids[keep].long()
             results.append(Detections(boxes[keep].float(), scores[keep].float(), ids,
                                       [self._name(i) for i in ids.tolist()]))
