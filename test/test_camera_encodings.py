@@ -12,7 +12,6 @@ dropped, counted for its camera and named in one line; the next good frame is se
 """
 
 from demand_layering_ros import pack as P
-from demand_layering_ros.ros import node as dnode
 import numpy as np
 import pytest
 from sensor_msgs.msg import Image
@@ -38,12 +37,8 @@ def oracle(tmp_path_factory):
 def harness(oracle):
     pack, _ = oracle
     h = Harness({'pack_path': str(pack.path), 'image_topics': list(TOPICS.values()),
-                 'score_threshold': THRESHOLD, 'autostart': False}, topics=TOPICS, outs=OUT)
-    assert h.node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS, \
-        h.node.last_error
-    assert h.node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
-    for topic, pub in h.pubs.items():
-        wait_for(lambda: pub.get_subscription_count() > 0, 10, f'subscribed to {topic}')
+                 'score_threshold': THRESHOLD, 'autostart': False}, topics=TOPICS,
+                outs=OUT).start()
     yield h
     h.close()
 

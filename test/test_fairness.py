@@ -11,7 +11,6 @@ FAIR of the most served camera's, counted by the subscriber.
 
 import time
 
-from demand_layering_ros.ros import node as dnode
 import pytest
 from test_node_models import Harness, images, THRESHOLD, wait_for, write_packs
 
@@ -27,12 +26,7 @@ def harness(tmp_path_factory):
     pack = write_packs(tmp_path_factory.mktemp('fairness'))['front']
     h = Harness({'pack_path': str(pack.path), 'image_topics': list(CAMS.values()),
                  'score_threshold': THRESHOLD, 'max_batch': 1, 'autostart': False},
-                topics=CAMS, outs=OUTS)
-    assert h.node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS, \
-        h.node.last_error
-    assert h.node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
-    for topic, pub in h.pubs.items():
-        wait_for(lambda: pub.get_subscription_count() > 0, 10, f'subscribed to {topic}')
+                topics=CAMS, outs=OUTS).start()
     yield h
     h.close()
 

@@ -125,6 +125,15 @@ class Harness:
                                             RELIABLE)
         self.count = 0
 
+    def start(self):
+        """Configure and activate the node; wait until every image topic is subscribed."""
+        assert self.node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS, \
+            self.node.last_error
+        assert self.node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
+        for topic, pub in self.pubs.items():
+            wait_for(lambda: pub.get_subscription_count() > 0, 10, f'subscribed to {topic}')
+        return self
+
     def publish(self, model, rgb, topic=None):
         h, w = rgb.shape[:2]
         msg = Image(height=h, width=w, encoding='rgb8', step=w * 3)
@@ -188,12 +197,7 @@ def assert_same(got, want):
 
 @pytest.fixture(scope='module')
 def harness(packs, budget_mb):
-    h = Harness(group_params(packs, budget_mb))
-    assert h.node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS, \
-        h.node.last_error
-    assert h.node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
-    for topic, pub in h.pubs.items():
-        wait_for(lambda: pub.get_subscription_count() > 0, 10, f'subscribed to {topic}')
+    h = Harness(group_params(packs, budget_mb)).start()
     yield h
     h.close()
 

@@ -23,7 +23,6 @@ import threading
 import time
 
 from demand_layering_ros import load, load_shared
-from demand_layering_ros.ros import node as dnode
 from demand_layering_ros.sizes import MB
 import pytest
 from test_node_models import (assert_same, expected, Harness, images, MODELS,
@@ -169,12 +168,7 @@ def test_budget_changes_at_random_moments_never_stall(request, packs, truth, sce
     rng = random.Random(f'{scene}-{changes}')
     recover, kinds = [], {}
     try:
-        node = h.node
-        assert node.trigger_configure() == dnode.TransitionCallbackReturn.SUCCESS, \
-            node.last_error
-        assert node.trigger_activate() == dnode.TransitionCallbackReturn.SUCCESS
-        for topic, pub in h.pubs.items():
-            wait_for(lambda: pub.get_subscription_count() > 0, 10, f'subscribed to {topic}')
+        node = h.start().node
         with Stream(h, topics) as stream:
             wait_for(lambda: all(len(h.got[c]) > 3 for c in topics), 60, 'both cameras served')
             for i in range(changes):
