@@ -14,6 +14,8 @@ does. Keep it light: whatever it imports at its top runs before the handling is 
 import signal
 import sys
 
+_stopped = []      # the signal that interrupted the imports, if one did
+
 
 def _interrupt(signum, frame):
     """
@@ -24,6 +26,7 @@ def _interrupt(signum, frame):
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _stopped.append(signum)
     raise KeyboardInterrupt
 
 
@@ -33,8 +36,10 @@ def detector_node(args=None):
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         from demand_layering_ros.ros import node
-    except KeyboardInterrupt:
-        return 0        # stopped before the node existed: nothing to release
+    except BaseException:  # noqa: B902 - e.g. rclpy's C library turns it into an ImportError
+        if _stopped:
+            return 0    # stopped before the node existed: nothing to release
+        raise
     return node.main(args)
 
 
