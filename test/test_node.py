@@ -986,14 +986,30 @@ def _console_script(name):
     return found.groups()
 
 
-def _interrupted_at(cmd, env, log, delay=None, until=None, what=''):
-    """Run `cmd`, SIGINT it `delay` s after spawn or once `until(output)`; (status, output)."""
+def _mapped(pid, library):
+    """Return True once process `pid` has mapped a file whose path contains `library`."""
+    try:
+        return library in Path(f'/proc/{pid}/maps').read_text()
+    except OSError:
+        return False
+
+
+def _interrupted_at(cmd, env, log, delay=None, until=None, what='', mapped=None):
+    """
+    Run `cmd` and SIGINT it; return (status, output).
+
+    When: `delay` s after spawn, once `until(output)`, or the moment the process maps a
+    library whose path contains `mapped` (it is importing that module then).
+    """
     with open(log, 'w') as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 text=True)
         try:
             if delay is not None:
                 time.sleep(delay)
+            elif mapped is not None:
+                while proc.poll() is None and not _mapped(proc.pid, mapped):
+                    time.sleep(0.002)
             else:
                 wait_for(lambda: proc.poll() is not None or until(log.read_text()), 90,
                          f'{what} ({log})')
@@ -1011,28 +1027,25 @@ def test_ctrl_c_while_the_executable_starts_is_quiet(tmp_path):
     SIGINT at several moments of start-up, imports included: no traceback, status 0.
 
     The process runs `detector_node` as its console-script wrapper does (import the function
-    setup.py names, call it); it is interrupted 0.1 s to 1 s after it was spawned, while it
-    still imports torch and rclpy (rclpy's C library turns an interrupt into an ImportError),
-    and once it is up (configure failed on a missing pack and said so in one line). Before any
-    code of the package runs, the interpreter imports `site` (the environment's .pth files),
-    where nothing can handle a signal: the first moment is never earlier than twice a bare
-    start of the interpreter here.
+    setup.py names, call it). It is interrupted the moment it maps rclpy's C library (rclpy
+    turns an interrupt there into an ImportError), the moment it maps torch's, 0.5 s and 1 s
+    after it was spawned, and once it is up (configure failed on a missing pack and said so in
+    one line). Moments are taken from what the process has loaded, not from a clock: before
+    any code of the package runs, the interpreter imports `site` (the environment's .pth
+    files), where nothing can handle a signal, and how long that takes depends on the load.
     """
     module, func = _console_script('detector_node')
     cmd = [sys.executable, '-c', f'import sys; from {module} import {func}; sys.exit({func}())',
            '--ros-args', '-r', '__node:=sigint_detector', '-p',
            f'pack_path:={tmp_path / "missing"}', '-p', 'image_topics:=[/sigint/image_raw]']
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
-    bare = []
-    for _ in range(3):
-        t0 = time.monotonic()
-        subprocess.run([sys.executable, '-c', 'pass'], check=True, env=env)
-        bare.append(time.monotonic() - t0)
 
     def up(text):
         return 'no such pack directory' in text
-    runs = [(delay, *_interrupted_at(cmd, env, tmp_path / f'{k}.log', delay))
-            for k, delay in enumerate((max(0.1, 2 * max(bare)), 0.2, 0.3, 0.4, 0.5, 0.7, 1.0))]
+    runs = [(lib, *_interrupted_at(cmd, env, tmp_path / f'{lib}.log', mapped=lib))
+            for lib in ('librcl.so', '_rclpy_pybind11', 'libtorch_cpu')]
+    runs += [(delay, *_interrupted_at(cmd, env, tmp_path / f'{delay}.log', delay))
+             for delay in (0.5, 1.0)]
     runs.append(('up', *_interrupted_at(cmd, env, tmp_path / 'up.log', until=up,
                                         what='the node up, configure failed on the pack')))
     for moment, rc, text in runs:
