@@ -16,6 +16,7 @@ from pathlib import Path
 
 PAGE = mmap.PAGESIZE
 CGROUP_ROOT = Path('/sys/fs/cgroup')
+NO_LIMIT = 1 << 62      # v1 reports 'no limit' as a huge number near 2**63
 
 
 def read_text(path):
@@ -91,6 +92,49 @@ def own_cgroup_dir():
         if (d / 'memory.current').exists():
             return 2, d
     return None
+
+
+def meminfo(text=None):
+    """
+    Return /proc/meminfo as {key: bytes} (values in kB are converted; counts stay counts).
+
+    Linux only: raises OSError where /proc/meminfo is missing.
+    """
+    if text is None:
+        text = read_text('/proc/meminfo')
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(':')
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            out[key] = int(parts[0]) * (1024 if parts[1:] == ['kB'] else 1)
+    return out
+
+
+def parse_limit(text):
+    """
+    Return a cgroup memory limit in bytes, or None for no limit.
+
+    v2 writes 'max'; v1 writes a huge page-rounded number (9223372036854771712) instead.
+    """
+    text = text.strip()
+    if text == 'max':
+        return None
+    value = int(text)
+    return None if value >= NO_LIMIT else value
+
+
+def cgroup_limit_usage(version, d):
+    """
+    Return (limit bytes or None, usage bytes) of one memory cgroup directory.
+
+    Usage is what the kernel charges against the limit (anonymous memory, page cache, kernel
+    memory); raises OSError or ValueError where the files cannot be read.
+    """
+    limit_file, usage_file = (('memory.limit_in_bytes', 'memory.usage_in_bytes')
+                              if version == 1 else ('memory.max', 'memory.current'))
+    d = Path(d)
+    return parse_limit(read_text(d / limit_file)), int(read_text(d / usage_file))
 
 
 def own_cgroup_usage():

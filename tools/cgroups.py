@@ -27,8 +27,8 @@ import uuid
 
 from demand_layering_ros import process_memory
 from demand_layering_ros.process_memory import (CGROUP_ROOT, file_cached_bytes,  # noqa: F401
-                                                own_cgroup_paths, PAGE, read_text, rss_bytes,
-                                                v2_mount)
+                                                meminfo, own_cgroup_paths, PAGE, read_text,
+                                                rss_bytes, v2_mount)
 
 PROC_SELF_CGROUP = Path('/proc/self/cgroup')
 _read = read_text
@@ -542,17 +542,6 @@ def run_in_cgroup(argv, limit_bytes=None, timeout=None, env=None, cwd=None, inpu
 
 # --- page cache ---------------------------------------------------------------------------------
 
-def meminfo():
-    """Return /proc/meminfo as {key: bytes}."""
-    out = {}
-    for line in _read('/proc/meminfo').splitlines():
-        key, _, rest = line.partition(':')
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            out[key] = int(parts[0]) * (1024 if parts[1:] == ['kB'] else 1)
-    return out
-
-
 def page_cache_bytes():
     """Return the machine-wide page cache (`Cached` in /proc/meminfo), in bytes."""
     return meminfo()['Cached']
@@ -656,10 +645,8 @@ def own_cgroup_usage():
     where = process_memory.own_cgroup_dir()
     if usage is None or where is None:
         return None
-    version, d = where
     try:
-        limit = read_text(d / ('memory.limit_in_bytes' if version == 1 else 'memory.max')).strip()
-        limit = None if limit == 'max' or int(limit) >= (1 << 62) else int(limit)
+        limit = process_memory.cgroup_limit_usage(*where)[0]
     except (OSError, ValueError):
         limit = None
     return dict(usage, limit_bytes=limit)
