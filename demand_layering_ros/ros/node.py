@@ -6,11 +6,13 @@ The detector as a ROS 2 lifecycle node: camera topics in, vision_msgs detections
 The node only wires ROS to the service: parameters (declared from `service.settings`),
 lifecycle transitions, image subscriptions, publishers and timers. `DetectorService` owns the
 model (open at `configure`, every byte given back at `cleanup`), `scheduling` decides which
-frame runs when (latest frame per camera, cameras in turn, batches, drops), `messages`
-builds what is published and `diagnostics` what /diagnostics reports once a second. A lifecycle
-node lets a manager (or `autostart`) open the pack at `configure` and stream at `activate`;
-inference runs in its own thread. With `models`, several models share one memory budget
-(`service.group.GroupService`); each camera belongs to one of them (`served`) and the one
+frame runs when (latest frame per camera, cameras in turn, batches, drops), and
+`service.serving.FrameServer` is the inference thread's loop (take, admit, infer, count), given
+the node's ROS steps as callables: decode the taken messages (`intake`), publish (`messages`
+builds what is published), the clock. `diagnostics` builds what /diagnostics reports once a
+second. A lifecycle node lets a manager (or `autostart`) open the pack at `configure` and stream
+at `activate`; inference runs in its own thread. With `models`, several models share one memory
+budget (`service.group.GroupService`); each camera belongs to one of them (`served`) and the one
 inference thread serves their frames, their cameras in turn.
 """
 
@@ -24,9 +26,9 @@ from demand_layering_ros.ros.diagnostics import group_status
 from demand_layering_ros.runtime import allocator
 from demand_layering_ros.service import settings
 from demand_layering_ros.service.group import GroupService
-from demand_layering_ros.service.scheduling import (Camera, deadline_infeasible, Frame,
-                                                    FrameQueue, most_urgent_model)
+from demand_layering_ros.service.scheduling import Camera, Frame, FrameQueue
 from demand_layering_ros.service.service import DetectorService
+from demand_layering_ros.service.serving import FrameServer
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
@@ -38,8 +40,6 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-PROBE_AFTER_S = 2.0   # with every frame dropped for its deadline this long, one runs anyway
-REPLAN_EVERY = 32     # served batches between two looks at the measured slack
 SPIN_TIMEOUT_S = 0.1  # the main thread sees Ctrl-C within this (rclpy installs no handler)
 
 
@@ -289,8 +289,11 @@ class DetectorNode(LifecycleNode):
             return ret
         self._publish_label_info(activating=True)
         self._stop.clear()
-        self._worker = threading.Thread(target=self._run_worker, name='dlr-inference',
-                                        daemon=True)
+        server = FrameServer(self._queue, self._decode, self._publish, self._now,
+                             self.get_logger(), self._record_error, self.group,
+                             self._publish_debug)
+        self._worker = threading.Thread(target=server.run, args=(self._stop,),
+                                        name='dlr-inference', daemon=True)
         self._worker.start()
         s = self._settings
         qos = QoSProfile(
@@ -388,87 +391,26 @@ class DetectorNode(LifecycleNode):
         deadline = base + deadline_ms / 1e3 if deadline_ms > 0 else math.inf
         self._queue.offer(cam, Frame(cam, data, base, deadline, now))
 
-    def _run_worker(self):
-        while not self._stop.is_set():
-            pending = self._queue.take(self._stop)
-            if not pending:
-                continue
-            try:
-                self._serve(pending)
-            except Exception as e:   # never let the thread die: report and keep serving
-                self._record_error(f'inference thread: {type(e).__name__}: {e}')
+    def _decode(self, batch):
+        """Deserialise the frames taken (`intake.decode_taken`), their model's slack measured."""
+        return intake.decode_taken(batch, self._queue, batch[0].camera.model.service.slack,
+                                   self.get_logger())
 
-    def _serve(self, pending):
-        now = self._now()
-        mine = self._queue.of_most_urgent_model(pending)   # cameras take turns across models
-        m = mine[0].camera.model
-        others = [f for f in pending if f.camera.model is not m]
-        if others and self.group.configured:     # the model after this one reads ahead
-            self.group.prefetch(most_urgent_model(others).name)
-        pending = mine
-        s, service = m.settings, m.service
-        latency = service.latency
-        self._note_feasibility(m, latency, service.slack.part('age'))
-        max_batch = s['max_batch'] if service.batching_ok else 1
-        batch = self._queue.next_batch(pending, now, latency, max_batch, m.infeasible,
-                                       max(PROBE_AFTER_S, 10 * latency.upper(1)))
-        if batch:
-            self._run_batch(batch, m)
-            m.served += 1
-            if m.served % REPLAN_EVERY == 0:
-                service.replan_for_slack()
-
-    def _note_feasibility(self, m, latency, age):
-        """Switch best-effort serving on and off; say so once, with the numbers."""
-        deadline_ms = m.settings['deadline_ms']
-        infeasible = deadline_infeasible(latency, deadline_ms, age)
-        if infeasible and not m.infeasible and not m.infeasible_said:
-            m.infeasible_said = True
-            self.get_logger().warning(
-                f'{m.label + ": " if m.name else ""}deadline {deadline_ms:.0f} ms cannot be '
-                f'met: frames take {latency.predict(1) * 1e3:.0f} ms plus {age * 1e3:.0f} ms '
-                'age at arrival; serving the newest frame best-effort, late frames count as '
-                'misses')
-        m.infeasible = infeasible
-
-    def _run_batch(self, batch, m):
-        s, service = m.settings, m.service
-        t0 = time.perf_counter()
-        frames = intake.decode_taken(batch, self._queue, service.slack, self.get_logger())
-        if not frames:
-            return
-        t1 = time.perf_counter()
-        try:
-            results = service.infer([rgb for _, _, rgb in frames], s['score_threshold'],
-                                    s['nms_iou'], s['max_detections'])
-        except Exception as e:
-            for f, _, _ in frames:
-                self._queue.drop(f.camera, 'error', str(e))
-            self._record_error(f'{type(e).__name__}: {e}')
-            return
-        if results is None:   # cleaned up meanwhile
-            return
-        forward = service.last_forward_seconds()
-        if forward is not None:
-            service.slack.add('prepost', time.perf_counter() - t1 - forward)
-        names = service.class_names
-        for (f, msg, rgb), det in zip(frames, results):
-            self._publish(f, msg.header, rgb, det, s, names)
-        service.record_latency(len(frames), time.perf_counter() - t0)
-
-    def _publish(self, frame, header, rgb, det, s, names):
+    def _publish(self, frame, msg, rgb, det, s, names):
+        """Publish one frame's detections; False when its publisher is gone (not counted)."""
         cam = frame.camera
         if cam.pub is None:
-            return
-        t0 = time.perf_counter()
-        cam.pub.publish(messages.detections(header, rgb, det, names,
+            return False
+        cam.pub.publish(messages.detections(msg.header, rgb, det, names,
                                             by_name=s['class_id_mode'] == 'name'))
-        cam.model.service.slack.add('publish', time.perf_counter() - t0)
-        self._queue.published(cam, self._now() - frame.base, s['deadline_ms'],
-                              frame.best_effort)
+        return True
+
+    def _publish_debug(self, frame, msg, rgb, det, s, names):
+        """Publish the debug image, once the frame is counted, when someone subscribes."""
+        cam = frame.camera
         if s['publish_debug_image'] and cam.debug_pub is not None and \
                 cam.debug_pub.get_subscription_count() > 0:
-            cam.debug_pub.publish(messages.debug_image(header, rgb, det, names))
+            cam.debug_pub.publish(messages.debug_image(msg.header, rgb, det, names))
 
     def _record_error(self, text, throttle=True):
         self._last_error = text

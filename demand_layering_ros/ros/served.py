@@ -6,7 +6,7 @@ The models a node serves: one from today's parameters, or several (`models`) und
 Each camera belongs to one `ServedModel`: the service its frames run through, the settings
 they run with (the node's, with the model's own `<name>.*` over them), its diagnostics and
 whether its deadline is feasible. The node's one inference thread serves the models' frames,
-their cameras in turn (`service.scheduling`).
+their cameras in turn (`service.serving.FrameServer`, which reads and updates these fields).
 """
 
 from demand_layering_ros.ros import params
