@@ -6,6 +6,7 @@ from pathlib import Path
 import subprocess
 import sys
 
+import ament_flake8  # noqa: F401 - the lint runs in a subprocess: a missing one fails here
 import pytest
 
 # flake8 checks files in a pool of forked processes. Forked from this test process after tests

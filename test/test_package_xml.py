@@ -5,7 +5,9 @@ package.xml declares exactly what the code imports: every import has its key, ev
 
 The imports are read from the source (imports inside functions count): the installed package
 and the launch file for exec_depend, the tests for test_depend. The modules pip provides
-(torch, torchvision, safetensors, xxhash: no rosdep key fits) are named in the README instead.
+(torch, torchvision, safetensors, xxhash: no rosdep key fits) are named in the README instead,
+and so is the optional `ultralytics` family's package (AGPL-3.0, never a dependency: only a
+user who packs an Ultralytics model installs it).
 """
 
 import ast
@@ -19,7 +21,7 @@ KEYS = {'numpy': 'python3-numpy', 'yaml': 'python3-yaml', 'cv2': 'python3-opencv
         'tqdm': 'python3-tqdm', 'matplotlib': 'python3-matplotlib',
         'skimage': 'python3-skimage', 'pytest': 'python3-pytest',
         'hypothesis': 'python3-hypothesis'}
-FROM_PIP = {'torch', 'torchvision', 'safetensors', 'xxhash'}
+FROM_PIP = {'torch', 'torchvision', 'safetensors', 'xxhash', 'ultralytics'}
 LOCAL = {'demand_layering_ros', 'tools', 'bench', 'lint_paths'}
 
 
