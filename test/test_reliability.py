@@ -511,7 +511,12 @@ def test_node_budget_holds_under_a_hard_limit_that_kills_the_resident_node(big_p
     probe.close()
     free, answered = _node_in_cgroup(big_pack)
     assert answered == 2 and free.returncode == 0, f'{free.summary()}\n{free.stderr[-3000:]}'
-    margin = 48 * MIB
+    # Room above the streaming node's own peak for what configure does once: profiling the pack
+    # within the budget when there is no PROFILE.json (below) peaked 51 MiB above serving
+    # (390 vs 339 MiB). 48 MiB used to pass while both processes carried torchvision's 85 MiB,
+    # which the first detection imported (and of which part was reclaimable); Darknet packs no
+    # longer import it.
+    margin = 64 * MIB
     limit = free.peak_bytes + margin
     # the resident node needs all weights where the streaming one needs its arena
     assert limit < free.peak_bytes - weight_peak + big_pack.total_bytes - 64 * MIB
