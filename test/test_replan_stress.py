@@ -199,15 +199,19 @@ def test_budget_changes_at_random_moments_never_stall(request, packs, truth, sce
 
 
 def quiet_then_accounted(h, node, topics):
-    """After the cameras stop: every frame received was answered or counted as dropped."""
-    def settled():
-        before = {c: len(h.got[c]) for c in topics}
-        time.sleep(0.5)
-        return before == {c: len(h.got[c]) for c in topics}
-    wait_for(settled, 30, 'the node stopped publishing')
-    stats = node.camera_stats()
-    for cam, topic in topics.items():
-        ns = topic.rsplit('/', 1)[0]
-        st = stats[ns]
-        assert st['received'] == st['published'] + sum(st['drops'].values()), (cam, st)
-        assert st['published'] == len(h.got[cam]), (cam, st['published'], len(h.got[cam]))
+    """
+    After the cameras stop: every frame received is answered or counted as dropped.
+
+    The last frames may still wait or run (a pass takes longer while the pack is profiled in
+    the background): the counts are awaited, not read after a fixed quiet spell.
+    """
+    def counts(cam, topic):
+        st = node.camera_stats()[topic.rsplit('/', 1)[0]]
+        return st['received'], st['published'] + sum(st['drops'].values()), st['published']
+
+    def accounted():
+        return all(received == done and published == len(h.got[cam])
+                   for cam, topic in topics.items()
+                   for received, done, published in [counts(cam, topic)])
+    wait_for(accounted, 30, 'every frame answered or counted as dropped (received, answered '
+             f'or dropped, published): { {c: counts(c, t) for c, t in topics.items()} }')
