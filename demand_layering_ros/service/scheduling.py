@@ -17,7 +17,7 @@ to fall behind the passes) lost every comparison and was never served. Letting a
 deadline go first where it "saves" one starved cameras too: the frame passed over is replaced
 by a newer one that can again wait, turn after turn (in a simulation of 382 overloaded scenes,
 2-4 cameras at 5-30 fps, that rule left 53 under 80% fairness, turns 32, all of them scenes
-whose deadline leaves no room for a second pass).
+whose deadline is under two passes).
 """
 
 from collections import deque
