@@ -29,10 +29,10 @@ if str(ROOT) not in sys.path:
 CHILD = r"""
 import json, os, re, sys, threading, tracemalloc
 import torch
-from demand_layering_ros.runtime import allocator
-from demand_layering_ros.process_memory import own_cgroup_usage
-from demand_layering_ros.runtime import loading
+from demand_layering_ros import loading
 from demand_layering_ros.pack import Pack
+from demand_layering_ros.process_memory import own_cgroup_usage
+from demand_layering_ros.runtime import allocator
 mode, pack_dir, passes = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(int(sys.argv[4]))
 out, t0 = {'steps': []}, threading.active_count()

@@ -394,7 +394,7 @@ def main(argv=None):
 def bench(args, argv):
     """Prepare the packs, run every set and configuration, write the report."""
     import torch  # noqa: F401 - the libraries' pages are cached outside the measured cgroups
-    import demand_layering_ros.runtime.loading  # noqa: F401
+    import demand_layering_ros.loading  # noqa: F401
     from demand_layering_ros.models import assets
     from tools import cgroups
     if not cgroups.cgroups_available():

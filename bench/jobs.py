@@ -59,7 +59,7 @@ def _read_pack_files(pack):
 def _prime_libraries():
     """Import what a worker imports, outside any measured cgroup, so library pages are cached."""
     code = ('import torch, torchvision, accelerate, safetensors; '
-            'import demand_layering_ros.runtime.loading, demand_layering_ros.planning.planner, '
+            'import demand_layering_ros.loading, demand_layering_ros.planning.planner, '
             'bench.harness, tools.cgroups')
     subprocess.run([sys.executable, '-c', code], cwd=str(REPO_ROOT), env=_env(),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)

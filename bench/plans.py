@@ -20,7 +20,7 @@ def naive_plan(pk):
     read is waited for in full: the paper's sequential baseline, in the smallest arena that
     replays the pass at that depth.
     """
-    from demand_layering_ros.runtime import arena
+    from demand_layering_ros.layout import arena
     items = [arena.Item(u.name, u.length, u.first_call, u.last_call) for u in pk.units
              if u.calls and not u.used_outside_forward]
     layout = arena.min_layout(items, prefetch_depths=(0,)) if items else None

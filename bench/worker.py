@@ -171,7 +171,8 @@ def _measure(job, result, t_start):
     import torch
     import accelerate  # noqa: F401 - every configuration imports the same libraries
     import torchvision  # noqa: F401
-    from demand_layering_ros.runtime import allocator, loading  # noqa: F401
+    from demand_layering_ros import loading  # noqa: F401
+    from demand_layering_ros.runtime import allocator  # noqa: F401
     from demand_layering_ros.pack import Pack
     allocator.limit_arenas()        # every configuration runs with the runtime's malloc settings
     if job.get('threads'):

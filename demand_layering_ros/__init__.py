@@ -13,18 +13,18 @@ __all__ = ['load', 'load_resident', 'load_shared', '__version__']
 
 
 def load(*args, **kwargs):
-    """Open a weight pack as a demand-layered model (see runtime.loading.load)."""
-    from demand_layering_ros.runtime import loading
+    """Open a weight pack as a demand-layered model (see loading.load)."""
+    from demand_layering_ros import loading
     return loading.load(*args, **kwargs)
 
 
 def load_resident(*args, **kwargs):
-    """Open a weight pack as the plain, fully resident model (see runtime.loading)."""
-    from demand_layering_ros.runtime import loading
+    """Open a weight pack as the plain, fully resident model (see loading)."""
+    from demand_layering_ros import loading
     return loading.load_resident(*args, **kwargs)
 
 
 def load_shared(*args, **kwargs):
-    """Open several packs as models under one memory budget (see runtime.group.load_shared)."""
-    from demand_layering_ros.runtime import loading
+    """Open several packs as models under one memory budget (see loading.load_shared)."""
+    from demand_layering_ros import loading
     return loading.load_shared(*args, **kwargs)

@@ -13,7 +13,7 @@ compute waited for the disk.
 
 from pathlib import Path
 
-from demand_layering_ros.planning.plan import Plan
+from demand_layering_ros.layout.plan import Plan
 
 READ_COLOUR = '#4c78a8'
 COPY_COLOUR = '#f58518'

@@ -176,3 +176,59 @@ def test_no_import_guards_around_own_modules():
 def test_development_tools_stay_out_of_the_package(what, marker):
     inside = [str(p.relative_to(ROOT)) for p, _ in MODULES.values() if marker in p.read_text()]
     assert not inside, f'{what} belongs in bench/ or tools/, found in {inside}'
+
+
+# Import direction between the package's folders (and its top-level modules), top to bottom. A
+# unit imports only units of a lower rank: the runtime runs the plan it is given (layout/ holds
+# the plan type and the pure arena/slot layout both it and planning/ read); a pack builds its
+# model family's skeleton, so models/ sits below pack/. A new folder or top-level module gets a
+# rank here before it can import anything.
+RANKS = {
+    '__main__': 12, 'cli': 11, 'detect': 11, '<pkg>': 10,
+    'ros/': 9,
+    'service/': 8,
+    'loading': 7,
+    'planning/': 6,
+    'runtime/': 5,
+    'plots': 4, 'pack/': 4,
+    'models/': 3, 'layout/': 3, 'free_memory': 3, 'budget_follower': 3,
+    'direct_io': 2, 'process_memory': 2,
+    'sizes': 1, 'atomic': 1, 'quantiles': 1,
+}
+
+
+def _unit(mod):
+    """Return the folder ('runtime/') or top-level module ('loading') a module belongs to."""
+    parts = mod.split('.')
+    if len(parts) == 1:
+        return '<pkg>'
+    return parts[1] + '/' if (PKG / parts[1]).is_dir() else parts[1]
+
+
+def _upward_imports(mods, ranks):
+    """Return each import from a unit into a unit of the same or a higher rank, explained."""
+    bad = []
+    for mod, (_, tree) in mods.items():
+        a = _unit(mod)
+        for line, target, _ in imports_of(mod, tree, mods):
+            b = _unit(target) if target else a
+            if a == b:
+                continue
+            if a not in ranks or b not in ranks:
+                bad.append(f'{mod}:{line}: {a if a not in ranks else b} has no rank in RANKS')
+            elif ranks[b] >= ranks[a]:
+                bad.append(f'{mod}:{line} ({a}) imports {target} ({b}): not below it')
+    return bad
+
+
+def test_folders_import_only_downwards():
+    bad = _upward_imports(MODULES, RANKS)
+    assert not bad, '\n'.join(bad)
+
+
+def test_the_direction_check_sees_an_upward_import():
+    runtime = [m for m in MODULES if m.startswith(f'{NAME}.runtime.')][0]
+    tree = ast.parse(f'from {NAME}.planning import fit\n')
+    bad = _upward_imports({runtime: (None, tree), f'{NAME}.planning.fit': MODULES[
+        f'{NAME}.planning.fit']}, RANKS)
+    assert any('imports demand_layering_ros.planning.fit (planning/)' in b for b in bad), bad

@@ -4,8 +4,8 @@
 
 import random
 
-from demand_layering_ros.runtime.arena import Allocator, ArenaTooSmall, Item, live_lower_bound
-from demand_layering_ros.runtime.arena import load_order, min_layout, plan_layout
+from demand_layering_ros.layout.arena import Allocator, ArenaTooSmall, Item, live_lower_bound
+from demand_layering_ros.layout.arena import load_order, min_layout, plan_layout
 from hypothesis import given, settings, strategies as st
 import pytest
 
@@ -165,7 +165,7 @@ def test_deterministic():
 
 def test_runtime_replay_detects_deadlock():
     # A hand-made layout that puts B where A still lives: the replay must report the deadlock.
-    from demand_layering_ros.runtime.arena import Layout
+    from demand_layering_ros.layout.arena import Layout
     items = [Item('A', P, 0, 2), Item('B', P, 1, 1)]
     bad = Layout(capacity=2 * P, prefetch_depth=None, offsets=[0, 0], claim_step=[0, 0])
     assert not runtime_replay(items, bad, random.Random(0))

@@ -17,13 +17,13 @@ import threading
 import types
 
 from demand_layering_ros import pack as P
+from demand_layering_ros.loading import load, load_resident
 from demand_layering_ros.models import registry
 from demand_layering_ros.models.detector import Detector
 from demand_layering_ros.pack import writer
 from demand_layering_ros.runtime import cuda_mapping, options
 from demand_layering_ros.runtime.engine import Engine
 from demand_layering_ros.runtime.errors import ExecutorError
-from demand_layering_ros.runtime.loading import load, load_resident
 import pytest
 import torch
 from torch import nn

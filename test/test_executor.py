@@ -18,13 +18,13 @@ import time
 import weakref
 
 from demand_layering_ros import pack as P
+from demand_layering_ros.layout import slots
+from demand_layering_ros.layout.arena import ArenaTooSmall
+from demand_layering_ros.loading import load, load_resident
 from demand_layering_ros.models import registry
 from demand_layering_ros.models.detector import Detector
 from demand_layering_ros.pack import PackError
-from demand_layering_ros.runtime import slots
-from demand_layering_ros.runtime.arena import ArenaTooSmall
 from demand_layering_ros.runtime.errors import ExecutorError
-from demand_layering_ros.runtime.loading import load, load_resident
 from demand_layering_ros.sizes import MB
 import pytest
 from tools import cgroups

@@ -13,14 +13,14 @@ import json
 
 from demand_layering_ros import cli
 from demand_layering_ros import pack as P
+from demand_layering_ros.layout.arena import ArenaTooSmall
+from demand_layering_ros.loading import load, load_resident
 from demand_layering_ros.models import assets, registry
 from demand_layering_ros.models.detector import Detector, read_image
 from demand_layering_ros.pack import Pack, PackError
 from demand_layering_ros.planning import planner, profiler
-from demand_layering_ros.runtime.arena import ArenaTooSmall
 from demand_layering_ros.runtime.binding import conversion_reserve
 from demand_layering_ros.runtime.errors import ExecutorError
-from demand_layering_ros.runtime.loading import load, load_resident
 from demand_layering_ros.sizes import MB
 import pytest
 import torch

@@ -15,8 +15,10 @@ import itertools
 import json
 import random
 
+from demand_layering_ros import loading
 from demand_layering_ros import pack as P
 from demand_layering_ros.cli import main as cli_main
+from demand_layering_ros.layout import arena
 from demand_layering_ros.planning import planner, profiler
 from demand_layering_ros.planning.measure.call_clock import call_waits, split_calls
 from demand_layering_ros.planning.measure.disk import DISK_ROUNDS
@@ -26,7 +28,6 @@ from demand_layering_ros.planning.search import Search
 from demand_layering_ros.planning.simulate import Config, pieces, ReaderBusy, release_steps
 from demand_layering_ros.planning.simulate import simulate
 from demand_layering_ros.planning.timing import Timing, Transfer
-from demand_layering_ros.runtime import arena, loading
 from demand_layering_ros.sizes import MB
 import pytest
 import torch

@@ -8,10 +8,10 @@ and the timeline's read / compute bars must be there in their colours (and absen
 nothing to draw), so a plot that silently drops a series fails.
 """
 
+from demand_layering_ros import loading
 from demand_layering_ros import pack as P
 from demand_layering_ros import plots
 from demand_layering_ros.planning import planner
-from demand_layering_ros.runtime import loading
 from matplotlib import colors
 import matplotlib.image
 import numpy as np

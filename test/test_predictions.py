@@ -13,15 +13,16 @@ import json
 import logging
 import shutil
 
+from demand_layering_ros import loading
 from demand_layering_ros import pack as P
 from demand_layering_ros.cli import main as cli_main
-from demand_layering_ros.planning import bound, correction, disk_noise, planner, threads
+from demand_layering_ros.layout import threads
+from demand_layering_ros.layout.plan import Plan
+from demand_layering_ros.planning import bound, correction, disk_noise, planner
 from demand_layering_ros.planning.decide import decide_plan
-from demand_layering_ros.planning.plan import Plan
 from demand_layering_ros.planning.profile_file import PROFILE_FORMAT, save_profile
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.timing import Timing
-from demand_layering_ros.runtime import loading
 from demand_layering_ros.runtime.feedback import LatencyFeedback
 from demand_layering_ros.service.service import DetectorService
 from demand_layering_ros.sizes import MB

@@ -25,9 +25,10 @@ import threading
 import time
 
 from demand_layering_ros import direct_io
+from demand_layering_ros import loading
 from demand_layering_ros import pack as pack_mod
 from demand_layering_ros.models import assets
-from demand_layering_ros.runtime import errors, loading
+from demand_layering_ros.runtime import errors
 import pytest
 from tools import cgroups
 import torch
@@ -342,8 +343,8 @@ def test_a_program_that_forgets_close_still_exits(tiny):
 # ------------------------------------------------------------------------------ memory budget
 
 CHILD = r"""
+from demand_layering_ros import loading
 from demand_layering_ros.pack import Pack
-from demand_layering_ros.runtime import loading
 import json, sys, time
 from tools import cgroups
 import torch

@@ -9,13 +9,14 @@ profile takes seconds; the dog photo must still show the dog and the bicycle.
 
 import logging
 import shutil
+import sys
 import time
 import weakref
 
 from demand_layering_ros import pack as pack_mod
 from demand_layering_ros.models import assets
 from demand_layering_ros.models.detector import read_image
-from demand_layering_ros.planning import profile_file, profiler
+from demand_layering_ros.planning import decide, fit, planner, profile_file, profiler
 from demand_layering_ros.service import service as service_mod
 from demand_layering_ros.service import settings
 from demand_layering_ros.service.service import DetectorService, process_rss_bytes
@@ -145,6 +146,38 @@ def test_replan_with_a_budget_plans_with_the_stored_profile(profiled_pack, dog):
         svc.replan({'memory_budget_mb': 0.0, 'deadline_ms': 60000.0})
         assert svc.decision.plan is not None and svc.settings['deadline_ms'] == 60000.0
         assert model.plan()['resident_units'] == list(svc.decision.plan.resident_units)
+    finally:
+        svc.close()
+
+
+def count_calls(monkeypatch, fn, calls=None):
+    """Count the calls of `fn` wherever the package refers to it by name; return the list."""
+    calls = [] if calls is None else calls
+
+    def counted(*args, **kwargs):
+        calls.append(fn.__name__)
+        return fn(*args, **kwargs)
+    for mod in list(sys.modules.values()):
+        if getattr(mod, '__name__', '').startswith('demand_layering_ros'):
+            for name, value in list(vars(mod).items()):
+                if value is fn:
+                    monkeypatch.setattr(mod, name, counted)
+    return calls
+
+
+def test_a_plan_is_decided_once_per_configuration(profiled_pack, monkeypatch):
+    """Configure and each re-plan decide once (one fit or one search); the runtime never does."""
+    decides = count_calls(monkeypatch, decide.decide_plan)
+    works = count_calls(monkeypatch, planner.plan, count_calls(monkeypatch, fit.fit_budget))
+    svc = DetectorService()
+    try:
+        svc.configure({'pack_path': str(profiled_pack), 'memory_budget_mb': 20.0})
+        assert len(decides) == 1 and len(works) == 1, (decides, works)
+        svc.replan({'memory_budget_mb': 12.0})
+        assert len(decides) == 2 and len(works) == 2, (decides, works)
+        assert svc.model.stats()['budget_bytes'] == 12 << 20
+        svc.model.reconfigure(budget_mb=16.0)     # the Python API: one fit, in the model
+        assert len(decides) == 2 and len(works) == 3, (decides, works)
     finally:
         svc.close()
 

@@ -17,11 +17,11 @@ import time
 from demand_layering_ros import direct_io, load_resident, load_shared
 from demand_layering_ros import pack as P
 from demand_layering_ros.cli import main as cli_main
+from demand_layering_ros.layout.group_plan import GroupPlan
+from demand_layering_ros.layout.member import GroupTooSmall
+from demand_layering_ros.layout.plan import PlanError
 from demand_layering_ros.planning import planner, profiler
 from demand_layering_ros.planning.group import idle_gap, plan_group
-from demand_layering_ros.planning.group_fit import GroupTooSmall
-from demand_layering_ros.planning.group_plan import GroupPlan
-from demand_layering_ros.planning.plan import PlanError
 from demand_layering_ros.planning.profile_file import PROFILE_FORMAT, save_profile
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.sizes import MB

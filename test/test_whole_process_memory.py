@@ -16,9 +16,9 @@ from pathlib import Path
 import sys
 
 from demand_layering_ros import pack as P
+from demand_layering_ros.loading import load, load_resident
 from demand_layering_ros.models.darknet import layers as L
 from demand_layering_ros.planning.measure.activation import activation_peak_cpu
-from demand_layering_ros.runtime.loading import load, load_resident
 from demand_layering_ros.sizes import MB, pinned_size
 import pytest
 from tools import cgroups
@@ -39,7 +39,8 @@ def tiny(tmp_path_factory):
 
 CHILD = r"""
 import json, os, sys, threading, tracemalloc
-from demand_layering_ros.runtime import allocator, loading
+from demand_layering_ros import loading
+from demand_layering_ros.runtime import allocator
 import torch
 mode, pack_dir, budget = sys.argv[1], sys.argv[2], float(sys.argv[3])
 torch.set_num_threads(1)

@@ -13,10 +13,10 @@ import math
 
 import cv2
 from demand_layering_ros import pack as P
+from demand_layering_ros.loading import load, load_resident
 from demand_layering_ros.models import darknet, registry
 from demand_layering_ros.models.darknet import yolov4
 from demand_layering_ros.models.darknet.layers import ACTIVATIONS, MaxPool
-from demand_layering_ros.runtime.loading import load, load_resident
 from demand_layering_ros.sizes import MB
 import numpy as np
 import pytest

@@ -121,7 +121,7 @@ def fit_plan(pk, budget_mb, path):
 def prime_libraries():
     """Import what a node imports, outside the measured cgroups, so library pages are cached."""
     code = ('import torch, torchvision, cv2, rclpy, yaml, xxhash, safetensors; '
-            'import demand_layering_ros.ros.node, demand_layering_ros.runtime.loading')
+            'import demand_layering_ros.ros.node, demand_layering_ros.loading')
     subprocess.run([sys.executable, '-c', code], cwd=str(ROOT), stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, check=False)
 
@@ -410,7 +410,7 @@ def summary_table(rows, pack_mb, qos='reliable'):
         unheld = res['peak_weight_mb'] - lay['peak_weight_mb']
         text.append(f'Whole process: the layered node peaked {abs(saved):.1f} MiB '
                     f'{"below" if saved > 0 else "above"} the resident one; it held '
-                    f'{unheld:.1f} MiB fewer weights. One run\'s peak moves about 15 MiB '
+                    f"{unheld:.1f} MiB fewer weights. One run's peak moves about 15 MiB "
                     'with DDS buffers and the allocator: the yolov3 phases below show the '
                     'whole-process saving at a size no run-to-run noise hides.')
     if qos == 'reliable':

@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 import sys
 
-from demand_layering_ros.planning import group_command, planner, profiler, threads
+from demand_layering_ros.layout import threads
+from demand_layering_ros.planning import group_command, planner, profiler
 from demand_layering_ros.planning.profile_file import load_profile, save_profile
 from demand_layering_ros.sizes import mib
 
@@ -183,8 +184,8 @@ def _pictures(args, pack_dir, prof, result, out):
 def executor_timeline(pack_dir, plan, device='cpu', passes=2):
     """Run the executor with a plan; return its stats() after the last pass (with timeline)."""
     import torch
-    from demand_layering_ros import load
-    model = load(pack_dir, device=device, plan=plan.to_dict())
+    from demand_layering_ros.runtime.model import DemandLayeredModel
+    model = DemandLayeredModel(pack_dir, device=device, plan=plan.to_dict())
     try:
         x = model.detector.timing_input(1)
         with torch.no_grad():

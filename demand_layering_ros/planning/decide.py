@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from demand_layering_ros.layout import threads as thread_check
+from demand_layering_ros.layout.plan import Plan
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.planning import planner
-from demand_layering_ros.planning import threads as thread_check
 from demand_layering_ros.planning.fit import fit_budget
-from demand_layering_ros.planning.plan import Plan
 from demand_layering_ros.sizes import MB
 
 

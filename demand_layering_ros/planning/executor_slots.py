@@ -5,11 +5,11 @@ The executor's own slot construction, run on the pack's model skeleton (no weigh
 
 The planner predicts what the executor does only if it streams the very slots the executor
 streams: which units split into chunks, each slot's bytes and lifetime, the load order. So it
-calls the runtime's own pure slot layout (`runtime.slots`) instead of re-deriving them.
+calls the runtime's own pure slot layout (`layout.slots`) instead of re-deriving them.
 """
 
+from demand_layering_ros.layout import arena, slots
 from demand_layering_ros.planning.streams import Streams
-from demand_layering_ros.runtime import arena, slots
 from demand_layering_ros.sizes import align_up, PAGE
 
 

@@ -10,9 +10,9 @@ arena. The result is a Plan the runtime runs as it is: given it, the runtime con
 very residents, split, arena and layout this fit found (`slots.arena_layout` is deterministic).
 """
 
-from demand_layering_ros.planning.plan import Plan
-from demand_layering_ros.runtime.arena import ArenaTooSmall, describe_budget
-from demand_layering_ros.runtime.slots import arena_layout, module_table, slot_layout
+from demand_layering_ros.layout.arena import ArenaTooSmall, describe_budget
+from demand_layering_ros.layout.plan import Plan
+from demand_layering_ros.layout.slots import arena_layout, module_table, slot_layout
 from demand_layering_ros.sizes import align_up, PAGE
 
 

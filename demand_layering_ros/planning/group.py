@@ -26,15 +26,15 @@ import itertools
 import math
 import time
 
-from demand_layering_ros.planning.group_plan import GroupPlan
-from demand_layering_ros.planning.plan import Plan
+from demand_layering_ros.layout import arena as arena_mod
+from demand_layering_ros.layout.group_plan import GroupPlan
+from demand_layering_ros.layout.plan import Plan
 from demand_layering_ros.planning.planner import PlanInfeasible
 from demand_layering_ros.planning.profile_file import load_profile
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.search import pareto, Search, subsample
 from demand_layering_ros.planning.simulate import simulate
 from demand_layering_ros.planning.timing import Timing
-from demand_layering_ros.runtime import arena as arena_mod
 from demand_layering_ros.sizes import align_up, MB, mib, mib_up, PAGE
 
 MAX_OPTIONS = 12              # points of each model's trade-off tried per arena size

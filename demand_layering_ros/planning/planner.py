@@ -22,15 +22,16 @@ bound at the slowest disk rate the profile saw.
 import math
 import time
 
-from demand_layering_ros.planning import disk_noise, threads as thread_count
-from demand_layering_ros.planning.plan import Plan
+from demand_layering_ros.layout import arena
+from demand_layering_ros.layout import threads as thread_count
+from demand_layering_ros.layout.plan import Plan
+from demand_layering_ros.planning import disk_noise
 from demand_layering_ros.planning.profile_file import load_profile
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.search import pareto, Search, TradeOff
 from demand_layering_ros.planning.simulate import Config
 from demand_layering_ros.planning.timing import Timing
 from demand_layering_ros.quantiles import median
-from demand_layering_ros.runtime import arena
 from demand_layering_ros.sizes import MB, mib, pinned_size
 
 

@@ -173,9 +173,11 @@ def _probes(pack, device, x, repeats, bar, exact):
 
 def _open_model(pack, device, budget_mb=None):
     """Return (detector, model): every weight resident, or streamed within `budget_mb`."""
-    from demand_layering_ros import load, load_resident
+    from demand_layering_ros.planning.fit import fit_budget
+    from demand_layering_ros.runtime.model import DemandLayeredModel
+    from demand_layering_ros.runtime.resident import load_resident
     if budget_mb is not None:
-        model = load(pack.path, device=device, budget_mb=budget_mb)
+        model = DemandLayeredModel(pack.path, device=device, budget_mb=budget_mb, fit=fit_budget)
         return model.detector, model
     det = pack.build_detector(device=device, meta=True)
     model = load_resident(pack.path, device=device)

@@ -10,9 +10,9 @@ layers included) or from a bare manifest dict (tests, one slot per unit, no spli
 
 from dataclasses import dataclass
 
+from demand_layering_ros.layout import arena
 from demand_layering_ros.planning.executor_slots import ExecutorSlots
 from demand_layering_ros.planning.streams import Streams
-from demand_layering_ros.runtime import arena
 
 
 @dataclass

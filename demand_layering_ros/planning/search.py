@@ -12,9 +12,9 @@ for a request: the least memory under a deadline, or the best latency within a b
 from dataclasses import dataclass
 import math
 
+from demand_layering_ros.layout import arena
 from demand_layering_ros.planning.bound import pipeline_bound_ms
 from demand_layering_ros.planning.simulate import Config, Sim, simulate
-from demand_layering_ros.runtime import arena
 
 DEPTHS = (None, 8, 2, 1)            # prefetch depths the search tries (None: unlimited)
 

@@ -13,7 +13,7 @@ it thousands of times per plan.
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
-from demand_layering_ros.runtime import arena
+from demand_layering_ros.layout import arena
 from demand_layering_ros.sizes import align_up, PAGE
 
 

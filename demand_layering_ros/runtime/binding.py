@@ -20,8 +20,8 @@ counted in peak_weight_bytes, while the arena and the resident buffer hold the s
 the sizes the planner simulates.
 """
 
+from demand_layering_ros.layout.slots import module_table
 from demand_layering_ros.pack import dtype_of, PackError
-from demand_layering_ros.runtime.slots import module_table
 import torch
 
 

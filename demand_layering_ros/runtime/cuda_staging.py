@@ -19,7 +19,7 @@ import functools
 import time
 
 from demand_layering_ros import direct_io
-from demand_layering_ros.runtime.arena import Allocator
+from demand_layering_ros.layout.arena import Allocator
 from demand_layering_ros.runtime.cuda_mapping import mapped_host_arena
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.runtime.staging import HostArena, Staging

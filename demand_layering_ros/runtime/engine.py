@@ -3,9 +3,10 @@
 """
 The engine: one configuration of a demand-layered model, from plan to hooked, running pipeline.
 
-configure(budget_mb, plan) gets its Plan from `planning.decide.decide_plan` (a budget the plan
-leaves open is fitted by `planning.fit.fit_budget`), lays the streamed slots out
-(`slots.slot_layout`, `slots.arena_layout`), refuses a plan the budget cannot hold, then
+configure(budget_mb, plan) runs the Plan it is given; a budget the plan leaves open is fitted by
+the `fit` function its owner passed in (`load()` passes `planning.fit.fit_budget`: the runtime
+never imports planning). It lays the streamed slots out (`layout.slots.slot_layout`,
+`arena_layout`), refuses a plan the budget cannot hold, then
 installs it: staging allocated, resident units read (checked against the manifest; on CUDA
 streamed to the device through pinned pieces), split units hashed once, hooks attached, the
 heap configure freed handed back (`allocator.trim`), loader started. teardown() undoes all of
@@ -20,12 +21,11 @@ import threading
 import time
 
 from demand_layering_ros import direct_io
+from demand_layering_ros.layout.arena import ArenaTooSmall, describe_budget
+from demand_layering_ros.layout.plan import Plan
+from demand_layering_ros.layout.slots import arena_layout, slot_layout
 from demand_layering_ros.pack import PackError
-from demand_layering_ros.planning.decide import decide_plan
-from demand_layering_ros.planning.fit import fit_budget
-from demand_layering_ros.planning.plan import Plan
 from demand_layering_ros.runtime import allocator
-from demand_layering_ros.runtime.arena import ArenaTooSmall, describe_budget
 from demand_layering_ros.runtime.binding import Binding
 from demand_layering_ros.runtime.cuda_staging import DeviceArena, MappedHostArena
 from demand_layering_ros.runtime.errors import ExecutorError, read_error
@@ -35,7 +35,6 @@ from demand_layering_ros.runtime.options import (check_options, default_staging,
                                                  READER_THREADS)
 from demand_layering_ros.runtime.pipeline import Pipeline
 from demand_layering_ros.runtime.slot_state import Slot
-from demand_layering_ros.runtime.slots import arena_layout, slot_layout
 from demand_layering_ros.runtime.staging import HostArena
 from demand_layering_ros.runtime.timeline import Timeline
 from demand_layering_ros.sizes import align_up, MB, PAGE, pinned_size
@@ -53,12 +52,15 @@ class Engine:
 
     def __init__(self, pack, model, device, staging=None, threads=READER_THREADS, direct=True,
                  timeline=True, sync=True, throttle_bytes_per_s=None, fault_injector=None,
-                 split_bytes=None, prefetch_depth=None, staging_bytes=None, shared=None):
+                 split_bytes=None, prefetch_depth=None, staging_bytes=None, shared=None,
+                 fit=None):
         """
         Bind the pack to skeleton `model` and open two readers; configure() does the rest.
 
         shared: a group's SharedParts (`runtime.shared`): the readers then use the group's
-        threads, and the lock, staging and loader thread are the group's.
+        threads, and the lock, staging and loader thread are the group's. fit: the function
+        that fits a budget no plan fixes (`planning.fit.fit_budget`'s signature); None: such a
+        budget is refused (a group fits its budget itself).
         """
         allocator.limit_arenas()             # before the reader and loader threads start
         self.pack = pack
@@ -70,6 +72,7 @@ class Engine:
             self.device = torch.device('cuda', torch.cuda.current_device())
         self.opts = {'staging': staging, 'split_bytes': split_bytes,
                      'prefetch_depth': prefetch_depth, 'staging_bytes': staging_bytes}
+        self.fit = fit
         self.timeline_on = timeline
         self.sync = sync
         self.pass_lock = threading.Lock()
@@ -101,7 +104,7 @@ class Engine:
         """Decide the plan for (budget_mb, plan: a Plan or None), lay it out and install it."""
         budget_bytes = int(budget_mb * MB) if budget_mb is not None else None
         room, reserve = self._room(budget_bytes)
-        run = self._decide(room / MB if reserve and room is not None else budget_mb, room, plan)
+        run = self._decide(room, plan)
         split_bytes = self._option(run, 'split_bytes')
         depth = self._option(run, 'prefetch_depth')
         forced = {u.index for u in self.units if u.info.used_outside_forward}
@@ -146,26 +149,26 @@ class Engine:
                                 capacity=budget_bytes)
         return budget_bytes - reserve, reserve
 
-    def _decide(self, budget_mb, budget_bytes, plan):
-        """Return the Plan to run: decide_plan's, fitted to the budget when it leaves it open."""
-        request = plan
-        if request is None and (self.opts['split_bytes'] is not None
-                                or self.opts['prefetch_depth'] is not None):
-            request = Plan(split_bytes=self.opts['split_bytes'],
-                           prefetch_depth=self.opts['prefetch_depth'])
-        run = decide_plan(self.pack, budget_mb=budget_mb, plan=request, device=str(self.device),
-                          modules=self.binding.modules,
-                          extra_bytes=self.binding.extra_bytes).plan
+    def _decide(self, budget_bytes, plan):
+        """Return the Plan to run: the one given, fitted to the budget when it leaves it open."""
+        run = plan
+        if run is None and (self.opts['split_bytes'] is not None
+                            or self.opts['prefetch_depth'] is not None):
+            run = Plan(split_bytes=self.opts['split_bytes'],
+                       prefetch_depth=self.opts['prefetch_depth'])
         if budget_bytes is None or (run is not None and run.fixes_layout):
             return run
+        if self.fit is None:
+            raise ExecutorError(f'a budget of {budget_bytes} bytes with no plan that fixes the '
+                                'layout needs a fit: open the model with load()')
         staging = (run.staging if run is not None else None) or self.opts['staging'] \
             or default_staging(self.device)
         reserve = 0
         for _ in range(4):     # a pinned staging ring (CUDA 'copy') comes out of the budget too
-            fitted = fit_budget(self.pack, self.binding.modules, budget_bytes - reserve,
-                                split_bytes=self._option(run, 'split_bytes'),
-                                prefetch_depth=self._option(run, 'prefetch_depth'),
-                                extra_bytes=self.binding.extra_bytes)
+            fitted = self.fit(self.pack, self.binding.modules, budget_bytes - reserve,
+                              split_bytes=self._option(run, 'split_bytes'),
+                              prefetch_depth=self._option(run, 'prefetch_depth'),
+                              extra_bytes=self.binding.extra_bytes)
             if self.device.type != 'cuda' or staging != 'copy':
                 break
             ring = pinned_size(self._ring_bytes(staging, slot_layout(

@@ -12,20 +12,21 @@ Several models under one memory budget: `load_shared` and the group it returns.
 Each model is a single-model DemandLayeredModel (engine, pipeline, hooks unchanged) whose
 engine was given the group's SharedParts (`runtime.shared`): one arena, one set of reader
 threads, one loader thread, one lock. Passes run one at a time across the group; the budget
-holds every model's resident units plus the one arena (`planning.group_fit`, or a group
-PLAN.yaml from `plan --pack A --pack B`). A robot's node serves all its models from one
-inference thread, its cameras in turn, and tells the group which model comes next
-(`prefetch`) so that model's first layers are read while nothing computes.
+holds every model's resident units plus the one arena: a group PLAN.yaml from
+`plan --pack A --pack B`, or fitted by the `fit` its owner passes (`load_shared()` passes
+`planning.group_fit.fit_group`; the runtime never imports planning). A robot's node serves
+all its models from one inference thread, its cameras in turn, and tells the group which
+model comes next (`prefetch`) so that model's first layers are read while nothing computes.
 """
 
 import dataclasses
 import threading
 import weakref
 
+from demand_layering_ros.layout.group_plan import GroupPlan
+from demand_layering_ros.layout.member import GroupTooSmall, Member
+from demand_layering_ros.layout.plan import PlanError
 from demand_layering_ros.pack import Pack
-from demand_layering_ros.planning.group_fit import fit_group, GroupTooSmall, Member
-from demand_layering_ros.planning.group_plan import GroupPlan
-from demand_layering_ros.planning.plan import PlanError
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.runtime.model import check_budget, DemandLayeredModel
 from demand_layering_ros.runtime.options import check_options, READER_THREADS
@@ -75,8 +76,12 @@ class ModelGroup:
     """
 
     def __init__(self, packs, device='cpu', budget_mb=None, plan=None, staging='copy',
-                 **opts):
-        """Decide the group plan, allocate the arena and configure every model."""
+                 fit=None, **opts):
+        """
+        Take the group plan (or fit one), allocate the arena and configure every model.
+
+        fit: `planning.group_fit.fit_group`'s signature; None: only a given plan is run.
+        """
         if not isinstance(packs, dict) or not packs:
             raise ExecutorError('load_shared takes a non-empty dict {model name: pack}')
         for name in packs:
@@ -93,6 +98,7 @@ class ModelGroup:
         self.plan_in = _coerce(plan)
         self.device, self.staging = dev, staging
         self.opts = opts
+        self.fit = fit
         self.packs = {n: p if isinstance(p, Pack) else Pack.open(p) for n, p in packs.items()}
         self.pass_lock = threading.Lock()
         self.parts = SharedParts(dev, staging, opts.get('threads', READER_THREADS),
@@ -159,8 +165,10 @@ class ModelGroup:
             return plan
         split, depth = self.opts.get('split_bytes'), self.opts.get('prefetch_depth')
         reserve = self.opts.get('staging_bytes') or 0
+        if self.fit is None:
+            raise ExecutorError('a group without a plan needs a fit: open it with load_shared()')
         for _ in range(4):
-            gplan = fit_group(members, budget, split, depth, reserve)
+            gplan = self.fit(members, budget, split, depth, reserve)
             if not self._ring() or not gplan.arena_bytes:
                 return gplan
             ring = self.opts.get('staging_bytes') or self._largest(members, gplan)
@@ -348,9 +356,12 @@ class SharedModels(dict):
         self.group.close()
 
 
-def load_shared(packs, device='cpu', budget_mb=None, plan=None, staging='copy', **opts):
+def load_shared(packs, device='cpu', budget_mb=None, plan=None, staging='copy', fit=None,
+                **opts):
     """
     Open several packs as models that share one arena, one reader and one loader.
+
+    fit: fits a budget no plan fixes (the package's `load_shared` passes `fit_group`).
 
     packs: {model name: pack directory (or Pack)}; budget_mb: weight memory of the whole group
     (every model's resident units plus the shared arena); plan: a group PLAN.yaml (path,
@@ -361,7 +372,7 @@ def load_shared(packs, device='cpu', budget_mb=None, plan=None, staging='copy', 
     prefetch(), reconfigure(), plan(), close()).
     """
     group = ModelGroup(packs, device=device, budget_mb=budget_mb, plan=plan, staging=staging,
-                       **opts)
+                       fit=fit, **opts)
     return SharedModels(group, group.build())
 
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass, fields
 import os
 import weakref
 
+from demand_layering_ros.layout import threads
+from demand_layering_ros.layout.plan import Plan, PlanError
 from demand_layering_ros.pack import Pack
-from demand_layering_ros.planning import threads
-from demand_layering_ros.planning.plan import Plan, PlanError
 from demand_layering_ros.runtime.binding import compute_dtype
 from demand_layering_ros.runtime.engine import Engine
 from demand_layering_ros.runtime.errors import ExecutorError
@@ -141,8 +141,12 @@ class DemandLayeredModel(nn.Module):
     """
 
     def __init__(self, pack, device='cpu', budget_mb=None, plan=None, staging=None,
-                 dtype=None, **opts):
-        """Open the pack, build the skeleton on 'meta' (in the compute dtype), configure."""
+                 dtype=None, fit=None, **opts):
+        """
+        Open the pack, build the skeleton on 'meta' (in the compute dtype), configure.
+
+        fit: fits a budget no plan fixes (`load()` passes `planning.fit.fit_budget`).
+        """
         super().__init__()
         check_options(device=device, staging=staging, **{
             k: v for k, v in opts.items() if k in ('threads', 'split_bytes', 'prefetch_depth',
@@ -161,7 +165,7 @@ class DemandLayeredModel(nn.Module):
         self.pack = pack
         self._template = template
         self._detector_ref = None
-        self._engine = Engine(pack, self.module, device, staging=staging, **opts)
+        self._engine = Engine(pack, self.module, device, staging=staging, fit=fit, **opts)
         self._finalizer = weakref.finalize(self, self._engine.close)
         try:
             self._engine.configure(budget_mb, plan)

@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The runtime's fixed settings and the check of `load()` options, before anything is opened."""
 
-from demand_layering_ros.planning.plan import STAGINGS
+from demand_layering_ros.layout.plan import STAGINGS
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.sizes import MB
 import torch

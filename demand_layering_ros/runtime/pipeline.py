@@ -17,12 +17,12 @@ import threading
 import time
 from typing import Optional
 
-from demand_layering_ros.runtime.arena import Allocator, load_order
+from demand_layering_ros.layout.arena import Allocator, load_order
+from demand_layering_ros.layout.slots import items
 from demand_layering_ros.runtime.errors import ExecutorError, read_error
 from demand_layering_ros.runtime.loader import Loader
 from demand_layering_ros.runtime.options import WAIT_TIMEOUT_S
 from demand_layering_ros.runtime.slot_state import PENDING, SlotState
-from demand_layering_ros.runtime.slots import items
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ passes; a model's own deadline only changes how its frames are scheduled.
 
 import logging
 
-import demand_layering_ros as dlr
+from demand_layering_ros import loading
 from demand_layering_ros.service import settings
 from demand_layering_ros.service.service import DetectorService
 from demand_layering_ros.sizes import MB
@@ -88,7 +88,7 @@ class GroupService:
             if not torch.cuda.is_available():
                 raise ValueError(f'device {s["device"]}: CUDA is not available here')
         try:
-            self.models = dlr.load_shared(
+            self.models = loading.load_shared(
                 {n: settings.model_values(s, n)['pack_path'] for n in names},
                 device=s['device'], budget_mb=s['memory_budget_mb'] or None,
                 plan=s['plan_file'] or None)

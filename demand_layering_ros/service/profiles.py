@@ -16,7 +16,8 @@ from pathlib import Path
 import threading
 import time
 
-from demand_layering_ros.planning import profile_file, profiler, threads
+from demand_layering_ros.layout import threads
+from demand_layering_ros.planning import profile_file, profiler
 
 
 def measure(pack_path, device, budget_mb):

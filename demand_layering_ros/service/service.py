@@ -22,12 +22,12 @@ import sys
 import threading
 import time
 
-import demand_layering_ros as dlr
+from demand_layering_ros import loading
 from demand_layering_ros import process_memory
+from demand_layering_ros.layout.plan import RUN_KEYS
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.planning.correction import corrected_profile
 from demand_layering_ros.planning.decide import decide_plan
-from demand_layering_ros.planning.plan import RUN_KEYS
 from demand_layering_ros.service import profiles, settings
 from demand_layering_ros.service.imaging import image_to_rgb
 from demand_layering_ros.service.scheduling import LatencyModel
@@ -162,9 +162,9 @@ class DetectorService:
         self.planned_slack_ms = self._slack_ms(s)
         if decision.note:
             self.log.warning(decision.note)
-        self.model = dlr.load(s['pack_path'], device=s['device'],
-                              budget_mb=s['memory_budget_mb'] or None,
-                              plan=decision.plan.to_dict() if decision.plan else None)
+        self.model = loading.load(s['pack_path'], device=s['device'],
+                                  budget_mb=s['memory_budget_mb'] or None,
+                                  plan=decision.plan.to_dict() if decision.plan else None)
         self._start(s)
 
     def _take_threads(self, s):
@@ -193,7 +193,7 @@ class DetectorService:
         """
         Set torch's (process-wide) thread count to this service's and return it.
 
-        Passes, profiles and plans must agree on the count (planning.threads); re-asserted
+        Passes, profiles and plans must agree on the count (layout.threads); re-asserted
         before each use, so services sharing a process (tests, a tool) do not undo each other.
         """
         import torch

@@ -72,7 +72,8 @@ def executor_overhead(device, blocks=64, repeats=15, progress=None, disk=None):
     own simulation of that pass match its measured time is the release-to-claim hand-off.
     """
     import tempfile
-    from demand_layering_ros import load, load_resident
+    from demand_layering_ros.runtime.model import DemandLayeredModel
+    from demand_layering_ros.runtime.resident import load_resident
     from demand_layering_ros import pack as P
     from demand_layering_ros.models import registry
     from demand_layering_ros.runtime.options import PIECE_BYTES
@@ -84,16 +85,16 @@ def executor_overhead(device, blocks=64, repeats=15, progress=None, disk=None):
         names = [u.name for u in pk.units]
         few = len(names) // 4
         res = load_resident(pk.path, device=device)
-        dls = {n: load(pk.path, device=device,
-                       plan={'resident_units': names[:len(names) - n],
-                             'arena_bytes': sum(u.length for u in pk.units),
-                             'split_bytes': 0, 'prefetch_depth': None})
+        dls = {n: DemandLayeredModel(pk.path, device=device,
+                                     plan={'resident_units': names[:len(names) - n],
+                                           'arena_bytes': sum(u.length for u in pk.units),
+                                           'split_bytes': 0, 'prefetch_depth': None})
                for n in (len(names), few)}
         tight = None
         if disk:
-            tight = load(pk.path, device=device,
-                         plan={'resident_units': [], 'arena_bytes': None,
-                               'split_bytes': 0, 'prefetch_depth': None})
+            tight = DemandLayeredModel(pk.path, device=device,
+                                       plan={'resident_units': [], 'arena_bytes': None,
+                                             'split_bytes': 0, 'prefetch_depth': None})
         try:
             diffs, res_ms, tight_ms = _time_calibration(res, dls, tight, x.to(device), device,
                                                         repeats)

@@ -27,9 +27,10 @@ HANDOFF_MAX_MS = 20.0
 def tight_pass(pack, device, x, repeats, progress=None, split_bytes=0):
     """Run the pack streamed through its smallest arena; return measured ms and the layout."""
     import torch
-    from demand_layering_ros import load
-    m = load(pack.path, device=device, plan={'resident_units': [], 'arena_bytes': None,
-                                             'split_bytes': split_bytes, 'prefetch_depth': None})
+    from demand_layering_ros.runtime.model import DemandLayeredModel
+    m = DemandLayeredModel(pack.path, device=device,
+                           plan={'resident_units': [], 'arena_bytes': None,
+                                 'split_bytes': split_bytes, 'prefetch_depth': None})
     try:
         xd = x.to(device)
         times = []

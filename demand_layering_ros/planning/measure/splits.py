@@ -25,7 +25,7 @@ def split_exactness(pack, sched, device, model, progress=None):
     """
     import numpy as np
     import torch
-    from demand_layering_ros import load
+    from demand_layering_ros.runtime.model import DemandLayeredModel
     out = {}
     if not sched.split_candidates:
         return out
@@ -36,9 +36,9 @@ def split_exactness(pack, sched, device, model, progress=None):
     with torch.no_grad():
         want = model(x)
     for split in sched.split_candidates:
-        dl = load(pack.path, device=device,
-                  plan={'resident_units': [], 'arena_bytes': None, 'split_bytes': split,
-                        'prefetch_depth': None})
+        dl = DemandLayeredModel(pack.path, device=device,
+                                plan={'resident_units': [], 'arena_bytes': None,
+                                      'split_bytes': split, 'prefetch_depth': None})
         try:
             with torch.no_grad():
                 got = dl(x)

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from demand_layering_ros.planning.plan import Plan, PlanError, read_yaml, STAGINGS
+from demand_layering_ros.layout.plan import Plan, PlanError, read_yaml, STAGINGS
 
 FORMAT = 'demand_layering_ros.group_plan'
 VERSION = 1

@@ -12,7 +12,7 @@ profile of another count, or running a plan made for another count, is refused w
 recorded carry none (a profile may carry it as `machine.torch_threads`) and are not checked.
 """
 
-from demand_layering_ros.planning.plan import PlanError
+from demand_layering_ros.layout.plan import PlanError
 
 
 class ThreadMismatch(PlanError):

@@ -27,7 +27,7 @@ the same pure functions (no engine, no I/O, deterministic; a 'meta' skeleton is 
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from demand_layering_ros.runtime.arena import ArenaTooSmall, Item, min_layout, plan_layout
+from demand_layering_ros.layout.arena import ArenaTooSmall, Item, min_layout, plan_layout
 from demand_layering_ros.sizes import align_up, PAGE
 from torch import nn
 

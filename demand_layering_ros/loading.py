@@ -1,12 +1,20 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
-"""The runtime's entry points: a pack demand-layered or fully resident; several packs shared."""
+"""
+The package's entry points: a pack demand-layered or fully resident; several packs shared.
 
-from demand_layering_ros.pack import Pack
-from demand_layering_ros.runtime import allocator, group
-from demand_layering_ros.runtime.binding import compute_dtype, landed_state
+They sit above both planning and the runtime: a budget no plan fixes is fitted by planning's
+fit (`fit_budget`, `fit_group`), which they hand to the runtime, so the runtime runs the plan it
+is given and never imports planning (also for a later `reconfigure(budget_mb=...)`).
+"""
+
+from demand_layering_ros.planning.fit import fit_budget
+from demand_layering_ros.planning.group_fit import fit_group
+from demand_layering_ros.runtime import group
 from demand_layering_ros.runtime.model import DemandLayeredModel
-import torch
+from demand_layering_ros.runtime.resident import load_resident
+
+__all__ = ['load', 'load_resident', 'load_shared']
 
 
 def load(pack_dir, device='cpu', budget_mb=None, plan=None, staging=None, **opts):
@@ -23,32 +31,7 @@ def load(pack_dir, device='cpu', budget_mb=None, plan=None, staging=None, **opts
     dtype on CUDA and in float32 on the CPU, converted as each unit lands).
     """
     return DemandLayeredModel(pack_dir, device=device, budget_mb=budget_mb, plan=plan,
-                              staging=staging, **opts)
-
-
-def load_resident(pack_dir, device='cpu', dtype=None):
-    """
-    Return the pack's plain model with every weight loaded (the oracle and the baseline).
-
-    Its dtypes are the demand-layered model's: a float16 pack computes in float16 on CUDA and
-    is converted to the model's float32 on the CPU, by the same conversion (`landed_state`);
-    dtype: the compute dtype, as load()'s.
-    """
-    allocator.limit_arenas()           # the same process settings as a demand-layered model
-    pack = pack_dir if isinstance(pack_dir, Pack) else Pack.open(pack_dir)
-    det = pack.build_detector(device=device, meta=True)
-    dtype = compute_dtype(pack, device, dtype)
-    if dtype is not None:
-        det.set_dtype(dtype)
-    model = det.model
-    state = pack.load_state_dict()
-    state.update(pack.extra_buffers())
-    model.load_state_dict(landed_state(model, state), strict=True, assign=True)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if torch.device(device).type != 'cpu':
-        model.to(device)
-    return model.eval()
+                              staging=staging, fit=fit_budget, **opts)
 
 
 def load_shared(packs, device='cpu', budget_mb=None, plan=None, staging='copy', **opts):
@@ -59,4 +42,4 @@ def load_shared(packs, device='cpu', budget_mb=None, plan=None, staging='copy', 
     the group's stats(), prefetch(name), reconfigure() and close(); see runtime.group.
     """
     return group.load_shared(packs, device=device, budget_mb=budget_mb, plan=plan,
-                             staging=staging, **opts)
+                             staging=staging, fit=fit_group, **opts)
