@@ -48,6 +48,9 @@ def add_arguments(parser, command):
                            'model, with "model": the pack directory)')
     pack.add_argument('--budget-mb', type=float, default=None, metavar='B',
                       help='weight memory budget in MiB (with several packs: of them all)')
+    pack.add_argument('--keep-free-mb', type=float, default=0.0, metavar='MB',
+                      help='leave this much memory free: the budget follows free memory '
+                           '(capped by --budget-mb, never below the smallest plan; 0: off)')
     pack.add_argument('--plan', metavar='PLAN', default=None,
                       help='a PLAN.yaml from `plan` (with several packs: a group plan)')
     pack.add_argument('--resident', action='store_true',
@@ -76,7 +79,7 @@ def _load_from_pack(args):
         det.model = load_resident(pack, device=args.device, dtype=dtype)
         return det, lambda: None
     model = load(pack, device=args.device, budget_mb=args.budget_mb, plan=args.plan,
-                 dtype=dtype)
+                 dtype=dtype, keep_free_mb=args.keep_free_mb)
     return model.detector, model.stats
 
 
@@ -88,8 +91,8 @@ def _build(args):
         return _load_from_pack(args)
     if not args.model:
         raise ValueError('give --model SPEC (or --pack PACK_DIR)')
-    if args.budget_mb is not None or args.plan or args.resident:
-        raise ValueError('--budget-mb, --plan and --resident need --pack')
+    if args.budget_mb is not None or args.plan or args.resident or args.keep_free_mb:
+        raise ValueError('--budget-mb, --keep-free-mb, --plan and --resident need --pack')
     if args.weights is None:
         seed = 0 if args.seed is None else args.seed
         print(f'detect: no --weights, using random weights (seed {seed})', file=sys.stderr)
@@ -155,7 +158,7 @@ def _load_group(args, packs):
             out.append((p, det))
         return out, lambda: None
     models = load_shared({p: p for p in packs}, device=args.device, budget_mb=args.budget_mb,
-                         plan=args.plan)
+                         plan=args.plan, keep_free_mb=args.keep_free_mb)
     return [(p, models[p].detector) for p in packs], models.stats
 
 

@@ -20,7 +20,7 @@ def pytest_configure(config):
     profile a test measures must be at the count the services it configures run with.
     """
     import torch
-    from demand_layering_ros.service.service import cpu_threads
+    from demand_layering_ros.service.torch_threads import cpu_threads
     torch.set_num_threads(cpu_threads())
 
 

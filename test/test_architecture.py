@@ -191,6 +191,7 @@ RANKS = {
     'planning/': 6,
     'runtime/': 5,
     'plots': 4, 'pack/': 4,
+    'memory_following': 4,
     'models/': 3, 'layout/': 3, 'free_memory': 3, 'budget_follower': 3,
     'direct_io': 2, 'process_memory': 2,
     'sizes': 1, 'atomic': 1, 'quantiles': 1,

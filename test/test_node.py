@@ -618,7 +618,7 @@ def test_impossible_deadline_set_at_run_time_is_served_best_effort_as_at_start_u
         profile = profiles.stored(svc.settings)        # what a deadline change plans with
         assert profile is not None
         fastest = decide_plan(svc.pack, deadline_ms=1e-3, profile=profile, strict=False,
-                              threads=svc.threads).plan.predicted_latency_ms
+                              threads=svc.threads.count).plan.predicted_latency_ms
         deadline = float(math.ceil(slack + fastest / 2))   # slack + half the fastest pass
         res = set_deadline(deadline)
         assert res.successful, res.reason

@@ -17,9 +17,9 @@ from demand_layering_ros import pack as pack_mod
 from demand_layering_ros.models import assets
 from demand_layering_ros.models.detector import read_image
 from demand_layering_ros.planning import decide, fit, planner, profile_file, profiler
-from demand_layering_ros.service import service as service_mod
 from demand_layering_ros.service import settings
 from demand_layering_ros.service.service import DetectorService, process_rss_bytes
+from demand_layering_ros.service.torch_threads import cpu_threads
 import pytest
 
 DOG, BICYCLE = 16, 1
@@ -92,7 +92,7 @@ def test_configure_infer_stats_close(bare_pack, dog):
         assert stats['batching'] and not stats['profiling']
         assert stats['process_rss_bytes'] == pytest.approx(process_rss_bytes(), rel=0.5)
         assert stats['latency_ms_by_batch'][1] > 0
-        assert torch.get_num_threads() == service_mod.cpu_threads()   # one core left free
+        assert torch.get_num_threads() == cpu_threads()   # one core left free
         model_ref = weakref.ref(svc.model)
     finally:
         svc.close()

@@ -4,13 +4,15 @@
 A model of a group as a layout sees it, and the error when a group does not fit a budget.
 
 A member is its pack, its skeleton modules and its extra buffers. The group fit sizes members;
-the runtime checks a group plan against them: both read this, neither owns it.
+the runtime checks a group plan against them: both read this, neither owns it. The smallest
+plan's bytes (`smallest_bytes`, `smallest_group_bytes`) are the floor a budget that follows
+free memory can shrink to.
 """
 
 from dataclasses import dataclass
 
 from demand_layering_ros.layout.arena import ArenaTooSmall
-from demand_layering_ros.layout.slots import module_table, slot_layout
+from demand_layering_ros.layout.slots import arena_layout, module_table, slot_layout
 from demand_layering_ros.sizes import align_up, PAGE
 
 
@@ -69,3 +71,21 @@ class Member:
             out.append(align_up(s))
             s //= 2
         return out
+
+    def smallest_arena(self):
+        """Return the smallest arena any split size allows with only the forced residents."""
+        sizes = []
+        for split in self.split_candidates(None):
+            lay = arena_layout(self.slots(self.forced, split))
+            sizes.append(lay.capacity if lay is not None else 0)
+        return min(sizes)
+
+    def smallest_bytes(self):
+        """Return the weight bytes of this model's smallest plan (forced, extra, arena)."""
+        return self.bytes_of(self.forced) + self.extra_bytes + self.smallest_arena()
+
+
+def smallest_group_bytes(members):
+    """Return the weight bytes of a group's smallest plan: one arena, each model's forced units."""
+    return sum(m.bytes_of(m.forced) + m.extra_bytes for m in members) + max(
+        (m.smallest_arena() for m in members), default=0)

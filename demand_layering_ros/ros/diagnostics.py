@@ -150,8 +150,41 @@ class Diagnostics:
         values.update({f'predicted_latency_ms_batch{b}': v
                        for b, v in stats['latency_ms_by_batch'].items()})
         values.update(slack_values(stats))
+        note = following_values(figures, values)
+        if note and level == DiagnosticStatus.OK:
+            st.level, st.message = DiagnosticStatus.WARN, note
+        elif note:
+            st.message += '; ' + note
         st.values = [kv(k, v) for k, v in values.items()]
         return st
+
+
+def following_values(figures, values):
+    """
+    Add what keep_free_mb reports to `values`; return the WARN note when pinned at the floor.
+
+    figures: a model's or a group's stats() (the keys of `memory_following`); nothing is added
+    while the budget does not follow free memory.
+    """
+    if not figures.get('keep_free_bytes'):
+        return ''
+    values.update({
+        'keep_free_mb': _mb(figures['keep_free_bytes']),
+        'free_mb': _mb(figures.get('free_bytes')),
+        'memory_source': figures.get('memory_source') or '',
+        'budget_in_force_mb': _mb(figures.get('budget_bytes')),
+        'auto_shrinks': figures.get('auto_shrinks', 0),
+        'auto_grows': figures.get('auto_grows', 0),
+        'shrink_reaction_p50_ms': figures.get('shrink_reaction_p50_ms'),
+        'shrink_reaction_max_ms': figures.get('shrink_reaction_max_ms'),
+        'below_keep_free_s': figures.get('below_keep_free_s', 0.0),
+        'at_smallest_plan_s': figures.get('pinned_s', 0.0),
+    })
+    if figures.get('pinned_at_floor'):
+        return (f'keep_free_mb {_mb(figures["keep_free_bytes"]):.0f}: only '
+                f'{_mb(figures.get("free_bytes")):.0f} MiB free; serving at the smallest plan '
+                f'({_mb(figures.get("floor_bytes")):.1f} MiB)')
+    return ''
 
 
 def group_status(name, s, stats, state):
@@ -178,5 +211,9 @@ def group_status(name, s, stats, state):
               'passes': stats.get('passes', 0), 'switches': stats.get('switches', 0),
               'prefetch_dropped': stats.get('prefetch_dropped', 0),
               'io_total_mb': _mb(stats.get('io_bytes', 0) or 0)}
+    note = following_values(stats, values)
+    if note:
+        st.level = max(st.level, DiagnosticStatus.WARN)
+        st.message = note if st.message in ('ok', state) else f'{st.message}; {note}'
     st.values = [kv(k, v) for k, v in values.items()]
     return st

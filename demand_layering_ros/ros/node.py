@@ -217,14 +217,21 @@ class DetectorNode(LifecycleNode):
                 self._startup_errors.pop(name, None)
         replan = {k: v for k, v in changes.items()
                   if k in settings.REPLAN_PARAMS and v != self._settings.get(k)}
+        served_by = self.service if self.service.configured else \
+            self.group if self.group.configured else None
         try:   # never measures here: without a profile, one is measured in the background
+            if self._settings:
+                settings.check(dict(self._settings, **changes))     # e.g. keep_free + plan_file
             if replan and self.service.configured:
                 self.service.replan(dict(self._settings, **changes))
             elif 'memory_budget_mb' in replan and self.group.configured:
                 self.group.replan(replan['memory_budget_mb'])     # between two passes
+            if 'keep_free_mb' in changes and served_by is not None and \
+                    changes['keep_free_mb'] != self._settings.get('keep_free_mb'):
+                served_by.set_keep_free(changes['keep_free_mb'])
         except Exception as e:   # the model keeps its old plan
             return SetParametersResult(
-                successful=False, reason=f'cannot re-plan for {replan}: {e}')
+                successful=False, reason=f'cannot re-plan for {replan or changes}: {e}')
         if self._settings:
             self._settings.update(changes)
             for m in self._models:

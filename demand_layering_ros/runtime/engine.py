@@ -396,10 +396,10 @@ class Engine:
     # ------------------------------------------------------------------ passes
 
     def run(self, fn, args, kwargs):
-        """Run one forward pass of `fn` with the pipeline."""
-        if self.closed or not self.configured:
-            raise ExecutorError('the demand-layered model is closed')
-        with self.pass_lock:
+        """Run one forward pass of `fn` with the pipeline (after a re-plan in progress)."""
+        with self.pass_lock:       # checked inside: a reconfigure tears down under this lock
+            if self.closed or not self.configured:
+                raise ExecutorError('the demand-layered model is closed')
             t0 = time.perf_counter()
             self.pipeline.begin_pass(t0)
             self.timeline.begin(t0)

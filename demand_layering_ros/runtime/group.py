@@ -24,7 +24,7 @@ import threading
 import weakref
 
 from demand_layering_ros.layout.group_plan import GroupPlan
-from demand_layering_ros.layout.member import GroupTooSmall, Member
+from demand_layering_ros.layout.member import GroupTooSmall, Member, smallest_group_bytes
 from demand_layering_ros.layout.plan import PlanError
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.runtime.errors import ExecutorError
@@ -133,7 +133,7 @@ class ModelGroup:
 
     # ------------------------------------------------------------------ planning
 
-    def _members(self):
+    def members(self):
         """Return the fit's view of each model (a 'meta' skeleton each, built once)."""
         if self._member_list is None:
             self._member_list = [Member.of(n, p) for n, p in self.packs.items()]
@@ -145,7 +145,7 @@ class ModelGroup:
 
     def _decide(self, budget_mb, plan):
         """Return the GroupPlan for a budget or a given plan, checked against the budget."""
-        members = self._members()
+        members = self.members()
         budget = int(budget_mb * MB) if budget_mb is not None else None
         if plan is not None:
             try:
@@ -186,7 +186,7 @@ class ModelGroup:
 
     def _allocate(self, gplan):
         """Allocate the shared arena (and copy ring) of a group plan."""
-        largest = self._largest(self._members(), gplan) if gplan.arena_bytes else 0
+        largest = self._largest(self.members(), gplan) if gplan.arena_bytes else 0
         self.parts.allocate(gplan.arena_bytes, largest, gplan.staging_bytes or None)
 
     # ------------------------------------------------------------------ passes
@@ -332,10 +332,27 @@ class SharedModels(dict):
         """Hold the models and their group."""
         super().__init__(models)
         self.group = group
+        self.following = None   # load_shared(keep_free_mb=...): a MemoryFollowing
 
     def stats(self):
         """Return the group's figures (group_peak_weight_bytes, ...; 'models': per model)."""
-        return self.group.stats()
+        out = self.group.stats()
+        if self.following is not None:
+            out.update({k: v for k, v in self.following.stats().items() if k != 'budget_bytes'})
+        return out
+
+    def held_bytes(self):
+        """Return the weight bytes the group's configuration holds: residents, arena, staging."""
+        st = self.group.stats()
+        return st['resident_bytes'] + st['arena_bytes'] + st['staging_bytes']
+
+    def whole_bytes(self):
+        """Return the weight bytes of every model fully resident (units and extra buffers)."""
+        return sum(m.total_bytes for m in self.group.members())
+
+    def smallest_plan_bytes(self):
+        """Return the weight bytes of the group's smallest plan (a following budget's floor)."""
+        return smallest_group_bytes(self.group.members())
 
     def prefetch(self, name, after_pass=False):
         """Tell the group which model runs next (see ModelGroup.prefetch)."""
@@ -350,7 +367,9 @@ class SharedModels(dict):
         return self.group.plan_dict()
 
     def close(self):
-        """Close every model of the group and the group."""
+        """Stop the memory following, close every model of the group and the group."""
+        if self.following is not None:
+            self.following.close()
         for m in list(self.values()):
             m.close()
         self.group.close()

@@ -27,6 +27,7 @@ import os
 import weakref
 
 from demand_layering_ros.layout import threads
+from demand_layering_ros.layout.member import Member
 from demand_layering_ros.layout.plan import Plan, PlanError
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.runtime.binding import compute_dtype
@@ -173,6 +174,7 @@ class DemandLayeredModel(nn.Module):
             self._finalizer()
             raise
         self.feedback = LatencyFeedback.for_plan(plan)
+        self.following = None       # load(keep_free_mb=...): a memory_following.MemoryFollowing
 
     def forward(self, *args, **kwargs):
         """Run the wrapped model with weights streamed from the pack."""
@@ -241,7 +243,33 @@ class DemandLayeredModel(nn.Module):
             prefetch_depth=e.layout.prefetch_depth if e.layout else None,
             timeline=e.last['timeline'], calls=e.last.get('calls', []),
             activation_peak_bytes=e.probe.peak, pinned_bytes=p.staging.pinned_bytes,
-            **e.process.get(), **self.feedback.as_dict()).as_dict()
+            **e.process.get(), **self.feedback.as_dict()).as_dict() | self._following_stats()
+
+    def _following_stats(self):
+        """Return the figures of the memory following (`load(keep_free_mb=...)`), if any."""
+        if self.following is None:
+            return {}
+        out = self.following.stats()
+        out.pop('budget_bytes', None)      # the engine's is the budget in force
+        return out
+
+    def held_bytes(self):
+        """Return the weight bytes the configuration in force holds: residents, arena, staging."""
+        e = self._engine
+        p = e.pipeline
+        return p.resident_bytes + (e.arena_bytes or 0) + p.staging.staging_bytes
+
+    def whole_bytes(self):
+        """Return the weight bytes of the model fully resident (every unit, extra buffers)."""
+        b = self._engine.binding
+        return sum(u.info.length for u in self._engine.units) + b.extra_bytes + \
+            b.convert_reserve
+
+    def smallest_plan_bytes(self):
+        """Return the weight bytes of the smallest plan the pack allows here (a budget's floor)."""
+        b = self._engine.binding
+        return Member('model', self.pack, b.modules, b.extra_bytes).smallest_bytes() + \
+            b.convert_reserve
 
     def reconfigure(self, budget_mb=None, plan=None):
         """
@@ -269,7 +297,9 @@ class DemandLayeredModel(nn.Module):
             self.feedback = LatencyFeedback.for_plan(plan)
 
     def close(self):
-        """Stop the loader, close the pack files and free all weight memory."""
+        """Stop the memory following and the loader, close the pack files, free the weights."""
+        if self.following is not None:
+            self.following.close()
         self._finalizer()
 
     def extra_repr(self):

@@ -29,7 +29,7 @@ class MemberService(DetectorService):
 
     def _open(self, s):
         """Take the group's model (no pack opened, nothing planned here), then warm up."""
-        self._take_threads(s)
+        self.threads.take(s['device'], s['num_threads'])
         self.settings = s
         self.model, self.given = self.given, None   # close() then lets go of it
         if self.model is None:
@@ -97,6 +97,7 @@ class GroupService:
                 member = MemberService(name, self.models[name], self.log)
                 self.members[name] = member
                 member.configure(settings.model_values(s, name))
+            self.set_keep_free(s['keep_free_mb'])
         except BaseException:
             self.close()
             raise
@@ -105,14 +106,41 @@ class GroupService:
         """Apply a new shared memory_budget_mb between two passes; raise to refuse it."""
         if not self.configured:
             raise ValueError('re-planning needs a configured group: configure first')
-        self.models.reconfigure(budget_mb=budget_mb or None,
-                                plan=self.settings['plan_file'] or None)
+        self._reconfigure(budget_mb or None, f'budget {budget_mb} MiB')
         self.settings['memory_budget_mb'] = budget_mb
+        following = self.models.following
+        if following is not None:      # the new cap first; following moves from there
+            cap = int(budget_mb * MB) if budget_mb else None
+            whole = self.models.whole_bytes()
+            following.set_limits(cap_bytes=whole if cap is None else min(cap, whole),
+                                 budget_bytes=self.models.held_bytes())
+
+    def _reconfigure(self, budget_mb, what):
+        self.models.reconfigure(budget_mb=budget_mb, plan=self.settings['plan_file'] or None)
         for member in self.members.values():
             member.refresh()
         arena = self.models.stats()['arena_bytes']
-        self.log.info(f're-planned the group of {", ".join(self.members)}: budget '
-                      f'{budget_mb} MiB; shared arena {arena / MB:.1f} MiB')
+        self.log.info(f're-planned the group of {", ".join(self.members)}: {what}; shared '
+                      f'arena {arena / MB:.1f} MiB')
+
+    def set_keep_free(self, keep_free_mb):
+        """Start, change or stop following free memory with the shared budget (0 stops it)."""
+        following = self.models.following
+        if following is not None:
+            following.set_keep_free(int(keep_free_mb * MB))
+        elif keep_free_mb:
+            loading.follow_free_memory(self.models, keep_free_mb, self.settings[
+                'memory_budget_mb'] or None, self.log, apply=self.follow_budget)
+        if following is not None and not keep_free_mb:
+            self._reconfigure(self.settings['memory_budget_mb'] or None,
+                              'keep_free_mb 0: back to memory_budget_mb')
+        self.settings['keep_free_mb'] = keep_free_mb
+
+    def follow_budget(self, budget_bytes):
+        """Re-plan the group for the budget free memory allows (keep_free_mb)."""
+        self._reconfigure(budget_bytes / MB, f'following free memory (keep_free_mb '
+                          f'{self.settings["keep_free_mb"]:g}): budget '
+                          f'{budget_bytes / MB:.1f} MiB')
 
     def prefetch(self, name):
         """Say which model runs after the pass about to start (its first layers read ahead)."""

@@ -17,7 +17,6 @@ the budget, and when that is done the service re-plans between two frames and lo
 
 import gc
 import logging
-import os
 import sys
 import threading
 import time
@@ -29,9 +28,11 @@ from demand_layering_ros.pack import Pack
 from demand_layering_ros.planning.correction import corrected_profile
 from demand_layering_ros.planning.decide import decide_plan
 from demand_layering_ros.service import profiles, settings
+from demand_layering_ros.service.following import FollowsFreeMemory
 from demand_layering_ros.service.imaging import image_to_rgb
 from demand_layering_ros.service.scheduling import LatencyModel
 from demand_layering_ros.service.slack import Slack
+from demand_layering_ros.service.torch_threads import TorchThreads
 from demand_layering_ros.sizes import MB
 import numpy as np
 
@@ -39,19 +40,6 @@ import numpy as np
 def process_rss_bytes():
     """Resident set size of this process in bytes (Linux /proc; 0 where unavailable)."""
     return process_memory.rss_bytes()
-
-
-def cpu_threads(cores=None):
-    """
-    Return the torch CPU threads to use by default: every core but one, at least one.
-
-    The node shares the machine with its camera, DDS and its own receiving thread. Measured on
-    a 2-core machine shared with other processes, yolov3-tiny with a torch thread per core ran
-    a pass 3-10x slower (median) than with one thread: torch's threads wait for each other
-    whenever one of them is descheduled.
-    """
-    cores = cores or os.cpu_count() or 1
-    return max(1, cores - 1)
 
 
 def _same_plan(a, b):
@@ -83,7 +71,7 @@ def _deadline_note(decision, deadline, target, slack_ms, slack):
         f'{target:g} ms left for it)'))
 
 
-class DetectorService:
+class DetectorService(FollowsFreeMemory):
     """
     One demand-layered detector: configure, infer, re-plan, report, close.
 
@@ -110,8 +98,7 @@ class DetectorService:
         self.planned_slack_ms = 0.0           # the slack the plan in effect was made for
         self.batching_ok = True
         self.model_stats = {}
-        self.torch_threads_before = None      # torch's thread count before configure
-        self.threads = None                   # the torch threads this service runs with
+        self.threads = TorchThreads()         # torch's process-wide count, taken and given back
 
     @property
     def configured(self):
@@ -146,13 +133,13 @@ class DetectorService:
             import torch
             if not torch.cuda.is_available():
                 raise ValueError(f'device {s["device"]}: CUDA is not available here')
-        self._take_threads(s)
-        self.settings = s
+        self.threads.take(s['device'], s['num_threads'])
+        self.settings, self.follow_mb = s, None
         self.pack = Pack.open(s['pack_path'])
         self.profile = None
         if s['plan_file']:
             decision = decide_plan(self.pack, s['memory_budget_mb'] or None, plan=s['plan_file'],
-                                   device=s['device'], threads=self._use_threads())
+                                   device=s['device'], threads=self.threads.use())
         else:
             if s['memory_budget_mb'] or s['deadline_ms']:
                 self.profile = profiles.stored(s, self.log) or \
@@ -163,18 +150,10 @@ class DetectorService:
         if decision.note:
             self.log.warning(decision.note)
         self.model = loading.load(s['pack_path'], device=s['device'],
-                                  budget_mb=s['memory_budget_mb'] or None,
+                                  budget_mb=self._budget_mb(s),
                                   plan=decision.plan.to_dict() if decision.plan else None)
         self._start(s)
-
-    def _take_threads(self, s):
-        """Remember torch's thread count (given back at close) and take this service's."""
-        if s['device'] == 'cpu' or s['num_threads']:
-            import torch          # process-wide
-            if self.torch_threads_before is None:
-                self.torch_threads_before = torch.get_num_threads()
-            self.threads = s['num_threads'] or cpu_threads()
-        self._use_threads()
+        self.set_keep_free(s['keep_free_mb'])
 
     def _start(self, s):
         """Take the loaded model's detector, reset what is learnt per model, warm up."""
@@ -189,18 +168,6 @@ class DetectorService:
     def _slack_ms(self, s):
         return self.slack.total() * 1e3 if s['deadline_ms'] else 0.0
 
-    def _use_threads(self):
-        """
-        Set torch's (process-wide) thread count to this service's and return it.
-
-        Passes, profiles and plans must agree on the count (layout.threads); re-asserted
-        before each use, so services sharing a process (tests, a tool) do not undo each other.
-        """
-        import torch
-        if self.threads is not None and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        return torch.get_num_threads()
-
     def _decide(self, s):
         """
         Decide the plan for the settings; a deadline plan targets the deadline minus the slack.
@@ -212,10 +179,10 @@ class DetectorService:
         deadline = s['deadline_ms'] or None
         slack_ms = self._slack_ms(s)
         target = None if deadline is None else max(deadline - slack_ms, 1e-3)
-        decision = decide_plan(self.pack, budget_mb=s['memory_budget_mb'] or None,
-                               deadline_ms=target, frame_period_ms=s['frame_period_ms'] or None,
+        decision = decide_plan(self.pack, budget_mb=self._budget_mb(s), deadline_ms=target,
+                               frame_period_ms=s['frame_period_ms'] or None,
                                profile=self.profile, device=s['device'], strict=False,
-                               threads=self._use_threads())
+                               threads=self.threads.use())
         decision.note = _deadline_note(decision, deadline, target, slack_ms, self.slack)
         return decision
 
@@ -262,7 +229,7 @@ class DetectorService:
         with self.lock:
             if self.detector is None:
                 return None
-            self._use_threads()
+            self.threads.use()
             s = self.settings
             kwargs = {'score_threshold': s['score_threshold'] if score_threshold is None
                       else score_threshold,
@@ -341,6 +308,7 @@ class DetectorService:
         s.update({k: values[k] for k in settings.REPLAN_PARAMS if k in values})
         settings.check(s)
         with self.plan_lock:
+            new_cap = self._cap_changes(s)
             need = bool(s['memory_budget_mb'] or s['deadline_ms']) and self.profile is None
             if need:
                 self.profile = profiles.stored(s, self.log)
@@ -352,6 +320,8 @@ class DetectorService:
                     self.log.warning(decision.note)
             # else: a deadline change without a plan only changes the scheduling
             self.settings = s
+            if new_cap:
+                self._follow_cap(s)
             if need and self.profile is None and not (self.profiling and
                                                       self.profiling.running()):
                 self.profiling = profiles.BackgroundProfile(s, self.log, self._profiled)
@@ -359,7 +329,7 @@ class DetectorService:
     def _apply(self, s, decision, what):
         plan = decision.plan.to_dict() if decision.plan else None
         with self.lock:
-            self.model.reconfigure(budget_mb=s['memory_budget_mb'] or None, plan=plan)
+            self.model.reconfigure(budget_mb=self._budget_mb(s), plan=plan)
             self.decision, self.plan_note = decision, decision.note
             self.drift_note = ''
             self.planned_slack_ms = self._slack_ms(s)
@@ -368,7 +338,7 @@ class DetectorService:
                 around = self.slack.total() - self.slack.part('age')   # decode, pre/post, publish
                 self.latency.update(1, plan['predicted_latency_ms'] / 1e3 + around, warmup=True)
             self._update_model_stats()
-        self.log.info(f'{what}: budget {s["memory_budget_mb"]} MiB, deadline '
+        self.log.info(f'{what}: budget {self._budget_mb(s) or 0:.1f} MiB, deadline '
                       f'{s["deadline_ms"]} ms; arena '
                       f'{self.model_stats.get("arena_bytes", 0) / MB:.1f} MiB')
 
@@ -472,10 +442,7 @@ class DetectorService:
                     self.log.warning(f'closing the model: {e}')
             del model
         gc.collect()
+        self.threads.give_back()
         torch = sys.modules.get('torch')
-        if torch is not None and self.torch_threads_before is not None:
-            torch.set_num_threads(self.torch_threads_before)
-            self.torch_threads_before = None
-        self.threads = None
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -61,6 +61,13 @@ PARAMS = (
           'Weight memory budget in MiB (resident weights plus the streaming arena); 0 = no '
           'budget: stream every unit through the smallest arena. A change re-plans and swaps '
           'the arena between frames.', (0.0, 1048576.0), applies='runtime'),
+    Param('keep_free_mb', 0.0,
+          'Memory in MiB the node leaves free for the rest of the robot; 0 = off. When set, the '
+          'weight budget follows free memory (MemAvailable, and the memory cgroup limit '
+          'minus its usage): it shrinks at once when free memory falls below this, and grows '
+          'back after free memory has stayed above it for 2 s, capped by memory_budget_mb when '
+          'that is set, never below the smallest plan. Each change re-plans between two frames '
+          'with the stored profile.', (0.0, 1048576.0), applies='runtime'),
     Param('deadline_ms', 0.0,
           'Deadline per frame, image stamp to published detections, in ms; 0 = none. Frames '
           'that cannot make it are dropped; a change re-plans.', (0.0, 600000.0),
@@ -212,6 +219,9 @@ def check(values):
             reason = validate(p.name, values[p.name])
             if reason:
                 raise ValueError(reason)
+    if values.get('keep_free_mb') and values.get('plan_file'):
+        raise ValueError('keep_free_mb: a plan_file fixes the plan, so the budget cannot follow '
+                         'free memory; set one of them')
     for name in values.get('models') or ():
         for p in model_params(name):
             reason = validate(p.name, values.get(p.name, p.default))
