@@ -27,7 +27,7 @@ from tools import cgroups
 AVAIL = cgroups.cgroups_available()
 KEEP_MB, ROOM_MB, TAKEN_MB = 40, 40, 40
 
-CHILD = r'''
+CHILD = r"""
 import json, os, sys, time
 import numpy as np, torch
 import demand_layering_ros as dlr
@@ -88,7 +88,7 @@ del hog                                      # ... and gives it back
 wait_for(lambda: m.stats()['auto_grows'] > grows)
 report('grown again')
 m.close()
-'''
+"""
 
 
 @pytest.fixture(scope='module')
