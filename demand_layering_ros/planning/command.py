@@ -15,7 +15,7 @@ import sys
 
 from demand_layering_ros.layout import threads
 from demand_layering_ros.planning import group_command, planner, profiler
-from demand_layering_ros.planning.profile_file import load_profile, save_profile
+from demand_layering_ros.planning.timing import load_profile, save_profile
 from demand_layering_ros.sizes import mib
 
 

@@ -30,11 +30,10 @@ from demand_layering_ros.layout import arena as arena_mod
 from demand_layering_ros.layout.group_plan import GroupPlan
 from demand_layering_ros.layout.plan import Plan
 from demand_layering_ros.planning.planner import PlanInfeasible
-from demand_layering_ros.planning.profile_file import load_profile
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.search import pareto, Search, subsample
 from demand_layering_ros.planning.simulate import simulate
-from demand_layering_ros.planning.timing import Timing
+from demand_layering_ros.planning.timing import load_profile, Timing
 from demand_layering_ros.sizes import align_up, MB, mib, mib_up, PAGE
 
 MAX_OPTIONS = 12              # points of each model's trade-off tried per arena size

@@ -15,7 +15,7 @@ import sys
 
 from demand_layering_ros.planning import planner, profiler
 from demand_layering_ros.planning.group import plan_group
-from demand_layering_ros.planning.profile_file import load_profile, save_profile
+from demand_layering_ros.planning.timing import load_profile, save_profile
 
 
 def per_pack(values, n, flag):

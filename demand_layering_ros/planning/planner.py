@@ -25,12 +25,11 @@ import time
 from demand_layering_ros.layout import arena
 from demand_layering_ros.layout import threads as thread_count
 from demand_layering_ros.layout.plan import Plan
-from demand_layering_ros.planning import disk_noise
-from demand_layering_ros.planning.profile_file import load_profile
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.search import pareto, Search, TradeOff
 from demand_layering_ros.planning.simulate import Config
-from demand_layering_ros.planning.timing import Timing
+from demand_layering_ros.planning.timing import bound_rate, CONSERVATIVE_PCT, disk_level
+from demand_layering_ros.planning.timing import load_profile, Timing
 from demand_layering_ros.quantiles import median
 from demand_layering_ros.sizes import MB, mib, pinned_size
 
@@ -91,7 +90,7 @@ def plan(pack, profile, budget_mb=None, deadline_ms=None, frame_period_ms=None, 
     sched = Schedule.from_pack(pack)
     prof = load_profile(profile) if not isinstance(profile, dict) else profile
     threads = thread_count.check_profile(prof, threads)
-    disk_pct = disk_noise.CONSERVATIVE_PCT if deadline_ms is not None else 50
+    disk_pct = CONSERVATIVE_PCT if deadline_ms is not None else 50
     timing = Timing.from_profile(prof, sched, device, disk_pct=disk_pct)
     for name, v in (('budget_mb', budget_mb), ('deadline_ms', deadline_ms),
                     ('frame_period_ms', frame_period_ms)):
@@ -160,13 +159,13 @@ def _honest(sched, prof, chosen, frame_period_ms, device, disk_pct):
     expected = at(50) if disk_pct != 50 else chosen.latency
     lo, hi = at(0, fast, floor=False), at(100, slow)
     disk = prof.get('disk') or {}
-    rate = disk_noise.bound_rate(disk)
+    rate = bound_rate(disk)
     return {
         'predicted_latency_range_ms': [round(min(lo, chosen.latency), 4),
                                        _ms_up(max(hi, chosen.latency))],
         'prediction': {
             'disk_percentile': disk_pct,
-            'disk_level': round(disk_noise.level(disk, disk_pct), 4),
+            'disk_level': round(disk_level(disk, disk_pct), 4),
             'disk_rounds': len(disk.get('rounds') or []) or 1,
             'expected_latency_ms': round(expected, 4),
             'bound_ms': round(chosen.sim.bound_ms, 4),

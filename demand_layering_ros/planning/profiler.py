@@ -18,7 +18,7 @@ from pathlib import Path
 import time
 
 from demand_layering_ros import process_memory
-from demand_layering_ros.planning import disk_noise, planner
+from demand_layering_ros.planning import planner
 from demand_layering_ros.planning.measure import executor_costs
 from demand_layering_ros.planning.measure.activation import activation_peak
 from demand_layering_ros.planning.measure.call_clock import call_waits, CallClock, split_calls
@@ -30,10 +30,9 @@ from demand_layering_ros.planning.measure.machine import machine_info, sync
 from demand_layering_ros.planning.measure.probe import (fit_probe_handoff, fit_two_probes,
                                                         tight_pass)
 from demand_layering_ros.planning.measure.splits import split_costs, split_exactness
-from demand_layering_ros.planning.profile_file import load_profile, PROFILE_FORMAT
-from demand_layering_ros.planning.profile_file import PROFILE_VERSION
 from demand_layering_ros.planning.schedule import Schedule
-from demand_layering_ros.planning.timing import Timing
+from demand_layering_ros.planning.timing import load_profile, PROFILE_FORMAT, PROFILE_VERSION
+from demand_layering_ros.planning.timing import round_levels, Timing
 from demand_layering_ros.quantiles import median
 from demand_layering_ros.runtime.binding import conversion_reserve
 from demand_layering_ros.sizes import MB, mib, PAGE
@@ -137,7 +136,7 @@ def _fit_probe(prof, sched):
     probe = prof.get('probe')
     if not probe or probe.get('error') or not probe.get('arena_bytes'):
         return prof
-    levels = disk_noise.round_levels(prof['disk'])[-2:]
+    levels = round_levels(prof['disk'])[-2:]
     level = math.exp(sum(math.log(v) for v in levels) / len(levels))
     timing = Timing.from_profile(prof, sched).scaled(disk=level)
     ex = prof['executor'] = dict(prof.get('executor') or {})

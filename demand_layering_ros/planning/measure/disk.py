@@ -9,7 +9,7 @@ at a time; a reader running ahead queues them: the planner needs both times. The
 is not one number (the virtual disk of the development machine flips between ~1.3 and ~2.7 GB/s
 from one minute to the next), so a profile measures it in rounds spread over its run
 (`DiskRounds`) and keeps every round: the planner predicts from their median and brackets its
-prediction with the fastest and the slowest (`planning.disk_noise`).
+prediction with the fastest and the slowest (`planning.timing.disk_level`).
 """
 
 import time

@@ -12,10 +12,9 @@ pass matches its measured time.
 import time
 
 from demand_layering_ros.planning.measure.machine import sync
-from demand_layering_ros.planning.profile_file import PROFILE_FORMAT
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.simulate import Config, simulate
-from demand_layering_ros.planning.timing import Timing
+from demand_layering_ros.planning.timing import PROFILE_FORMAT, Timing
 from demand_layering_ros.quantiles import median
 
 CALIBRATION_FAMILY = 'dlr-calibration'
