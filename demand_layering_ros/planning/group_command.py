@@ -14,7 +14,6 @@ from pathlib import Path
 import sys
 
 from demand_layering_ros.planning import planner, profiler
-from demand_layering_ros.planning.group import plan_group
 from demand_layering_ros.planning.timing import load_profile, save_profile
 
 
@@ -64,9 +63,9 @@ def run(args, packs):
         return 2
     profiles = _profiles(args, packs)
     try:
-        result = plan_group({p: p for p in packs}, profiles, budget_mb=args.budget_mb,
-                            deadlines=dict(zip(packs, deadlines)),
-                            periods=dict(zip(packs, periods)), device=args.device)
+        result = planner.plan_group({p: p for p in packs}, profiles, budget_mb=args.budget_mb,
+                                    deadlines=dict(zip(packs, deadlines)),
+                                    periods=dict(zip(packs, periods)), device=args.device)
     except planner.PlanInfeasible as e:
         print(f'plan: infeasible: {e}', file=sys.stderr)
         print(json.dumps({'infeasible': True, **e.numbers()}))
