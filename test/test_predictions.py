@@ -393,8 +393,8 @@ def test_two_probes_tell_the_hand_off_from_slow_reads(tiny_pack):
     """
     from dataclasses import replace
 
-    from demand_layering_ros.planning.measure.probe import (fit_probe_handoff,
-                                                            fit_two_probes)
+    from demand_layering_ros.planning.measure.executor_costs import (fit_probe_handoff,
+                                                                     fit_two_probes)
     from demand_layering_ros.planning.search import Search
     from demand_layering_ros.planning.simulate import Config, simulate
     sched = Schedule.from_pack(tiny_pack)

@@ -14,7 +14,7 @@ executor's own costs, after checking that the profile belongs to the pack being 
 
 The disk's speed as a profile saw it over its rounds: a level per round, a median, extremes. A
 virtual disk's speed flips from one minute to the next, so one number predicts one of its
-states. A profile measures the disk in rounds (`measure.disk.DiskRounds`); each round's level
+states. A profile measures the disk in rounds (`measure.transfer.DiskRounds`); each round's level
 is how many times slower than the median its reads were (the geometric mean over its request
 sizes of 1 MiB and more: small requests are latency, not throughput). The planner predicts a
 budget's plan at the median level, a deadline's at the 90th percentile of the read times
