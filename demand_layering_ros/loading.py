@@ -8,7 +8,7 @@ fit (`fit_budget`, `fit_group`), which they hand to the runtime, so the runtime 
 is given and never imports planning (also for a later `reconfigure(budget_mb=...)`).
 """
 
-from demand_layering_ros.planning.fit import fit_budget, fit_group
+from demand_layering_ros.planning import fit_budget, fit_group
 from demand_layering_ros.runtime import group
 from demand_layering_ros.runtime.model import DemandLayeredModel
 from demand_layering_ros.runtime.resident import load_resident

@@ -26,8 +26,7 @@ from demand_layering_ros import loading
 from demand_layering_ros import process_memory
 from demand_layering_ros.layout.plan import RUN_KEYS
 from demand_layering_ros.pack import Pack
-from demand_layering_ros.planning.decide import decide_plan
-from demand_layering_ros.planning.timing import corrected_profile
+from demand_layering_ros.planning import corrected_profile, decide_plan
 from demand_layering_ros.service import profiles, settings
 from demand_layering_ros.service.imaging import image_to_rgb
 from demand_layering_ros.service.scheduling import LatencyModel
