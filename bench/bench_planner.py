@@ -46,8 +46,8 @@ from bench.plans import make_plans, pipeline_bound_ms  # noqa: E402
 from bench.worker import to_device  # noqa: E402
 from demand_layering_ros import load, load_resident  # noqa: E402
 from demand_layering_ros import pack as P  # noqa: E402
-from demand_layering_ros.planning import planner, profile_file, profiler  # noqa: E402
-from demand_layering_ros.planning.disk_noise import BOUND_REQUEST_BYTES  # noqa: E402
+from demand_layering_ros.planning import planner, profiler, timing  # noqa: E402
+from demand_layering_ros.planning.timing import BOUND_REQUEST_BYTES  # noqa: E402
 from demand_layering_ros.sizes import MB  # noqa: E402
 import torch  # noqa: E402
 
@@ -149,7 +149,7 @@ def prepare(key, src, args):
     t0 = time.perf_counter()
     prof = profiler.profile(pk.path, device=args.device, repeats=args.profile_repeats,
                             progress=False)
-    profile_file.save_profile(prof, pack_dir / 'PROFILE.json')
+    timing.save_profile(prof, pack_dir / 'PROFILE.json')
     return pk, prof, time.perf_counter() - t0
 
 

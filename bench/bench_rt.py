@@ -81,7 +81,7 @@ def prepare(out):
     """Pack the real yolov3-tiny at 416x416 and profile it once (resident): return the pack."""
     from demand_layering_ros import pack as pack_mod
     from demand_layering_ros.models import assets
-    from demand_layering_ros.planning import profile_file, profiler
+    from demand_layering_ros.planning import profiler, timing
     pack = out / 'pack' / 'yolov3-tiny'
     if not (pack / 'manifest.json').is_file():
         cfg, weights, _ = assets.yolov3_tiny()
@@ -90,7 +90,7 @@ def prepare(out):
     if not (pack / 'PROFILE.json').is_file():
         prof = profiler.profile(str(pack), device='cpu', repeats=2, warmup=1, progress=False,
                                 activation=False)
-        profile_file.save_profile(prof, pack / 'PROFILE.json')
+        timing.save_profile(prof, pack / 'PROFILE.json')
     return pack
 
 

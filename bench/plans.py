@@ -85,7 +85,7 @@ def pipeline_bound_ms(pk, prof, bytes_per_s, resident_units=()):
     profile's per-call busy and gap times were measured with the model resident, so the bound
     has no executor overhead and an arena that never makes the reader wait.
     """
-    from demand_layering_ros.planning.bound import pipeline_bound_ms as bound
+    from demand_layering_ros.planning.timing import pipeline_bound_ms as bound
     from demand_layering_ros.planning.schedule import Schedule
     steps = prof['steps']
     if list(steps['unit']) != list(pk.call_order):

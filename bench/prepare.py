@@ -66,7 +66,7 @@ def prepare_model(key, src, work, device, configs, n_budgets, repeats, log):
     under 'errors' so the other configurations still run.
     """
     from demand_layering_ros import pack as packmod
-    from demand_layering_ros.planning import profile_file, profiler
+    from demand_layering_ros.planning import profiler, timing
     d = Path(work) / key
     d.mkdir(parents=True, exist_ok=True)
     info = {'key': key, 'spec': src['spec'], 'input_size': src['input_size'],
@@ -114,7 +114,7 @@ def prepare_model(key, src, work, device, configs, n_budgets, repeats, log):
         try:
             log(f'{key}: profiling')
             prof = profiler.profile(pack_dir, device=device, repeats=repeats, progress=False)
-            profile_file.save_profile(prof, prof_path)
+            timing.save_profile(prof, prof_path)
             info['profile'] = str(prof_path)
             info['resident_profile_ms'] = prof.get('resident_latency_ms')
             log(f'{key}: planning')

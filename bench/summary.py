@@ -21,8 +21,8 @@ def model_results(info, configs, runs, bw):
     plans = info.get('plans') or {}
     prof = None
     if info.get('profile'):
-        from demand_layering_ros.planning import profile_file
-        prof = profile_file.load_profile(info['profile'])
+        from demand_layering_ros.planning import timing
+        prof = timing.load_profile(info['profile'])
     out = {}
     for config in configs:
         plan = plans.get(config) if kind_of(config) in STREAMING else None

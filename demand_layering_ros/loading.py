@@ -11,8 +11,7 @@ is given and never imports planning (also for a later `reconfigure(budget_mb=...
 import weakref
 
 from demand_layering_ros.memory_following import MemoryFollowing
-from demand_layering_ros.planning.fit import fit_budget
-from demand_layering_ros.planning.group_fit import fit_group
+from demand_layering_ros.planning import fit_budget, fit_group
 from demand_layering_ros.runtime import group
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.runtime.model import DemandLayeredModel

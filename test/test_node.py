@@ -190,13 +190,13 @@ RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 def yolo_pack(tmp_path_factory):
     """Pack the real Darknet yolov3-tiny COCO model and profile it for the planner."""
     from demand_layering_ros import pack
-    from demand_layering_ros.planning import profile_file, profiler
+    from demand_layering_ros.planning import profiler, timing
     cfg, weights, _ = assets.yolov3_tiny()
     out = tmp_path_factory.mktemp('node_pack') / 'yolov3-tiny'
     pack.write_pack('darknet:' + str(cfg), out, weights=str(weights), progress=False)
     prof = profiler.profile(str(out), device='cpu', repeats=1, warmup=1, progress=False,
                             activation=False)
-    profile_file.save_profile(prof, out / 'PROFILE.json')
+    timing.save_profile(prof, out / 'PROFILE.json')
     return out
 
 

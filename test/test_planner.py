@@ -21,13 +21,12 @@ from demand_layering_ros.cli import main as cli_main
 from demand_layering_ros.layout import arena
 from demand_layering_ros.planning import planner, profiler
 from demand_layering_ros.planning.measure.call_clock import call_waits, split_calls
-from demand_layering_ros.planning.measure.disk import DISK_ROUNDS
-from demand_layering_ros.planning.profile_file import PROFILE_FORMAT, save_profile
+from demand_layering_ros.planning.measure.transfer import DISK_ROUNDS
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.search import Search
 from demand_layering_ros.planning.simulate import Config, pieces, ReaderBusy, release_steps
 from demand_layering_ros.planning.simulate import simulate
-from demand_layering_ros.planning.timing import Timing, Transfer
+from demand_layering_ros.planning.timing import PROFILE_FORMAT, save_profile, Timing, Transfer
 from demand_layering_ros.sizes import MB
 import pytest
 import torch

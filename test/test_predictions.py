@@ -18,11 +18,10 @@ from demand_layering_ros import pack as P
 from demand_layering_ros.cli import main as cli_main
 from demand_layering_ros.layout import threads
 from demand_layering_ros.layout.plan import Plan
-from demand_layering_ros.planning import bound, correction, disk_noise, planner
+from demand_layering_ros.planning import planner, timing
 from demand_layering_ros.planning.decide import decide_plan
-from demand_layering_ros.planning.profile_file import PROFILE_FORMAT, save_profile
 from demand_layering_ros.planning.schedule import Schedule
-from demand_layering_ros.planning.timing import Timing
+from demand_layering_ros.planning.timing import PROFILE_FORMAT, save_profile, Timing
 from demand_layering_ros.runtime.feedback import LatencyFeedback
 from demand_layering_ros.service.service import DetectorService
 from demand_layering_ros.sizes import MB
@@ -227,14 +226,14 @@ def test_the_service_measures_again_a_profile_of_another_thread_count(tiny_pack,
 def test_disk_levels_come_from_the_rounds():
     _, prof = hand(rounds=[1.0, 0.9, 2.0, 1.05])
     disk = prof['disk']
-    assert disk_noise.round_levels(disk) == pytest.approx([1.0, 0.9, 2.0, 1.05])
-    assert disk_noise.level(disk, 0) == pytest.approx(0.9)
-    assert disk_noise.level(disk, 50) == 1.0
-    assert disk_noise.level(disk, disk_noise.CONSERVATIVE_PCT) == pytest.approx(2.0)
-    assert disk_noise.bound_rate(disk) == pytest.approx(5 * MB / 0.010)  # the slowest round
+    assert timing.round_levels(disk) == pytest.approx([1.0, 0.9, 2.0, 1.05])
+    assert timing.disk_level(disk, 0) == pytest.approx(0.9)
+    assert timing.disk_level(disk, 50) == 1.0
+    assert timing.disk_level(disk, timing.CONSERVATIVE_PCT) == pytest.approx(2.0)
+    assert timing.bound_rate(disk) == pytest.approx(5 * MB / 0.010)  # the slowest round
     _, old = hand()                                         # no rounds: one level
-    assert disk_noise.round_levels(old['disk']) == [1.0]
-    assert disk_noise.bound_rate(old['disk']) == pytest.approx(5 * MB / 0.005)
+    assert timing.round_levels(old['disk']) == [1.0]
+    assert timing.bound_rate(old['disk']) == pytest.approx(5 * MB / 0.005)
 
 
 def test_deadline_plans_take_the_slow_disk_and_every_plan_carries_its_range():
@@ -247,7 +246,7 @@ def test_deadline_plans_take_the_slow_disk_and_every_plan_carries_its_range():
     assert info['expected_latency_ms'] == pytest.approx(budget.predicted_latency_ms, abs=1e-3)
     # the same memory for a deadline: predicted with the disk at its 90th percentile
     deadline = planner.plan(manifest, prof, deadline_ms=hi * 1.5)
-    same = planner.predict(manifest, prof, deadline, disk_pct=disk_noise.CONSERVATIVE_PCT)
+    same = planner.predict(manifest, prof, deadline, disk_pct=timing.CONSERVATIVE_PCT)
     assert deadline.predicted_latency_ms == pytest.approx(same.latency_ms, abs=1e-3)
     assert deadline.details['prediction']['disk_percentile'] == 90
     assert deadline.predicted_latency_ms >= planner.predict(manifest, prof, deadline).latency_ms
@@ -272,21 +271,21 @@ def test_no_prediction_is_below_the_pipeline_bound_at_the_slowest_disk_round():
     sched = Schedule.from_manifest(manifest)
     # by hand: at the slowest round each unit takes 15 ms to arrive; compute 1 ms after each
     slowest = 5 * MB / 0.015
-    assert bound.pipeline_bound_ms(sched, [1.0] * 3, [0.0] * 3, 0.5, frozenset(),
-                                   slowest) == pytest.approx(46.5)
+    assert timing.pipeline_bound_ms(sched, [1.0] * 3, [0.0] * 3, 0.5, frozenset(),
+                                    slowest) == pytest.approx(46.5)
     smallest = planner.plan(manifest, prof)                 # everything streamed
     assert not smallest.resident_units
     assert smallest.predicted_latency_ms >= 46.5 - 1e-6
     assert smallest.details['prediction']['bound_ms'] == pytest.approx(46.5)
     # with one unit resident, the bound drops by its read
     t = Timing.from_profile(prof, sched)
-    assert bound.pipeline_bound_ms(sched, t.busy, t.gap, t.tail, {0}, slowest) == \
+    assert timing.pipeline_bound_ms(sched, t.busy, t.gap, t.tail, {0}, slowest) == \
         pytest.approx(31.5)
     plans = [planner.plan(manifest, prof, budget_mb=11.0),
              planner.plan(manifest, prof, deadline_ms=60.0)]
     for p in plans:
         resident = {sched.index(n) for n in p.resident_units}
-        assert p.predicted_latency_ms >= bound.pipeline_bound_ms(
+        assert p.predicted_latency_ms >= timing.pipeline_bound_ms(
             sched, t.busy, t.gap, t.tail, resident, slowest) - 1e-6
 
 
@@ -304,8 +303,8 @@ def test_a_corrected_profile_predicts_the_running_plan_at_the_measured_ratio():
     # the spread of every resident pass the profile timed: 11.875 .. 13.8 around 12.45
     assert p.details['prediction']['compute_spread'] == pytest.approx([11.875 / 12.45,
                                                                       13.8 / 12.45], abs=1e-4)
-    fixed = correction.corrected_profile(prof, 1.25, why='test')
-    again = correction.corrected_profile(fixed, 0.9)
+    fixed = timing.corrected_profile(prof, 1.25, why='test')
+    again = timing.corrected_profile(fixed, 0.9)
     assert again['correction']['ratio'] == pytest.approx(1.125) and prof.get('correction') is None
     before = planner.predict(manifest, prof, p).latency_ms
     assert planner.predict(manifest, fixed, p).latency_ms == pytest.approx(before * 1.25)
@@ -314,7 +313,7 @@ def test_a_corrected_profile_predicts_the_running_plan_at_the_measured_ratio():
     assert q.details['predicted_latency_range_ms'] == pytest.approx(
         [v * 1.25 for v in p.details['predicted_latency_range_ms']], rel=1e-4)
     with pytest.raises(ValueError):
-        correction.corrected_profile(prof, 0)
+        timing.corrected_profile(prof, 0)
 
 
 def test_a_persistent_drift_re_plans_the_service_with_the_corrected_profile(
@@ -394,8 +393,8 @@ def test_two_probes_tell_the_hand_off_from_slow_reads(tiny_pack):
     """
     from dataclasses import replace
 
-    from demand_layering_ros.planning.measure.probe import (fit_probe_handoff,
-                                                            fit_two_probes)
+    from demand_layering_ros.planning.measure.executor_costs import (fit_probe_handoff,
+                                                                     fit_two_probes)
     from demand_layering_ros.planning.search import Search
     from demand_layering_ros.planning.simulate import Config, simulate
     sched = Schedule.from_pack(tiny_pack)

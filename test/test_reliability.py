@@ -535,8 +535,8 @@ def test_node_budget_holds_under_a_hard_limit_that_kills_the_resident_node(big_p
     assert answered == 2 and budgeted.returncode == 0 and not budgeted.oom_killed, \
         f'{budgeted.summary()}\n{budgeted.stderr[-3000:]}'
     assert 'streamed within memory_budget_mb' in budgeted.stderr, budgeted.stderr[-3000:]
-    from demand_layering_ros.planning import profile_file
-    prof = profile_file.load_profile(saved)
+    from demand_layering_ros.planning import timing
+    prof = timing.load_profile(saved)
     assert prof['mode'] == 'streamed' and prof['peak_weight_bytes'] <= budget * MIB
     saved.unlink()
     plan = tmp_path / 'resident.yaml'
@@ -548,7 +548,7 @@ def test_node_budget_holds_under_a_hard_limit_that_kills_the_resident_node(big_p
     timed, answered = _node_in_cgroup(big_pack, params=['deadline_ms:=60000.0'], timeout=240)
     assert answered == 2 and timed.returncode == 0, f'{timed.summary()}\n{timed.stderr[-3000:]}'
     assert saved.is_file() and 'saved the profile' in timed.stderr, timed.stderr[-3000:]
-    prof = profile_file.load_profile(saved)
+    prof = timing.load_profile(saved)
     assert prof['mode'] == 'resident' and prof['steps']['busy_ms']
     saved.unlink()
     FIGURES.update({

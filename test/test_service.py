@@ -16,7 +16,7 @@ import weakref
 from demand_layering_ros import pack as pack_mod
 from demand_layering_ros.models import assets
 from demand_layering_ros.models.detector import read_image
-from demand_layering_ros.planning import decide, fit, planner, profile_file, profiler
+from demand_layering_ros.planning import decide, fit, planner, profiler, timing
 from demand_layering_ros.service import settings
 from demand_layering_ros.service.service import DetectorService, process_rss_bytes
 from demand_layering_ros.service.torch_threads import cpu_threads
@@ -61,7 +61,7 @@ def profiled_pack(bare_pack, tmp_path_factory):
     shutil.copytree(bare_pack, out)
     prof = profiler.profile(str(out), device='cpu', repeats=1, warmup=1, progress=False,
                             activation=False)
-    profile_file.save_profile(prof, out / 'PROFILE.json')
+    timing.save_profile(prof, out / 'PROFILE.json')
     return out
 
 

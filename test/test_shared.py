@@ -21,8 +21,8 @@ from demand_layering_ros.layout.group_plan import GroupPlan
 from demand_layering_ros.layout.member import GroupTooSmall
 from demand_layering_ros.layout.plan import PlanError
 from demand_layering_ros.planning import planner, profiler
-from demand_layering_ros.planning.group import idle_gap, plan_group
-from demand_layering_ros.planning.profile_file import PROFILE_FORMAT, save_profile
+from demand_layering_ros.planning.planner import idle_gap, plan_group
+from demand_layering_ros.planning.timing import PROFILE_FORMAT, save_profile
 from demand_layering_ros.runtime.errors import ExecutorError
 from demand_layering_ros.sizes import MB
 import pytest

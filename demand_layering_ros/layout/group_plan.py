@@ -3,12 +3,12 @@
 """
 A group plan: several models under one memory budget, one shared arena. One type, one file.
 
-The group fit (`group_fit`) and the group planner (`group`) write it, `load_shared(plan=...)`
-and `detect --pack A --pack B --plan` read it. Each model's section is a single-model Plan
-(the same run keys a PLAN.yaml has: resident_units, arena_bytes, split_bytes, prefetch_depth,
-staging, and its predictions), with `pack` naming the pack it was made for; the group keys say
-what the models share: the arena (every model's layout uses it during its own pass), the
-staging ring, the budget and the group's predicted peak weight memory.
+The group fit (`planning.fit.fit_group`) and the group planner (`planning.planner.plan_group`)
+write it, `load_shared(plan=...)` and `detect --pack A --pack B --plan` read it. Each model's
+section is a single-model Plan (the same run keys a PLAN.yaml has: resident_units, arena_bytes,
+split_bytes, prefetch_depth, staging, and its predictions), with `pack` naming the pack it was made
+for; the group keys say what the models share: the arena (every model's layout uses it during its
+own pass), the staging ring, the budget and the group's predicted peak weight memory.
 
     format: demand_layering_ros.group_plan
     version: 1

@@ -18,22 +18,21 @@ from pathlib import Path
 import time
 
 from demand_layering_ros import process_memory
-from demand_layering_ros.planning import disk_noise, planner
+from demand_layering_ros.planning import planner
 from demand_layering_ros.planning.measure import executor_costs
 from demand_layering_ros.planning.measure.activation import activation_peak
 from demand_layering_ros.planning.measure.call_clock import call_waits, CallClock, split_calls
-from demand_layering_ros.planning.measure.checksum import checksum_speed
 from demand_layering_ros.planning.measure.contention import read_contention
-from demand_layering_ros.planning.measure.disk import DISK_ROUNDS, DISK_SIZES, DiskRounds
-from demand_layering_ros.planning.measure.h2d import h2d_points, H2D_SIZES
+from demand_layering_ros.planning.measure.executor_costs import fit_probe_handoff
+from demand_layering_ros.planning.measure.executor_costs import fit_two_probes, tight_pass
 from demand_layering_ros.planning.measure.machine import machine_info, sync
-from demand_layering_ros.planning.measure.probe import (fit_probe_handoff, fit_two_probes,
-                                                        tight_pass)
 from demand_layering_ros.planning.measure.splits import split_costs, split_exactness
-from demand_layering_ros.planning.profile_file import load_profile, PROFILE_FORMAT
-from demand_layering_ros.planning.profile_file import PROFILE_VERSION
+from demand_layering_ros.planning.measure.transfer import (checksum_speed, DISK_ROUNDS,
+                                                           DISK_SIZES, DiskRounds, h2d_points,
+                                                           H2D_SIZES)
 from demand_layering_ros.planning.schedule import Schedule
-from demand_layering_ros.planning.timing import Timing
+from demand_layering_ros.planning.timing import load_profile, PROFILE_FORMAT, PROFILE_VERSION
+from demand_layering_ros.planning.timing import round_levels, Timing
 from demand_layering_ros.quantiles import median
 from demand_layering_ros.runtime.binding import conversion_reserve
 from demand_layering_ros.sizes import MB, mib, PAGE
@@ -127,7 +126,7 @@ def _progress_bar(progress, pack_dir, total):
 
 def _fit_probe(prof, sched):
     """
-    Fit the hand-off to the tight passes of the real pack (measure.probe); return the profile.
+    Fit the hand-off to the tight passes of the real pack (`tight_pass`); return the profile.
 
     The disk is taken at the level of the two rounds around the probe (their geometric mean);
     the hand-off calibrated on the small model stays as `handoff_calibration_ms`. With a split
@@ -137,7 +136,7 @@ def _fit_probe(prof, sched):
     probe = prof.get('probe')
     if not probe or probe.get('error') or not probe.get('arena_bytes'):
         return prof
-    levels = disk_noise.round_levels(prof['disk'])[-2:]
+    levels = round_levels(prof['disk'])[-2:]
     level = math.exp(sum(math.log(v) for v in levels) / len(levels))
     timing = Timing.from_profile(prof, sched).scaled(disk=level)
     ex = prof['executor'] = dict(prof.get('executor') or {})

@@ -8,7 +8,7 @@ changed since (other load, a slower disk, another thread count). The model feeds
 one frame into a `LatencyFeedback`: the median of the recent passes against the plan's expected
 latency is the drift; a drift beyond 10% over at least half the recent window is persistent
 (one slow frame is not), and the node re-plans with its profile corrected by it
-(`planning.correction`) while the command line warns once.
+(`planning.timing.corrected_profile`) while the command line warns once.
 """
 
 from collections import deque

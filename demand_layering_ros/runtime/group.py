@@ -14,7 +14,7 @@ engine was given the group's SharedParts (`runtime.shared`): one arena, one set 
 threads, one loader thread, one lock. Passes run one at a time across the group; the budget
 holds every model's resident units plus the one arena: a group PLAN.yaml from
 `plan --pack A --pack B`, or fitted by the `fit` its owner passes (`load_shared()` passes
-`planning.group_fit.fit_group`; the runtime never imports planning). A robot's node serves
+`planning.fit.fit_group`; the runtime never imports planning). A robot's node serves
 all its models from one inference thread, its cameras in turn, and tells the group which
 model comes next (`prefetch`) so that model's first layers are read while nothing computes.
 """
@@ -80,7 +80,7 @@ class ModelGroup:
         """
         Take the group plan (or fit one), allocate the arena and configure every model.
 
-        fit: `planning.group_fit.fit_group`'s signature; None: only a given plan is run.
+        fit: `planning.fit.fit_group`'s signature; None: only a given plan is run.
         """
         if not isinstance(packs, dict) or not packs:
             raise ExecutorError('load_shared takes a non-empty dict {model name: pack}')

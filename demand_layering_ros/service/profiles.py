@@ -17,7 +17,7 @@ import threading
 import time
 
 from demand_layering_ros.layout import threads
-from demand_layering_ros.planning import profile_file, profiler
+from demand_layering_ros.planning import profiler, timing
 
 
 def measure(pack_path, device, budget_mb):
@@ -36,7 +36,7 @@ def stored(settings, log=None):
     path = profile_path(settings)
     if settings['profile_file'] or Path(path).is_file():
         # a profile_file given but unreadable is an error, not a re-measure
-        prof = profile_file.load_profile(path)
+        prof = timing.load_profile(path)
         try:
             threads.check_profile(prof, where=path)
         except threads.ThreadMismatch as e:
@@ -59,7 +59,7 @@ def measure_and_save(settings, log, when='now'):
         log.info(f'profile kept in memory only: {path} was given and is not replaced')
         return profile
     try:
-        profile_file.save_profile(profile, path)
+        timing.save_profile(profile, path)
         log.info(f'saved the profile as {path}')
     except OSError as e:
         log.info(f'profile kept in memory only ({path}: {e.strerror})')

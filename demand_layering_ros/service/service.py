@@ -25,8 +25,7 @@ from demand_layering_ros import loading
 from demand_layering_ros import process_memory
 from demand_layering_ros.layout.plan import RUN_KEYS
 from demand_layering_ros.pack import Pack
-from demand_layering_ros.planning.correction import corrected_profile
-from demand_layering_ros.planning.decide import decide_plan
+from demand_layering_ros.planning import corrected_profile, decide_plan
 from demand_layering_ros.service import profiles, settings
 from demand_layering_ros.service.following import FollowsFreeMemory
 from demand_layering_ros.service.imaging import image_to_rgb
@@ -369,11 +368,11 @@ class DetectorService(FollowsFreeMemory):
         Called after every batch (`record_latency`); cheap unless the model reports a drift
         (`latency_drift` in its stats: the median of its recent one-frame passes). With a
         profile and a planned configuration, the profile is corrected by the measured ratio
-        (`planning.correction`) and the request planned again between two frames. Not
-        re-planned, and logged once: a given plan or a budget fitted without a profile; passes
-        faster than expected while frame_period_ms is unknown (idle time between frames lets
-        the loader read ahead, which a plan for back-to-back frames does not count on: a plan
-        for less memory would lose it). Returns the line logged, or None.
+        (`planning.timing.corrected_profile`) and the request planned again between two
+        frames. Not re-planned, and logged once: a given plan or a budget fitted without a
+        profile; passes faster than expected while frame_period_ms is unknown (idle time
+        between frames lets the loader read ahead, which a plan for back-to-back frames does
+        not count on: a plan for less memory would lose it). Returns the line logged, or None.
         """
         st = self.model_stats
         if not st.get('latency_drift') or self.model is None or self.drift_note:
