@@ -63,14 +63,17 @@ def load_shared(packs, device='cpu', budget_mb=None, plan=None, staging='copy', 
     return models
 
 
-def follow_free_memory(models, keep_free_mb, budget_mb=None, log=None, apply=None):
+def follow_free_memory(models, keep_free_mb, budget_mb=None, log=None, apply=None,
+                       splits=(None,)):
     """
     Make a model's (or a group's) weight budget follow free memory, leaving keep_free_mb free.
 
     The budget shrinks at once and grows back after free memory has stayed up for a while,
     each change a `reconfigure(budget_mb=...)` between two frames; it is capped by budget_mb
-    (and the whole model) and never below the smallest plan. Returns the MemoryFollowing, also
-    kept as `models.following` (its figures join `stats()`; `close()` stops it). The thread
+    (and the whole model) and never below the smallest plan at the split sizes given (default:
+    none; chunked layers may differ in the last bits, so only split sizes a profile measured
+    exact belong here: outputs stay those of the resident model). Returns the MemoryFollowing,
+    also kept as `models.following` (its figures join `stats()`; `close()` stops it). The thread
     holds the models weakly: dropping them stops it. apply(budget_bytes): how a new budget is
     applied (default: the models' reconfigure; the node's service re-plans with its profile).
     """
@@ -89,7 +92,7 @@ def follow_free_memory(models, keep_free_mb, budget_mb=None, log=None, apply=Non
 
     whole = models.whole_bytes()
     cap = whole if budget_mb is None else min(int(budget_mb * MB), whole)
-    following = MemoryFollowing(int(keep_free_mb * MB), models.smallest_plan_bytes(), held,
+    following = MemoryFollowing(int(keep_free_mb * MB), models.smallest_plan_bytes(splits), held,
                                 apply or reconfigure, budget_bytes=models.held_bytes(),
                                 cap_bytes=cap, log=log)
     weakref.finalize(models, following.close)

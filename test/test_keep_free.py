@@ -4,7 +4,7 @@
 keep_free_mb: the budget follows free memory, measured in a real memory cgroup.
 
 A child process loads the real yolov3-tiny (224 x 224) with `load(pack, keep_free_mb=40)` in
-a fresh memory cgroup; once it is ready the cgroup gets a hard limit 40 MiB above keep_free.
+a fresh memory cgroup; once it is ready the cgroup gets a hard limit 60 MiB above keep_free.
 Then memory is taken and given back in the same cgroup, the way another node would: the
 budget must grow into the room, shrink when the room is taken (the cgroup's usage growing by
 much less than what was taken: the weights' bytes really went back to the kernel), grow back
@@ -25,7 +25,7 @@ import pytest
 from tools import cgroups
 
 AVAIL = cgroups.cgroups_available()
-KEEP_MB, ROOM_MB, TAKEN_MB = 40, 40, 40
+KEEP_MB, ROOM_MB, TAKEN_MB = 40, 60, 60
 
 CHILD = r"""
 import json, os, sys, time
@@ -131,7 +131,7 @@ def test_the_budget_follows_free_memory_in_a_cgroup_and_the_bytes_go_back(pack, 
     # taken: the budget shrank, and the cgroup's usage grew by clearly less than what was
     # taken, because the weights the new plan does not hold went back to the kernel
     given_back = grown['held'] - shrunk['held']
-    assert shrunk['shrinks'] >= 1 and given_back > 8 * MB, (grown, shrunk)
+    assert shrunk['shrinks'] >= 1 and given_back > 4 * MB, (grown, shrunk)   # a dead band
     grew = shrunk['usage'] - grown['usage']
     assert grew <= TAKEN_MB * MB - 0.7 * given_back, (grew / MB, given_back / MB)
     assert shrunk['stats']['shrink_reaction_p50_ms'] > 0      # timed in bench-pressure

@@ -72,20 +72,26 @@ class Member:
             s //= 2
         return out
 
-    def smallest_arena(self):
-        """Return the smallest arena any split size allows with only the forced residents."""
+    def smallest_arena(self, splits=(None,)):
+        """
+        Return the smallest arena with only the forced residents, over the split sizes given.
+
+        splits: the split sizes allowed (None: no split). The default keeps every layer
+        whole: chunked layers may differ from the resident model in the last bits, so only
+        split sizes measured exact (a profile's split_exact) should be offered.
+        """
         sizes = []
-        for split in self.split_candidates(None):
+        for split in splits:
             lay = arena_layout(self.slots(self.forced, split))
             sizes.append(lay.capacity if lay is not None else 0)
         return min(sizes)
 
-    def smallest_bytes(self):
+    def smallest_bytes(self, splits=(None,)):
         """Return the weight bytes of this model's smallest plan (forced, extra, arena)."""
-        return self.bytes_of(self.forced) + self.extra_bytes + self.smallest_arena()
+        return self.bytes_of(self.forced) + self.extra_bytes + self.smallest_arena(splits)
 
 
-def smallest_group_bytes(members):
+def smallest_group_bytes(members, splits=(None,)):
     """Return the weight bytes of a group's smallest plan: one arena, each model's forced units."""
     return sum(m.bytes_of(m.forced) + m.extra_bytes for m in members) + max(
-        (m.smallest_arena() for m in members), default=0)
+        (m.smallest_arena(splits) for m in members), default=0)

@@ -378,6 +378,8 @@ class Engine:
             self.pipeline.drop(u)
             u.unset_all()
             u.reset()
+            for slot in ([u.main] if u.main is not None else []) + u.chunks:
+                slot.forget()          # no cycle keeps the old arena's pages charged
             u.clear_layout()
         self.binding.unset_extra()
         self.pipeline.clear()

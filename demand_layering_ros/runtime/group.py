@@ -350,9 +350,9 @@ class SharedModels(dict):
         """Return the weight bytes of every model fully resident (units and extra buffers)."""
         return sum(m.total_bytes for m in self.group.members())
 
-    def smallest_plan_bytes(self):
-        """Return the weight bytes of the group's smallest plan (a following budget's floor)."""
-        return smallest_group_bytes(self.group.members())
+    def smallest_plan_bytes(self, splits=(None,)):
+        """Return the weight bytes of the group's smallest plan at these split sizes (a floor)."""
+        return smallest_group_bytes(self.group.members(), splits)
 
     def prefetch(self, name, after_pass=False):
         """Tell the group which model runs next (see ModelGroup.prefetch)."""

@@ -265,10 +265,10 @@ class DemandLayeredModel(nn.Module):
         return sum(u.info.length for u in self._engine.units) + b.extra_bytes + \
             b.convert_reserve
 
-    def smallest_plan_bytes(self):
-        """Return the weight bytes of the smallest plan the pack allows here (a budget's floor)."""
+    def smallest_plan_bytes(self, splits=(None,)):
+        """Return the weight bytes of the smallest plan at these split sizes (a floor)."""
         b = self._engine.binding
-        return Member('model', self.pack, b.modules, b.extra_bytes).smallest_bytes() + \
+        return Member('model', self.pack, b.modules, b.extra_bytes).smallest_bytes(splits) + \
             b.convert_reserve
 
     def reconfigure(self, budget_mb=None, plan=None):

@@ -70,6 +70,20 @@ class Slot:
         self.copy_event = None
         self.t = {}
 
+    def forget(self):
+        """
+        Drop the arena view and the links that form cycles (verify, overlaps) at teardown.
+
+        Slots refer to each other (overlaps include the slot itself) and to their checks, so
+        a dropped configuration's slots are garbage only for the cyclic collector; the arena
+        views they hold would keep the arena's pages charged until it runs. Dropped here, the
+        arena goes back to the kernel when the engine lets go of it.
+        """
+        self.reset()
+        self.verify = None
+        self.overlaps = []
+        self.release_event = None
+
     def next_pass(self):
         """Reset for the next pass, keeping the last release event (CUDA ordering)."""
         keep = (self.release_event, self.release_seq)

@@ -29,8 +29,11 @@ class FollowsFreeMemory:
         if following is not None:
             following.set_keep_free(int(keep_free_mb * MB))
         elif keep_free_mb:
-            loading.follow_free_memory(self.model, keep_free_mb, self.settings[
-                'memory_budget_mb'] or None, self.log, apply=self.follow_budget)
+            exact = (self.profile or {}).get('split_exact') or {}
+            loading.follow_free_memory(
+                self.model, keep_free_mb, self.settings['memory_budget_mb'] or None, self.log,
+                apply=self.follow_budget, splits=[None] + [int(sp) for sp, ok in exact.items()
+                                                           if ok and sp != 'None'])
         if not keep_free_mb and self.follow_mb is not None:
             with self.plan_lock:
                 self.follow_mb = None
