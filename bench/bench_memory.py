@@ -32,7 +32,7 @@ import torch
 from demand_layering_ros import loading
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.process_memory import own_cgroup_usage
-from demand_layering_ros.runtime import allocator
+from demand_layering_ros.runtime import malloc
 mode, pack_dir, passes = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(int(sys.argv[4]))
 out, t0 = {'steps': []}, threading.active_count()
@@ -94,7 +94,7 @@ out['peak_bytes'] = int(open(cg / ('memory.max_usage_in_bytes' if kind == 1 else
 out['python_objects_bytes'] = tracemalloc.get_traced_memory()[0] - py0
 tracemalloc.stop()
 out['kinds'] = smaps()
-out['arenas'] = allocator.arena_count()
+out['arenas'] = malloc.arena_count()
 out['threads'] = threading.active_count() - t0
 st = model.stats() if hasattr(model, 'stats') else {}
 out['weights_bytes'] = st.get('peak_weight_bytes', pk.total_bytes)

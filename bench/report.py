@@ -195,7 +195,7 @@ smallest plan’s memory"), run under a cgroup limit set once their imports are 
 usage then plus the most this project's smallest plan was measured to use above the same \
 point, so they get the same memory for weights, activations and page cache as the smallest \
 plan (over it the kernel evicts their page cache or OOM-kills them). Every configuration runs \
-with the runtime's malloc settings (`runtime.allocator`: two glibc arenas). *Activation peak*: \
+with the runtime's malloc settings (`runtime.malloc`: two glibc arenas). *Activation peak*: \
 the executor's `stats()` (the most anonymous memory a pass held beyond its weights, over the \
 first passes after configure; see `runtime.footprint`). *Whole process*: \
 the smallest plan's cgroup peak against the resident one's minus 90% of the weight bytes the \

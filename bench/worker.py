@@ -172,9 +172,9 @@ def _measure(job, result, t_start):
     import accelerate  # noqa: F401 - every configuration imports the same libraries
     import torchvision  # noqa: F401
     from demand_layering_ros import loading  # noqa: F401
-    from demand_layering_ros.runtime import allocator  # noqa: F401
+    from demand_layering_ros.runtime import malloc  # noqa: F401
     from demand_layering_ros.pack import Pack
-    allocator.limit_arenas()        # every configuration runs with the runtime's malloc settings
+    malloc.limit_arenas()        # every configuration runs with the runtime's malloc settings
     if job.get('threads'):
         torch.set_num_threads(int(job['threads']))
     cuda = str(job['device']).startswith('cuda')

@@ -131,8 +131,8 @@ def test_three_models_share_one_reader_and_one_loader(packs, oracle):
         order = [rnd.choice(names) for _ in range(12)]
         assert run_order(models, oracle, order) == []
         threads = [t.name for t in threading.enumerate() if t.name not in before]
-        assert sum(1 for t in threading.enumerate() if t.name == 'dlr-loader') - \
-            sum(1 for n in before if n == 'dlr-loader') == 1
+        assert sum(1 for t in threading.enumerate() if t.name == 'dlr-group-loader') - \
+            sum(1 for n in before if n == 'dlr-group-loader') == 1
         readers = [n for n in threads if n.startswith('dlr-reader')]
         assert len(readers) <= 2                 # one pool of 2 threads, however many models
         st = models.stats()

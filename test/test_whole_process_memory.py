@@ -40,7 +40,7 @@ def tiny(tmp_path_factory):
 CHILD = r"""
 import json, os, sys, threading, tracemalloc
 from demand_layering_ros import loading
-from demand_layering_ros.runtime import allocator
+from demand_layering_ros.runtime import malloc
 import torch
 mode, pack_dir, budget = sys.argv[1], sys.argv[2], float(sys.argv[3])
 torch.set_num_threads(1)
@@ -64,7 +64,7 @@ t.join()
 
 st = model.stats() if hasattr(model, 'stats') else {}
 out = {k: st.get(k) for k in ('peak_weight_bytes', 'activation_peak_bytes')}
-out.update(arenas=allocator.arena_count(), threads=threading.active_count() - threads0,
+out.update(arenas=malloc.arena_count(), threads=threading.active_count() - threads0,
            python_heap_growth=heap[-1] - heap[4])
 print(json.dumps(out))
 """
@@ -112,13 +112,13 @@ def test_the_fixed_pieces_stay_bounded(tiny):
     Each piece of streaming's fixed cost, against what the same process had before it.
 
     Threads: two readers (two workers and a checksum thread each) and the loader, no more.
-    malloc arenas: capped (runtime.allocator), however many threads allocate. Python objects
+    malloc arenas: capped (runtime.malloc), however many threads allocate. Python objects
     (slots, timeline, checksum state): nothing accumulates from one pass to the next.
     """
-    from demand_layering_ros.runtime import allocator
+    from demand_layering_ros.runtime import malloc
     _, data = _child('stream', tiny)
     assert data['threads'] <= 7, data
-    assert data['arenas'] <= allocator.ARENAS, data
+    assert data['arenas'] <= malloc.ARENAS, data
     assert data['python_heap_growth'] < 64 << 10, data
 
 

@@ -398,7 +398,7 @@ class Option:
     largest: int                  # the largest streamed slot (the least a copy ring holds)
 
 
-class GroupModel:
+class PlannedMember:
     """One model as the group planner sees it: its pass, its speeds, its trade-off paths."""
 
     def __init__(self, name, pack, profile, device=None, deadline_ms=None,
@@ -500,7 +500,7 @@ def plan_group(packs, profiles, budget_mb=None, deadlines=None, periods=None, de
                 raise ValueError(f'plan: {what} {k} must be a positive number, got {v!r}'
                                  .replace('  ', ' '))
     t0 = time.perf_counter()
-    models = [GroupModel(n, packs[n], profiles[n], device, deadlines.get(n), periods.get(n))
+    models = [PlannedMember(n, packs[n], profiles[n], device, deadlines.get(n), periods.get(n))
               for n in packs]
     ring = any(m.timing.kind == 'cuda' for m in models)
     search = _Combinations(models, ring)

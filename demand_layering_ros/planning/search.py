@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import math
 
 from demand_layering_ros.layout import arena
+from demand_layering_ros.layout.slots import DEPTHS
 from demand_layering_ros.planning.simulate import Config, Sim, simulate
 from demand_layering_ros.planning.timing import pipeline_bound_ms
-
-DEPTHS = (None, 8, 2, 1)            # prefetch depths the search tries (None: unlimited)
 
 
 @dataclass

@@ -141,7 +141,7 @@ def release_steps(items, order, offsets, piece_bytes=None, alignment=PAGE):
     return out
 
 
-class Loader:
+class SimLoader:
     """
     The executor's loader and reader in one simulated pass: when each slot becomes usable.
 
@@ -231,7 +231,7 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
     """
     Replay one pass of the executor with plan `cfg`; return a Sim (times in ms from pass start).
 
-    The loader and reader run as `Loader` says. Compute: step s starts when step s-1 is done
+    The loader and reader run as `SimLoader` says. Compute: step s starts when step s-1 is done
     plus the weight-free gap, and its slots are in; acquiring a slot costs the executor's
     per-slot overhead; compute runs slower while the reader is busy (`ReaderBusy`).
     `head_start_ms` lets the loader start that long before the pass (idle time between
@@ -242,7 +242,7 @@ def simulate(sched, timing, cfg, layout=None, streams=None, head_start_ms=0.0, t
         layout = arena.plan_layout(st.items, cfg.arena_bytes, cfg.prefetch_depth)
     steps = st.steps
     busy, gap = step_times(sched, timing, cfg, st)
-    loader = Loader(st.items, layout.offsets, timing, cfg.prefetch_depth, head_start_ms)
+    loader = SimLoader(st.items, layout.offsets, timing, cfg.prefetch_depth, head_start_ms)
     reader, ready, oh = loader.reader, loader.ready, timing.slot_overhead
     base = [0.0] * steps          # when step s asks for its slots (pre-hook)
     end = [0.0] * steps

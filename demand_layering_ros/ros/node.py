@@ -23,7 +23,7 @@ import time
 
 from demand_layering_ros.ros import intake, messages, params, served
 from demand_layering_ros.ros.diagnostics import group_status
-from demand_layering_ros.runtime import allocator
+from demand_layering_ros.runtime import malloc
 from demand_layering_ros.service import settings
 from demand_layering_ros.service.group import GroupService
 from demand_layering_ros.service.scheduling import Camera, Frame, FrameQueue
@@ -491,7 +491,7 @@ def main(args=None):
     """
     node = executor = None
     try:
-        allocator.limit_arenas()    # before DDS and executor threads take their own malloc arenas
+        malloc.limit_arenas()    # before DDS and executor threads take their own malloc arenas
         signal.signal(signal.SIGTERM, _interrupt)
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = DetectorNode()

@@ -9,7 +9,7 @@ never imports planning). It lays the streamed slots out (`layout.slots.slot_layo
 `arena_layout`), refuses a plan the budget cannot hold, then
 installs it: staging allocated, resident units read (checked against the manifest; on CUDA
 streamed to the device through pinned pieces), split units hashed once, hooks attached, the
-heap configure freed handed back (`allocator.trim`), loader started. teardown() undoes all of
+heap configure freed handed back (`malloc.trim`), loader started. teardown() undoes all of
 it, also what a configure that failed half-way had installed (registered host memory, the
 arena); run() runs one pass (under torch.inference_mode), its first passes measuring the
 activation peak (`footprint`). A pinned copy ring (CUDA 'copy') counts against a budget like
@@ -25,7 +25,7 @@ from demand_layering_ros.layout.arena import ArenaTooSmall, describe_budget
 from demand_layering_ros.layout.plan import Plan
 from demand_layering_ros.layout.slots import arena_layout, slot_layout
 from demand_layering_ros.pack import PackError
-from demand_layering_ros.runtime import allocator
+from demand_layering_ros.runtime import malloc
 from demand_layering_ros.runtime.binding import Binding
 from demand_layering_ros.runtime.cuda_staging import DeviceArena, MappedHostArena
 from demand_layering_ros.runtime.errors import ExecutorError, read_error
@@ -62,7 +62,7 @@ class Engine:
         that fits a budget no plan fixes (`planning.fit.fit_budget`'s signature); None: such a
         budget is refused (a group fits its budget itself).
         """
-        allocator.limit_arenas()             # before the reader and loader threads start
+        malloc.limit_arenas()             # before the reader and loader threads start
         self.pack = pack
         self.model = model
         self.device = check_options(device=device, staging=staging, threads=threads,
@@ -243,7 +243,7 @@ class Engine:
             self.resident_buf = self._load_residents(residents)
             self._hash_split_slots()
             self.handles = attach_hooks(self.units, self.pipeline, self.timeline)
-            allocator.trim()                 # what planning and load-time checks left free
+            malloc.trim()                 # what planning and load-time checks left free
             self.probe.reset()
             self.process.mark()
             self.pipeline.start()

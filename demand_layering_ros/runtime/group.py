@@ -35,7 +35,7 @@ from demand_layering_ros.sizes import align_up, MB
 import torch
 
 
-class SharedModel(DemandLayeredModel):
+class MemberModel(DemandLayeredModel):
     """One model of a group: a DemandLayeredModel whose passes go through its group."""
 
     def __init__(self, group, name, pack, device, plan, staging, **opts):
@@ -72,7 +72,7 @@ class ModelGroup:
     The shared parts, the group plan and the turn-taking of a group's models.
 
     Holds the engines, never the models, so a model dropped by its user is finalised at once;
-    the group itself is closed when the last of its models and its SharedModels are gone.
+    the group itself is closed when the last of its models and its GroupModels are gone.
     """
 
     def __init__(self, packs, device='cpu', budget_mb=None, plan=None, staging='copy',
@@ -110,14 +110,14 @@ class ModelGroup:
         self._member_list = None
 
     def build(self):
-        """Build and configure the models; return {name: SharedModel}."""
+        """Build and configure the models; return {name: MemberModel}."""
         members = {}
         try:
             self.plan = self._decide(self.budget_mb, self.plan_in)
             self._allocate(self.plan)
             plans = self.plan.for_models(self.packs)
             for name, pack in self.packs.items():
-                m = SharedModel(self, name, pack, self.device, plans[name], self.staging,
+                m = MemberModel(self, name, pack, self.device, plans[name], self.staging,
                                 **self.opts)
                 members[name] = m
                 self.models[name] = m
@@ -320,7 +320,7 @@ class ModelGroup:
         self._finalizer()
 
 
-class SharedModels(dict):
+class GroupModels(dict):
     """
     What load_shared returns: {name: model}, plus the group's controls.
 
@@ -387,12 +387,12 @@ def load_shared(packs, device='cpu', budget_mb=None, plan=None, staging='copy', 
     mapping or GroupPlan) from `plan --pack A --pack B`; neither: every model streamed through
     the smallest arena that holds each one's pass. opts as load(): threads (the group's reader
     threads), direct, split_bytes, prefetch_depth, timeline, sync, throttle_bytes_per_s,
-    fault_injector, staging_bytes. Returns SharedModels ({name: model} with stats(),
+    fault_injector, staging_bytes. Returns GroupModels ({name: model} with stats(),
     prefetch(), reconfigure(), plan(), close()).
     """
     group = ModelGroup(packs, device=device, budget_mb=budget_mb, plan=plan, staging=staging,
                        fit=fit, **opts)
-    return SharedModels(group, group.build())
+    return GroupModels(group, group.build())
 
 
 def _coerce(plan):

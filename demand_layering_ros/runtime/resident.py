@@ -3,7 +3,7 @@
 """The plain model with every weight resident: the oracle the executor is checked against."""
 
 from demand_layering_ros.pack import Pack
-from demand_layering_ros.runtime import allocator
+from demand_layering_ros.runtime import malloc
 from demand_layering_ros.runtime.binding import compute_dtype, landed_state
 import torch
 
@@ -16,7 +16,7 @@ def load_resident(pack_dir, device='cpu', dtype=None):
     is converted to the model's float32 on the CPU, by the same conversion (`landed_state`);
     dtype: the compute dtype, as load()'s.
     """
-    allocator.limit_arenas()           # the same process settings as a demand-layered model
+    malloc.limit_arenas()           # the same process settings as a demand-layered model
     pack = pack_dir if isinstance(pack_dir, Pack) else Pack.open(pack_dir)
     det = pack.build_detector(device=device, meta=True)
     dtype = compute_dtype(pack, device, dtype)

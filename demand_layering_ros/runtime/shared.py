@@ -97,7 +97,7 @@ class SharedParts:
         self.dropped = 0
         self.dropped_bytes = 0
         self.stopping = False
-        self.thread = threading.Thread(target=self._main, name='dlr-loader', daemon=True)
+        self.thread = threading.Thread(target=self._main, name='dlr-group-loader', daemon=True)
         self.thread.start()
 
     # ------------------------------------------------------------------ the arena

@@ -22,7 +22,7 @@ class MemberService(DetectorService):
     """One model of a group: a DetectorService over a model `load_shared` opened."""
 
     def __init__(self, name, model, log=None):
-        """Serve model `name` of a group (`model`: its SharedModel)."""
+        """Serve model `name` of a group (`model`: its MemberModel)."""
         super().__init__(log=log)
         self.name = name
         self.given = model
