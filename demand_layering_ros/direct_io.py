@@ -20,6 +20,7 @@ import mmap
 import os
 import threading
 import time
+from typing import Any, Optional, Union
 
 from demand_layering_ros.sizes import align_up, PAGE
 import numpy as np
@@ -202,8 +203,9 @@ class Reader:
     units always are). The object is thread-safe; use it as a context manager or call close().
     """
 
-    def __init__(self, path, threads=2, direct=True, throttle_bytes_per_s=None,
-                 fault_injector=None, chunk_bytes=CHUNK_BYTES, pool=None):
+    def __init__(self, path: Union[str, os.PathLike], threads: int = 2, direct: bool = True,
+                 throttle_bytes_per_s: Optional[float] = None, fault_injector: Any = None,
+                 chunk_bytes: int = CHUNK_BYTES, pool: Optional['ReadPool'] = None) -> None:
         """Open `path` (O_DIRECT if possible) and start (or share) the worker threads."""
         self.path = os.fspath(path)
         self.threads = max(1, int(threads)) if pool is None else pool.threads
@@ -294,7 +296,8 @@ class Reader:
         return (f'Reader({self.path!r}, mode={self.mode!r}, threads={self.threads}, '
                 f'fallback_reason={self.fallback_reason!r})')
 
-    def read_into(self, offset, length, dest, verify=None, expected_checksum=None):
+    def read_into(self, offset: int, length: int, dest: Any, verify: Any = None,
+                  expected_checksum: Optional[int] = None) -> Any:
         """Read [offset, offset+length) into dest[:length]; block until done."""
         self.submit(offset, length, dest, verify=verify,
                     expected_checksum=expected_checksum).result()

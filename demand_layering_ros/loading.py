@@ -8,9 +8,13 @@ fit (`fit_budget`, `fit_group`), which they hand to the runtime, so the runtime 
 is given and never imports planning (also for a later `reconfigure(budget_mb=...)`).
 """
 
+import os
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Union
 import weakref
 
+from demand_layering_ros.layout.plan import Plan
 from demand_layering_ros.memory_following import MemoryFollowing
+from demand_layering_ros.pack import Pack
 from demand_layering_ros.planning import fit_budget, fit_group
 from demand_layering_ros.runtime import group
 from demand_layering_ros.runtime.errors import ExecutorError
@@ -20,9 +24,13 @@ from demand_layering_ros.sizes import MB
 
 __all__ = ['follow_free_memory', 'load', 'load_resident', 'load_shared']
 
+PackLike = Union[str, os.PathLike, Pack]               # a pack directory, or an open Pack
+PlanLike = Union[None, str, os.PathLike, Mapping, Plan]  # PLAN.yaml, its keys, or a Plan
 
-def load(pack_dir, device='cpu', budget_mb=None, plan=None, staging=None, keep_free_mb=0,
-         **opts):
+
+def load(pack_dir: PackLike, device: str = 'cpu', budget_mb: Optional[float] = None,
+         plan: PlanLike = None, staging: Optional[str] = None, keep_free_mb: float = 0,
+         **opts: Any) -> DemandLayeredModel:
     """
     Open a pack as a DemandLayeredModel.
 
@@ -46,8 +54,9 @@ def load(pack_dir, device='cpu', budget_mb=None, plan=None, staging=None, keep_f
     return model
 
 
-def load_shared(packs, device='cpu', budget_mb=None, plan=None, staging='copy', keep_free_mb=0,
-                **opts):
+def load_shared(packs: Dict[str, PackLike], device: str = 'cpu',
+                budget_mb: Optional[float] = None, plan: PlanLike = None, staging: str = 'copy',
+                keep_free_mb: float = 0, **opts: Any) -> group.GroupModels:
     """
     Open several packs as models sharing one arena, one reader and one loader under one budget.
 
@@ -63,8 +72,9 @@ def load_shared(packs, device='cpu', budget_mb=None, plan=None, staging='copy', 
     return models
 
 
-def follow_free_memory(models, keep_free_mb, budget_mb=None, log=None, apply=None,
-                       splits=(None,)):
+def follow_free_memory(models: Any, keep_free_mb: float, budget_mb: Optional[float] = None,
+                       log: Any = None, apply: Optional[Callable[[int], None]] = None,
+                       splits: Iterable[Optional[int]] = (None,)) -> MemoryFollowing:
     """
     Make a model's (or a group's) weight budget follow free memory, leaving keep_free_mb free.
 
@@ -100,7 +110,7 @@ def follow_free_memory(models, keep_free_mb, budget_mb=None, log=None, apply=Non
     return following
 
 
-def check_keep_free(keep_free_mb, plan=None):
+def check_keep_free(keep_free_mb: float, plan: PlanLike = None) -> None:
     """Raise ExecutorError unless keep_free_mb is a number >= 0 that no fixed plan contradicts."""
     if isinstance(keep_free_mb, bool) or not isinstance(keep_free_mb, (int, float)) or \
             not 0 <= keep_free_mb < float('inf'):

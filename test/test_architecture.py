@@ -233,3 +233,40 @@ def test_the_direction_check_sees_an_upward_import():
     bad = _upward_imports({runtime: (None, tree), f'{NAME}.planning.fit': MODULES[
         f'{NAME}.planning.fit']}, RANKS)
     assert any('imports demand_layering_ros.planning.fit (planning/)' in b for b in bad), bad
+
+
+PUBLIC_SURFACE = {
+    'loading': ['load', 'load_shared', 'follow_free_memory'],
+    'runtime/resident': ['load_resident'],
+    'planning/decide': ['decide_plan'],
+    'layout/plan': ['Plan.coerce', 'Plan.load', 'Plan.save', 'Plan.to_dict'],
+    'pack/store': ['Pack.open', 'Pack.reader'],
+    'direct_io': ['Reader.__init__', 'Reader.read_into'],
+    'service/service': ['DetectorService.configure', 'DetectorService.infer',
+                        'DetectorService.replan', 'DetectorService.stats',
+                        'DetectorService.close'],
+}
+
+
+def test_the_public_surface_has_type_hints():
+    """Every argument and the return of the entry points a user calls carry a type hint."""
+    bare = []
+    for rel, names in PUBLIC_SURFACE.items():
+        mod = f'{NAME}.{rel.replace("/", ".")}'
+        tree = MODULES[mod][1]
+        defs = {}
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                defs[node.name] = node
+            elif isinstance(node, ast.ClassDef):
+                defs.update({f'{node.name}.{f.name}': f for f in node.body
+                             if isinstance(f, ast.FunctionDef)})
+        for name in names:
+            fn = defs[name]
+            args = [a for a in fn.args.args + fn.args.kwonlyargs if a.arg not in ('self', 'cls')]
+            missing = [a.arg for a in args if a.annotation is None]
+            if fn.returns is None and name.rpartition('.')[2] != '__init__':
+                missing.append('return')
+            if missing:
+                bare.append(f'{mod}.{name}: {", ".join(missing)}')
+    assert not bare, '\n'.join(bare)

@@ -14,7 +14,7 @@ itself and only takes `split_bytes`, `prefetch_depth` and `staging` from the pla
 
 from dataclasses import dataclass, field
 import os
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 FORMAT = 'demand_layering_ros.plan'
 VERSION = 1                        # PLAN.yaml files of version 1 (all so far) load
@@ -42,7 +42,7 @@ class Plan:
     details: dict = field(default_factory=dict)
 
     @property
-    def fixes_layout(self):
+    def fixes_layout(self) -> bool:
         """Return True when the plan chooses residents or arena (else the runtime fits them)."""
         return self.resident_units is not None or self.arena_bytes is not None
 
@@ -85,7 +85,7 @@ class Plan:
                    predicted_latency_ms=d.get('predicted_latency_ms'),
                    predicted_peak_weight_mb=d.get('predicted_peak_weight_mb'), details=details)
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         """Return the PLAN.yaml mapping: format and version, the run keys, then the details."""
         out = {'format': FORMAT, 'version': VERSION}
         out.update(self.details)
@@ -104,17 +104,17 @@ class Plan:
         return {k: d[k] for k in KEYS}
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: Union[str, os.PathLike]) -> 'Plan':
         """Read PLAN.yaml (or JSON, a subset of YAML) and check it."""
         return cls.from_dict(read_yaml(path, 'plan'), where=os.fspath(path))
 
-    def save(self, path):
+    def save(self, path: Union[str, os.PathLike]) -> None:
         """Write the plan as YAML, atomically; return the path."""
         from demand_layering_ros import atomic
         return atomic.write_yaml(path, self.to_dict())
 
     @classmethod
-    def coerce(cls, plan):
+    def coerce(cls, plan: Any) -> Optional['Plan']:
         """Return a Plan from a Plan, a mapping or a path; None (or an empty mapping) -> None."""
         if plan is None or isinstance(plan, cls):
             return plan

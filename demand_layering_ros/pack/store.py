@@ -10,7 +10,9 @@ data reaches a model) and gives the executor `units`, `read_unit`, `verify_unit`
 
 from dataclasses import asdict, fields
 import json
+import os
 from pathlib import Path
+from typing import Any, Union
 
 from demand_layering_ros import direct_io
 from demand_layering_ros.pack.format import (dtype_of, MANIFEST_FILE, PackError, TensorInfo,
@@ -59,7 +61,7 @@ class Pack:
                 f'bytes={self.file_size}, spec={self.manifest["model"].get("spec")!r})')
 
     @classmethod
-    def open(cls, path):  # noqa: A003 - the name the team's design uses
+    def open(cls, path: Union[str, os.PathLike]) -> 'Pack':  # noqa: A003 - the design's name
         """Read and validate a pack directory; raise PackError naming what is wrong."""
         path = Path(path)
         mpath = path / MANIFEST_FILE
@@ -102,7 +104,7 @@ class Pack:
                 return u
         raise KeyError(f'pack {self.path}: no unit named {name_or_index!r}')
 
-    def reader(self, **kwargs):
+    def reader(self, **kwargs: Any) -> direct_io.Reader:
         """Return a direct_io.Reader over the weights file (kwargs as Reader)."""
         return direct_io.Reader(self.weights_path, **kwargs)
 

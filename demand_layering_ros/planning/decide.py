@@ -22,7 +22,7 @@ line) measures first and passes it in.
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from demand_layering_ros.layout import threads as thread_check
 from demand_layering_ros.layout.plan import Plan
@@ -49,9 +49,11 @@ class Decision:
     source: str = 'given'
 
 
-def decide_plan(pack, budget_mb=None, deadline_ms=None, frame_period_ms=None, profile=None,
-                plan=None, device='cpu', strict=True, threads=None, modules=None,
-                extra_bytes=None):
+def decide_plan(pack: Any, budget_mb: Optional[float] = None,
+                deadline_ms: Optional[float] = None, frame_period_ms: Optional[float] = None,
+                profile: Optional[dict] = None, plan: Any = None, device: str = 'cpu',
+                strict: bool = True, threads: Optional[int] = None,
+                modules: Optional[dict] = None, extra_bytes: Optional[int] = None) -> Decision:
     """
     Return the Decision for a request (see the module docstring).
 

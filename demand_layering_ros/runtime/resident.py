@@ -2,13 +2,17 @@
 # SPDX-License-Identifier: Apache-2.0
 """The plain model with every weight resident: the oracle the executor is checked against."""
 
+import os
+from typing import Optional, Union
+
 from demand_layering_ros.pack import Pack
 from demand_layering_ros.runtime import malloc
 from demand_layering_ros.runtime.binding import compute_dtype, landed_state
 import torch
 
 
-def load_resident(pack_dir, device='cpu', dtype=None):
+def load_resident(pack_dir: Union[str, os.PathLike, Pack], device: str = 'cpu',
+                  dtype: Optional[torch.dtype] = None) -> torch.nn.Module:
     """
     Return the pack's plain model with every weight loaded (the oracle and the baseline).
 

@@ -11,6 +11,7 @@ planner's search with the stored profile (or the runtime's fit without one), nev
 """
 
 from demand_layering_ros import loading
+from demand_layering_ros.service import settings
 from demand_layering_ros.sizes import MB
 
 
@@ -21,26 +22,27 @@ class FollowsFreeMemory:
 
     def _budget_mb(self, s):
         """Return the budget to plan for: what free memory allows (keep_free_mb), or the set."""
-        return self.follow_mb if self.follow_mb is not None else (s['memory_budget_mb'] or None)
+        return self.follow_mb if self.follow_mb is not None else \
+            settings.given(s, 'memory_budget_mb')
 
-    def set_keep_free(self, keep_free_mb):
+    def set_keep_free(self, keep_free_mb: float) -> None:
         """Start, change or stop following free memory (0: back to memory_budget_mb)."""
         following = getattr(self.model, 'following', None)
         if following is not None:
             following.set_keep_free(int(keep_free_mb * MB))
         elif keep_free_mb:
             exact = (self.profile or {}).get('split_exact') or {}
+            splits = [None] + [int(sp) for sp, ok in exact.items() if ok and sp != 'None']
             loading.follow_free_memory(
-                self.model, keep_free_mb, self.settings['memory_budget_mb'] or None, self.log,
-                apply=self.follow_budget, splits=[None] + [int(sp) for sp, ok in exact.items()
-                                                           if ok and sp != 'None'])
+                self.model, keep_free_mb, settings.given(self.settings, 'memory_budget_mb'),
+                self.log, apply=self.follow_budget, splits=splits)
         if not keep_free_mb and self.follow_mb is not None:
             with self.plan_lock:
                 self.follow_mb = None
                 self._apply(self.settings, self._decide(self.settings),
                             'keep_free_mb 0: back to memory_budget_mb')
 
-    def follow_budget(self, budget_bytes):
+    def follow_budget(self, budget_bytes: int) -> None:
         """Re-plan for the budget free memory allows, with the stored profile (never measured)."""
         with self.plan_lock:
             s, old = self.settings, self.follow_mb

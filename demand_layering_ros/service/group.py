@@ -90,8 +90,8 @@ class GroupService:
         try:
             self.models = loading.load_shared(
                 {n: settings.model_values(s, n)['pack_path'] for n in names},
-                device=s['device'], budget_mb=s['memory_budget_mb'] or None,
-                plan=s['plan_file'] or None)
+                device=s['device'], budget_mb=settings.given(s, 'memory_budget_mb'),
+                plan=settings.given(s, 'plan_file'))
             self.settings = s
             for name in names:
                 member = MemberService(name, self.models[name], self.log)
@@ -116,7 +116,8 @@ class GroupService:
                                  budget_bytes=self.models.held_bytes())
 
     def _reconfigure(self, budget_mb, what):
-        self.models.reconfigure(budget_mb=budget_mb, plan=self.settings['plan_file'] or None)
+        self.models.reconfigure(budget_mb=budget_mb,
+                                plan=settings.given(self.settings, 'plan_file'))
         for member in self.members.values():
             member.refresh()
         arena = self.models.stats()['arena_bytes']
@@ -129,10 +130,11 @@ class GroupService:
         if following is not None:
             following.set_keep_free(int(keep_free_mb * MB))
         elif keep_free_mb:
-            loading.follow_free_memory(self.models, keep_free_mb, self.settings[
-                'memory_budget_mb'] or None, self.log, apply=self.follow_budget)
+            loading.follow_free_memory(self.models, keep_free_mb,
+                                       settings.given(self.settings, 'memory_budget_mb'),
+                                       self.log, apply=self.follow_budget)
         if following is not None and not keep_free_mb:
-            self._reconfigure(self.settings['memory_budget_mb'] or None,
+            self._reconfigure(settings.given(self.settings, 'memory_budget_mb'),
                               'keep_free_mb 0: back to memory_budget_mb')
         self.settings['keep_free_mb'] = keep_free_mb
 

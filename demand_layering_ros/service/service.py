@@ -20,6 +20,7 @@ import logging
 import sys
 import threading
 import time
+from typing import Any, Dict, Mapping, Optional
 
 from demand_layering_ros import loading
 from demand_layering_ros import process_memory
@@ -79,7 +80,7 @@ class DetectorService(FollowsFreeMemory):
     `log` is anything with info/warning/error (a `logging.Logger`, a ROS node's logger).
     """
 
-    def __init__(self, log=None):
+    def __init__(self, log: Any = None) -> None:
         self.log = log if log is not None else logging.getLogger(__name__)
         self.lock = threading.RLock()         # the model: forward passes vs re-planning
         self.plan_lock = threading.RLock()    # one re-plan at a time (callback or background)
@@ -100,13 +101,13 @@ class DetectorService(FollowsFreeMemory):
         self.threads = TorchThreads()         # torch's process-wide count, taken and given back
 
     @property
-    def configured(self):
+    def configured(self) -> bool:
         """Return True while a model is loaded (between configure and close)."""
         return self.model is not None
 
     # -- configure ----------------------------------------------------------------------------
 
-    def configure(self, values):
+    def configure(self, values: Mapping[str, Any]) -> None:
         """
         Open the pack, plan, load the model and warm it up; ValueError names a bad setting.
 
@@ -137,8 +138,9 @@ class DetectorService(FollowsFreeMemory):
         self.pack = Pack.open(s['pack_path'])
         self.profile = None
         if s['plan_file']:
-            decision = decide_plan(self.pack, s['memory_budget_mb'] or None, plan=s['plan_file'],
-                                   device=s['device'], threads=self.threads.use())
+            decision = decide_plan(self.pack, settings.given(s, 'memory_budget_mb'),
+                                   plan=s['plan_file'], device=s['device'],
+                                   threads=self.threads.use())
         else:
             if s['memory_budget_mb'] or s['deadline_ms']:
                 self.profile = profiles.stored(s, self.log) or \
@@ -175,11 +177,11 @@ class DetectorService(FollowsFreeMemory):
         a frame spends outside the forward pass the planner predicts. A deadline no plan can
         meet is taken, at configure and at run time alike (`_deadline_note`).
         """
-        deadline = s['deadline_ms'] or None
+        deadline = settings.given(s, 'deadline_ms')
         slack_ms = self._slack_ms(s)
         target = None if deadline is None else max(deadline - slack_ms, 1e-3)
         decision = decide_plan(self.pack, budget_mb=self._budget_mb(s), deadline_ms=target,
-                               frame_period_ms=s['frame_period_ms'] or None,
+                               frame_period_ms=settings.given(s, 'frame_period_ms'),
                                profile=self.profile, device=s['device'], strict=False,
                                threads=self.threads.use())
         decision.note = _deadline_note(decision, deadline, target, slack_ms, self.slack)
@@ -214,7 +216,8 @@ class DetectorService(FollowsFreeMemory):
         detector = self.detector
         return list(detector.class_names) if detector is not None else []
 
-    def infer(self, images, score_threshold=None, nms_iou=None, max_detections=None):
+    def infer(self, images: Any, score_threshold: Optional[float] = None,
+              nms_iou: Optional[float] = None, max_detections: Optional[int] = None) -> Any:
         """
         Run RGB images (HxWx3 uint8: one array or a list) in one forward pass.
 
@@ -291,7 +294,7 @@ class DetectorService(FollowsFreeMemory):
 
     # -- re-planning --------------------------------------------------------------------------
 
-    def replan(self, values):
+    def replan(self, values: Mapping[str, Any]) -> None:
         """
         Apply a new memory_budget_mb / deadline_ms / frame_period_ms between two frames.
 
@@ -404,7 +407,7 @@ class DetectorService(FollowsFreeMemory):
 
     # -- report and close ---------------------------------------------------------------------
 
-    def stats(self):
+    def stats(self) -> Dict[str, Any]:
         """Return what diagnostics report: model figures, plan note, latency, memory."""
         latency = self.latency
         return {
@@ -424,7 +427,7 @@ class DetectorService(FollowsFreeMemory):
             'process_rss_bytes': process_rss_bytes(),
         }
 
-    def close(self):
+    def close(self) -> None:
         """Release the model and the pack; nothing of the model stays referenced (idempotent)."""
         job = self.profiling
         if job is not None and job.running():

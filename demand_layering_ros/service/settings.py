@@ -206,6 +206,17 @@ def validate(name, value):
     return None
 
 
+def given(values, name):
+    """
+    Return setting `name` of `values`, or None where its value means none.
+
+    The one place the table's "0 = none" / "empty = none" is read: memory_budget_mb,
+    deadline_ms, frame_period_ms, keep_free_mb 0, plan_file and profile_file empty.
+    """
+    value = values[name]
+    return value if value else None
+
+
 def defaults():
     """Return {name: default} for every setting (lists copied, so callers may change them)."""
     return {p.name: list(p.default) if isinstance(p.default, list) else p.default
