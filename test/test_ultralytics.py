@@ -12,17 +12,23 @@ around -3, saved with its class names the way Ultralytics saves a model (`YOLO.s
 .pt in tmp_path). It gives 2 to 300 boxes a photo with scores spread over 0.25-1. Three
 classes, not 80: where scores saturate near 1, two classes of one box can tie within 1e-5, and
 Ultralytics' predict (which folds the batch norms into the convolutions, a different rounding)
-may then pick the other one. Skipped where ultralytics (AGPL-3.0, optional) is not installed.
+may then pick the other one. A seeded yolov8n pack also goes through `profile`, `plan` and the
+node over real DDS (test_node_models' harness), answering as the resident model. Skipped where
+ultralytics (AGPL-3.0, optional) is not installed.
 """
 
 import json
+import math
 
 from demand_layering_ros import cli, load, load_resident, pack as P
 from demand_layering_ros.models import assets, registry, ultralytics_yolo
 from demand_layering_ros.models.detector import read_image, UntrustedPickle
+from demand_layering_ros.service.service import cpu_threads
 from demand_layering_ros.sizes import MB
 import pytest
+from test_node_models import assert_same, expected, Harness, resident_oracle
 import torch
+import yaml
 
 ultralytics = pytest.importorskip('ultralytics')
 
@@ -202,3 +208,44 @@ def test_detect_pack_prints_what_the_model_prints(seeded_pack, capsys):
     assert all(line['detections'] for line in direct)
     for extra in (['--budget-mb', '1'], ['--resident']):
         assert _detect(capsys, '--pack', str(seeded_pack.path), *extra, *common) == direct
+
+
+def test_node_serves_a_pack_with_a_budget_planned_from_its_profile(tmp_path, photos, capsys):
+    """
+    A yolov8n pack through `profile`, `plan` and the node over real DDS: the resident answers.
+
+    The node finds PACK/PROFILE.json and decides its plan for memory_budget_mb from it, the
+    same plan `plan --budget-mb` writes. Seeded weights score every box about 1.6e-4 (see the
+    module doc), hence the threshold below it.
+    """
+    out, threshold = tmp_path / 'v8n', 1e-4
+    threads = str(cpu_threads())
+    assert cli.main(['pack', '--model', 'ultralytics:yolov8n.yaml', '--seed', '1',
+                     '--input-size', '64x64', '--out', str(out)]) == 0
+    assert cli.main(['profile', str(out), '--repeats', '1', '--threads', threads]) == 0
+    pack = P.Pack.open(out)
+    budget = float(math.ceil(0.25 * pack.total_bytes / MB))
+    assert cli.main(['plan', str(out), '--threads', threads, '--budget-mb', str(budget),
+                     '--no-plots', '--out', str(tmp_path / 'PLAN.yaml')]) == 0
+    capsys.readouterr()
+    plan = yaml.safe_load((tmp_path / 'PLAN.yaml').read_text())
+    oracle = resident_oracle({'cam': pack})
+    h = Harness({'pack_path': str(out), 'image_topics': ['/v8_cam/image_raw'],
+                 'memory_budget_mb': budget, 'score_threshold': threshold,
+                 'autostart': False}, topics={'cam': '/v8_cam/image_raw'},
+                outs={'cam': '/v8_cam/detections'}).start()
+    try:
+        assert h.node.service.profile['mode'] == 'resident'
+        for name in ('dog', 'eagle'):
+            header = h.publish('cam', photos[name])
+            want = expected(oracle, 'cam', header, photos[name], threshold)
+            assert want.detections, 'the oracle found nothing: the comparison would be empty'
+            assert_same(h.answer('cam', header), want)
+        held = h.node.model.plan()
+        assert held['resident_units'] == plan['resident_units']
+        assert held['arena_bytes'] == plan['arena_bytes']
+        st = h.node.model.stats()
+        assert st['streamed_units'] > 0 and st['passes'] >= 2
+        assert 0 < st['peak_weight_bytes'] <= budget * MB < pack.total_bytes
+    finally:
+        h.close()
