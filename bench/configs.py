@@ -33,6 +33,11 @@ MODELS = {
     'fasterrcnn_mobilenet_v3_large_320_fpn': {
         'spec': 'torchvision:fasterrcnn_mobilenet_v3_large_320_fpn', 'cpu': 192,
         'cuda': (320, 640)},
+    # Ultralytics' own configurations (optional family, AGPL-3.0: needs the ultralytics
+    # package): opt-in (--models yolov8n,yolov8s,yolo11n), not default
+    'yolov8n': {'spec': 'ultralytics:yolov8n.yaml', 'cpu': 256, 'cuda': 640, 'optional': True},
+    'yolov8s': {'spec': 'ultralytics:yolov8s.yaml', 'cpu': 256, 'cuda': 640, 'optional': True},
+    'yolo11n': {'spec': 'ultralytics:yolo11n.yaml', 'cpu': 256, 'cuda': 640, 'optional': True},
 }
 
 # what `make bench` runs without --models: every model not marked optional

@@ -56,11 +56,13 @@ def _read_pack_files(pack):
             p.read_bytes()
 
 
-def _prime_libraries():
+def _prime_libraries(spec=''):
     """Import what a worker imports, outside any measured cgroup, so library pages are cached."""
     code = ('import torch, torchvision, accelerate, safetensors; '
             'import demand_layering_ros.loading, demand_layering_ros.planning.planner, '
             'bench.harness, tools.cgroups')
+    if spec.startswith('ultralytics:'):     # the family's workers build Ultralytics' network
+        code += '; import ultralytics.nn.tasks'
     subprocess.run([sys.executable, '-c', code], cwd=str(REPO_ROOT), env=_env(),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
@@ -131,7 +133,7 @@ def bench_model(key, info, args, work, bar, log):
     if args.drop_caches == 'all':
         try:
             cgroups.drop_caches()
-            _prime_libraries()
+            _prime_libraries(info['spec'])
         except (PermissionError, OSError) as e:
             log(f'drop_caches: {e}; evicting the weight files only')
             args.drop_caches = 'weights'
