@@ -21,8 +21,15 @@ def test_demo_detects_objects_in_the_camera_stream(tmp_path):
         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r['phase']: r for r in json.loads((out / 'summary.json').read_text())}
-    assert set(rows) == {'resident', 'layered', 'yolov3 resident', 'yolov3 layered'}
+    assert set(rows) == {'resident', 'layered', 'floor', 'yolov3 resident', 'yolov3 layered'}
     pressure = [rows.pop('yolov3 resident'), rows.pop('yolov3 layered')]
+    # the floor (torch + rclpy + the camera's subscription + a publisher) ran beside the
+    # layered node on the same frames, in its own cgroup: below either node
+    floor = rows.pop('floor')
+    assert floor['frames_in'] > 0 and [n for n, _ in floor['steps']][:2] == [
+        'python', 'import torch']
+    assert 0 < floor['process_peak_mb'] < min(r['process_peak_mb'] for r in rows.values())
+    assert 'Goal: the layered node within floor + activations + weights held' in proc.stdout
     for row in rows.values():
         assert row['frames_out'] > 0 and row['io_mode'] == 'direct'
         # reliable by default: frames are not lost in DDS (best effort lost ~80% of ~1 MB

@@ -26,6 +26,7 @@ import threading
 import time
 
 from demand_layering_ros.sizes import MB
+from tools import floor as floor_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ('dog', 'person', 'horses', 'giraffe', 'kite', 'eagle')
@@ -37,6 +38,7 @@ PRESSURE_BUDGET_MB = 24.0        # yolov3's are 236.6 MiB
 # layered yolov3 node peaks 110 MiB above the layered yolov3-tiny node, the resident one 328 MiB
 # above it (without torchvision in either); the limit sits between them with room on both sides.
 PRESSURE_HEADROOM_MB = 200.0
+GOAL_SLACK_MB = 25.0     # the layered node's allowance above floor + activations + weights
 DETECTIONS_TOPIC = '/camera/detections'
 LABELS_TOPIC = '/camera/label_info'
 
@@ -63,6 +65,9 @@ def add_arguments(parser, command=None):
                              'whenever a UDP fragment of a large image is lost)')
     parser.add_argument('--skip-resident', action='store_true',
                         help='run only the demand-layered phase')
+    parser.add_argument('--breakdown', action='store_true',
+                        help='also run the layered node step by step (tools.floor --node) and '
+                             "print the cgroup's usage after each step of its start-up")
     parser.add_argument('--pressure-duration', type=float, default=20.0, metavar='S',
                         help='seconds of camera stream in the memory-pressure phase (default '
                              '20; 0 skips the phase)')
@@ -235,9 +240,10 @@ class Listener:
         cv2.imwrite(str(path), img)
 
 
-def _node_command(params_file, overrides):
-    cmd = [sys.executable, '-m', 'demand_layering_ros.ros.node', '--ros-args',
-           '--params-file', str(params_file)]
+def _node_command(params_file, overrides, steps=False):
+    """Return the node's command line; steps: the same node run by tools.floor --node."""
+    run = ['tools.floor', '--node'] if steps else ['demand_layering_ros.ros.node']
+    cmd = [sys.executable, '-m', *run, '--ros-args', '--params-file', str(params_file)]
     for key, value in overrides.items():
         cmd += ['-p', f'{key}:={value}']
     return cmd
@@ -255,27 +261,31 @@ def _wait_for(predicate, timeout, proc=None):
 
 
 def run_phase(ros_node, phase, params_file, overrides, photos, args, out_dir, weights_path,
-              verbose=True, limit_bytes=None, duration=None):
+              verbose=True, limit_bytes=None, duration=None, floor=False):
     """
     Run one detector node + camera for `duration` seconds; return its measurements.
 
     limit_bytes: the node's cgroup limit (None: none). A node that dies before it is active
-    (the OOM killer at configure) is recorded with its outcome, not raised.
+    (the OOM killer at configure) is recorded with its outcome, not raised. floor: run the
+    floor process beside the node on the same camera, its row under the key 'floor'.
     """
     from tools import cgroups
     duration = args.duration if duration is None else duration
     cgroups.evict_file(weights_path)     # so cached pages cannot hide reads
     listener = Listener(ros_node, phase, out_dir, verbose=verbose)
     log_path = Path(out_dir) / f'node_{phase.replace(" ", "_")}.log'
+    beside = _start_floor(args.qos) if floor else None
     # The node runs in its own memory cgroup from its first byte: the peak counts its RSS and
     # every page it pulls into the page cache (cgroup v1 charges page cache to the reader).
-    node_proc = cgroups.start_in_cgroup(_node_command(params_file, overrides), limit_bytes,
-                                        cwd=str(ROOT))
+    node_proc = cgroups.start_in_cgroup(
+        _node_command(params_file, overrides, steps='steps' in phase), limit_bytes,
+        cwd=str(ROOT))
     cam_out, diag, cache_growth, weights_cached = '', {}, 0, 0
     try:
         ready = _wait_for(lambda: any(k.endswith(': model') and v.get('state') == 'active'
-                                      for k, v in listener.diagnostics.items()),
-                          180.0, node_proc)
+                                      for k, v in listener.diagnostics.items()) and (
+            beside is None or ros_node.count_publishers(floor_mod.FLOOR_OUT) > 0),
+            180.0, node_proc)
         if ready:
             cache_active = node_proc.cgroup.cache_bytes()
             cam_out = _camera(photos, args.rate, duration)
@@ -288,11 +298,36 @@ def run_phase(ros_node, phase, params_file, overrides, photos, args, out_dir, we
         node_proc.send_signal(signal.SIGINT)
         result = node_proc.wait(timeout=30)
         log_path.write_text(result.stdout + result.stderr)
+        floor_row = _stop_floor(beside, out_dir) if beside is not None else None
     for sub in listener.subs:
         ros_node.destroy_subscription(sub)
     if not ready and not result.oom_killed:
         raise RuntimeError(f'the detector node did not become active; see {log_path}')
-    return _row(phase, cam_out, diag, result, cache_growth, weights_cached, listener.count)
+    row = _row(phase, cam_out, diag, result, cache_growth, weights_cached, listener.count)
+    row['steps'] = floor_mod.parse_steps(result.stdout)
+    if floor_row is not None:
+        row['floor'] = floor_row
+    return row
+
+
+def _start_floor(qos):
+    """Start the floor process (tools.floor) in its own memory cgroup, on the demo camera."""
+    from tools import cgroups
+    return cgroups.start_in_cgroup(
+        [sys.executable, '-m', 'tools.floor', '--ros-args', '-p', f'topic:={CAMERA_TOPIC}',
+         '-p', f'qos_reliability:={qos}'], cwd=str(ROOT))
+
+
+def _stop_floor(proc, out_dir):
+    """Stop the floor process; return its row: peak, frames, the cgroup after each step."""
+    proc.send_signal(signal.SIGINT)
+    result = proc.wait(timeout=30)
+    (Path(out_dir) / 'floor.log').write_text(result.stdout + result.stderr)
+    steps = floor_mod.parse_steps(result.stdout)
+    served = re.search(r'after (\d+) frames', result.stdout)
+    return {'phase': 'floor', 'outcome': 'served' if served else f'exit {result.returncode}',
+            'frames_in': int(served.group(1)) if served else 0, 'steps': steps,
+            'process_peak_mb': result.peak_bytes / MB}
 
 
 def _camera(photos, rate, duration):
@@ -413,6 +448,8 @@ def summary_table(rows, pack_mb, qos='reliable'):
                     f"{unheld:.1f} MiB fewer weights. One run's peak moves about 15 MiB "
                     'with DDS buffers and the allocator: the yolov3 phases below show the '
                     'whole-process saving at a size no run-to-run noise hides.')
+    if 'floor' in by and 'layered' in by:
+        text += floor_goal(by['layered'], by['floor']) + step_lines(rows)
     if qos == 'reliable':
         text.append('Frames sent but not received: the subscription keeps the last frame only '
                     '(depth 1), so a newer frame replaces one the node has not taken yet: '
@@ -422,6 +459,28 @@ def summary_table(rows, pack_mb, qos='reliable'):
                     'when one UDP fragment of it is lost (a photo is ~1 MB), and a newer frame '
                     'replaces one the node has not taken yet (depth 1).')
     return '\n'.join(text)
+
+
+def floor_goal(node, floor):
+    """Say whether the node is within floor + activations + weights held + GOAL_SLACK_MB."""
+    goal = (floor['process_peak_mb'] + node['activation_peak_mb'] + node['peak_weight_mb'] +
+            GOAL_SLACK_MB)
+    over = node['process_peak_mb'] - goal
+    text = [f'Floor: a process with torch, rclpy, one Image subscription and one '
+            f'Detection2DArray publisher, beside the layered node on the same camera, in its '
+            f'own cgroup. Goal: the layered node within floor + activations + weights held + '
+            f'{GOAL_SLACK_MB:g} MiB = {floor["process_peak_mb"]:.1f} + '
+            f'{node["activation_peak_mb"]:.1f} + {node["peak_weight_mb"]:.1f} + '
+            f'{GOAL_SLACK_MB:g} = {goal:.1f} MiB; it peaked at {node["process_peak_mb"]:.1f}: '
+            + ('met' if over <= 0 else 'not met') + f' ({abs(over):.1f} MiB '
+            + ('below' if over <= 0 else 'above') + ' it; one run moves about 15 MiB).']
+    return text
+
+
+def step_lines(rows):
+    """Return a line per row that has start-up steps: the cgroup's MiB after each."""
+    return [f'{row["phase"]} start-up, cgroup MiB after each step: ' + ', '.join(
+        f'{name} {mib:.1f}' for name, mib in row['steps']) for row in rows if row.get('steps')]
 
 
 def pressure_table(rows, pack_mb, headroom_mb):
@@ -445,6 +504,8 @@ def _phases(pk, args, out_dir, budget):
     if budget:
         layered['plan_file'] = fit_plan(pk, float(budget), out_dir / 'PLAN_layered.yaml')
     phases.append(('layered', layered))
+    if args.breakdown:
+        phases.append(('layered steps', layered))
     return phases
 
 
@@ -462,6 +523,7 @@ def _pressure_phases(args, out_dir):
 
 
 def _run_phases(ros_node, phases, pk, photos, args, out_dir, limit_bytes=None, duration=None):
+    """Run the phases one after the other; the floor runs beside the (first) layered one."""
     rows = []
     for phase, overrides in phases:
         how = ('every unit resident (the plain model)' if 'resident' in phase else
@@ -472,7 +534,8 @@ def _run_phases(ros_node, phases, pk, photos, args, out_dir, limit_bytes=None, d
         rows.append(run_phase(ros_node, phase, args.params_file, overrides, photos, args,
                               out_dir, pk.weights_path,
                               verbose=('layered' in phase) and (limit_bytes is None or 'count'),
-                              limit_bytes=limit_bytes, duration=duration))
+                              limit_bytes=limit_bytes, duration=duration,
+                              floor=phase == 'layered'))
     return rows
 
 
@@ -500,8 +563,10 @@ def run(args, command=None):
     pressure_rows = []
     try:
         rows = _run_phases(ros_node, phases, pk, photos, args, out_dir)
+        rows += [r.pop('floor') for r in rows if 'floor' in r]
         if pressure is not None:
-            limit = (rows[-1]['process_peak_mb'] + args.pressure_headroom_mb) * MB
+            layered = next(r for r in rows if r['phase'] == 'layered')
+            limit = (layered['process_peak_mb'] + args.pressure_headroom_mb) * MB
             pressure_rows = _run_phases(ros_node, pressure[1], pressure[0], photos, args,
                                         out_dir, limit_bytes=int(limit),
                                         duration=args.pressure_duration)
@@ -527,7 +592,8 @@ def _report(rows, pressure_rows, pressure, pk, pack_mb, budget, photos, args, ou
             pressure_rows, sum(u.nbytes for u in pressure[0].units) / MB,
             args.pressure_headroom_mb))
     print(f'\n[demo] annotated images, timeline.png and summary.json are in {out_dir}')
-    ok = all(r['frames_out'] > 0 and r['detections_received'] > 0 for r in rows)
+    ok = all(r['frames_out'] > 0 and r['detections_received'] > 0 for r in rows
+             if r['phase'] != 'floor')
     if not ok:
         print('[demo] FAILED: a phase published no detections (see node_*.log in the folder)')
     if pressure_rows and not (pressure_rows[0]['outcome'] == 'OOM-killed'
