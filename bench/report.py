@@ -140,7 +140,7 @@ def markdown(results, figures, section=None):
              '- **Knobs**: `--models`, `--configs`, `--passes`, `--reps`, `--budgets`, '
              '`--input-size`, `--threads` (`python -m bench.harness --help`); '
              '`--results` redraws this section from a results.json measured elsewhere.',
-             '', _METHOD, '']
+             '', _method(st.get('drop_caches')), '']
     table, avg = goals_table(results)
     lines += ['### Goals', '', table, '']
     if avg is not None:
@@ -177,6 +177,19 @@ def _load_note(model):
             'the machine slows the configurations it overlaps)')
 
 
+def _method(drop_caches):
+    """Return the method paragraph; it says what this run did to the page cache."""
+    if drop_caches == 'all':
+        return _METHOD
+    done = ('Before each configuration the weight files it reads are evicted from the page '
+            'cache (`POSIX_FADV_DONTNEED`); the rest of the page cache was left as it was '
+            '(`--drop-caches weights`: libraries cached by earlier runs are charged to no '
+            'configuration).'
+            if drop_caches == 'weights' else 'Nothing was evicted from the page cache between '
+            'configurations (`--drop-caches none`).')
+    return _METHOD.replace(_DROP_ALL, done)
+
+
 _METHOD = """\
 How each number is taken: every configuration runs in its own subprocess placed in a fresh \
 memory cgroup (v1, a child of the benchmark's own); *peak memory* is the cgroup's \
@@ -204,6 +217,9 @@ plan does not hold (streaming's own costs may eat at most a tenth of what it sav
 planner's replay of one pass with the profiled per-call compute times (model resident), \
 units not resident arriving in first-use order at the disk bandwidth measured in this run, \
 an arena that never blocks and no executor overhead."""
+_DROP_ALL = ('Before each configuration the weight files it reads are evicted from the page cache '
+             '(`POSIX_FADV_DONTNEED`), and before each model the whole page cache is dropped '
+             '(`drop_caches`) and the libraries re-imported outside the measured memory.')
 
 
 def write_markdown(results, path, section, figures):

@@ -186,6 +186,9 @@ def test_markdown_section_and_plots(smoke):
     text = md.read_text()
     assert text.startswith('# Benchmarks\n\nText another engineer wrote.')
     assert text.count('<!-- bench:cpu:begin -->') == 1
+    # the method says what this run (--drop-caches weights) did to the page cache
+    assert 'the rest of the page cache was left as it was' in text
+    assert 'the whole page cache is dropped' not in text
     for label in ('resident', 'naive demand loading', 'accelerate disk_offload',
                   'accelerate cpu_offload', 'OS demand paging (mmap)',
                   'this project, smallest plan', 'accelerate disk_offload, smallest plan’s '
