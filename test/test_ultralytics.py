@@ -23,7 +23,7 @@ import math
 from demand_layering_ros import cli, load, load_resident, pack as P
 from demand_layering_ros.models import assets, registry, ultralytics_yolo
 from demand_layering_ros.models.detector import read_image, UntrustedPickle
-from demand_layering_ros.service.service import cpu_threads
+from demand_layering_ros.service.torch_threads import cpu_threads
 from demand_layering_ros.sizes import MB
 import pytest
 from test_node_models import assert_same, expected, Harness, resident_oracle

@@ -92,9 +92,9 @@ def main(argv=None):
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
     import vision_msgs.msg  # noqa: F401
-    from demand_layering_ros.runtime import allocator
+    from demand_layering_ros.runtime import malloc
     step('import rclpy and the messages')
-    allocator.limit_arenas()
+    malloc.limit_arenas()
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
