@@ -47,7 +47,7 @@ bench-rt: build
 	@$(ENV) python -m bench.bench_rt --out bench/out_rt --markdown BENCHMARKS.md $(BENCH_RT_ARGS)
 
 # The node and a robot process taking memory in steps, in one memory cgroup with a hard limit:
-# resident, a fixed budget and keep_free_mb side by side (yolov3 and yolov3-tiny), about 8 minutes
+# resident, a fixed budget and keep_free_mb side by side (yolov3 and yolov3-tiny), about 6 minutes
 # on 2 cores; writes bench/out_pressure/results.json, bench/pressure.png and BENCHMARKS.md's section.
 bench-pressure: build
 	@$(ENV) python -m bench.bench_pressure --out bench/out_pressure --markdown BENCHMARKS.md
