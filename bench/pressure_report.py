@@ -291,20 +291,22 @@ def table(summaries):
 def _scene_text(rows, info):
     """Return the method paragraph: the limit, the robot's schedule, the phases."""
     sc, a = rows[0]['scene'], info['args']
+    load = (info['loadavg_start'][0], info['loadavg_end'][0])
     return (f'`{info["command"]}`: {len(rows)} phases in {info["minutes"]:.1f} min on '
-            f'{info["cores"]} cores ({info["cpu"]}); load average {info["loadavg_start"][0]:.2f} '
-            f'at the start, {info["loadavg_end"][0]:.2f} at the end (other work on the machine '
-            f'shows here), {info.get("date", "")}. The detector node (`python -m '
+            f'{info["cores"]} cores ({info["cpu"]}); load average {load[0]:.2f} at the start, '
+            f'{load[1]:.2f} at the end (other work on the machine shows here), '
+            f'{info.get("date", "")}. The detector node (`python -m '
             'demand_layering_ros.ros.node`, config/detector.yaml) serves a replay camera of '
             f'real photos at {a["rate"]:g} fps; it and a robot process run in one memory '
             f'cgroup (cgroup v{info["cgroup_version"]}) with a hard limit. The robot waits '
             f'{a["before_s"]:g} s, then takes +{sc["step_mb"]:g} MiB every {a["every_s"]:g} s '
-            f'up to {sc["max_mb"]:g} MiB (each step a private mapping with every page written), holds '
-            f'it {a["hold_s"]:g} s after the last step, frees it, and lives {a["after_s"]:g} s '
-            'more. The first phase sets the limit: its peak after a few seconds of serving plus '
-            'a headroom; the next phases start under the same limit. Latency: receipt of the '
-            'detections minus the camera stamp, every answer; before/at the end: the median '
-            f'over the {WINDOW_S:g} s before the first step and the last {WINDOW_S:g} s.')
+            f'up to {sc["max_mb"]:g} MiB (each step a private mapping with every page '
+            f'written), holds it {a["hold_s"]:g} s after the last step, frees it, and lives '
+            f'{a["after_s"]:g} s more. The first phase sets the limit: its peak after a few '
+            'seconds of serving plus a headroom; the next phases start under the same limit. '
+            'Latency: receipt of the detections minus the camera stamp, every answer; '
+            f'before/at the end: the median over the {WINDOW_S:g} s before the first step and '
+            f'the last {WINDOW_S:g} s.')
 
 
 def _why(sc, summaries):
