@@ -4,11 +4,13 @@
 `make bench-pressure`, shortened: the keep_free node and a robot process in one memory cgroup.
 
 The real detector node (yolov3-tiny, COCO weights) serves a 30 fps replay camera over DDS with
-keep_free_mb 32, in a memory cgroup whose limit leaves 48 MiB above the node once it serves; a
-robot process in the same cgroup takes 3 x 16 MiB (all of that room), holds it and frees it.
-Had the node kept its weights, the cgroup would have had nothing left; it must give weights
-back, and the node and the robot both survive with no OOM kill, the node answering before,
-under and after the pressure. Speed and latency are the benchmark's (the machine is shared).
+keep_free_mb 48, in a memory cgroup whose limit leaves 64 MiB above the node's peak once it
+serves; a robot process in the same cgroup takes 2 x 24 MiB, holds it and frees it. Free memory
+falls below keep_free_mb, so the node gives weights back; the node and the robot both survive
+with no OOM kill, the node answering before, under and after the pressure. yolov3-tiny can give
+back only 16 MiB, about what one run's memory moves with DDS and the allocator, so the scene
+leaves room for that; `make bench-pressure` shows with yolov3 what the shrink saves, and the
+speed and latency (the machine is shared).
 """
 
 import json
@@ -32,7 +34,7 @@ def test_the_keep_free_node_and_the_robot_survive_a_take_and_free_cycle(tmp_path
         [sys.executable, '-m', 'bench.bench_pressure', '--models', 'yolov3-tiny',
          '--phases', 'keep_free', '--pack-dir', str(tmp_path / 'packs'), '--out', str(out),
          '--settle-s', '2', '--before-s', '3', '--every-s', '1.2', '--hold-s', '2.4',
-         '--after-s', '5', '--headroom-mb', '48', '--keep-free-mb', '32', '--step-mb', '16',
+         '--after-s', '5', '--headroom-mb', '64', '--keep-free-mb', '48', '--step-mb', '24',
          '--max-mb', '48'],
         cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -40,7 +42,7 @@ def test_the_keep_free_node_and_the_robot_survive_a_take_and_free_cycle(tmp_path
     (s,) = result['summaries']
     assert s['oom_kills'] == 0 and s['killed_pids'] == [], s['line']
     assert s['node'] == 'survived' and s['robot'] == 'survived', s['line']
-    # the robot took all the room the limit left: the node gave weights back to stay alive
+    # the robot took more than the room above keep_free_mb: the node gave weights back
     assert s['auto_shrinks'] >= 1 and s['budget_min_mb'] < s['budget_before_mb'], s['line']
     assert s['published_in_every_stage'], s['line']
     assert s['cgroup_peak_mb'] <= s['limit_mb']
