@@ -6,7 +6,7 @@ ENV := source scripts/env.sh &&
 COLCON := colcon --log-base .colcon/log
 COLCON_PATHS := --base-paths . --build-base .colcon/build --install-base .colcon/install
 
-.PHONY: setup build test lint demo bench bench-rt bench-shared soak stress gpu-check clean
+.PHONY: setup build test lint demo bench bench-rt bench-shared bench-pressure soak stress gpu-check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -45,6 +45,12 @@ bench-shared: build
 # user writes first; about 15 minutes on 2 cores (BENCH_RT_ARGS=--quick: a 1-minute smoke run).
 bench-rt: build
 	@$(ENV) python -m bench.bench_rt --out bench/out_rt --markdown BENCHMARKS.md $(BENCH_RT_ARGS)
+
+# The node and a robot process taking memory in steps, in one memory cgroup with a hard limit:
+# resident, a fixed budget and keep_free_mb side by side (yolov3 and yolov3-tiny), about 6 minutes
+# on 2 cores; writes bench/out_pressure/results.json, bench/pressure.png and BENCHMARKS.md's section.
+bench-pressure: build
+	@$(ENV) python -m bench.bench_pressure --out bench/out_pressure --markdown BENCHMARKS.md
 
 soak: build
 	@$(ENV) python -m pytest test/test_soak.py -q --soak-frames 5000

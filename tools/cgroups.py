@@ -349,17 +349,24 @@ class CgroupProcess:
     Made by start_in_cgroup(). While it runs, `pid` and `cgroup` are available (to signal it,
     talk to it, read its usage); a sampler thread records anonymous memory and page cache every
     `sample_interval` seconds. Use as a context manager: leaving it kills whatever still runs
-    and removes the cgroup.
+    and removes the cgroup. Given an existing `cgroup`, the command joins it instead (several
+    processes under one limit, as on a robot): then the cgroup and the other processes in it
+    are left alone, and `oom_killed` means this command died of SIGKILL after the cgroup's
+    OOM kill count rose.
     """
 
     def __init__(self, argv, limit_bytes=None, env=None, cwd=None, input_data=None,
-                 sample_interval=0.01):
-        """Create the cgroup, start the command inside it and start sampling."""
+                 sample_interval=0.01, cgroup=None):
+        """Create the cgroup (or join `cgroup`), start the command inside it, start sampling."""
         self.argv = [os.fspath(a) for a in argv]
         if not self.argv:
             raise ValueError('start_in_cgroup: empty argv')
+        if cgroup is not None and limit_bytes is not None:
+            raise ValueError("start_in_cgroup: a limit is the cgroup's own; set it there")
         self.sample_interval = float(sample_interval)
-        self.cgroup = MemoryCgroup(limit_bytes)
+        self.owns_cgroup = cgroup is None
+        self.cgroup = MemoryCgroup(limit_bytes) if cgroup is None else cgroup
+        self.oom_kills_before = self.cgroup.oom_kills()
         self.samples = []
         self.result = None
         self._peak = [0, 0]            # rss, cache
@@ -459,7 +466,10 @@ class CgroupProcess:
                     break
                 if timeout is not None and time.monotonic() - self.t0 > timeout:
                     timed_out = True
-                    self.cgroup.kill_all()
+                    if self.owns_cgroup:
+                        self.cgroup.kill_all()
+                    else:
+                        os.kill(self.proc.pid, signal.SIGKILL)
                     _, status, rusage = os.wait4(self.proc.pid, 0)
                     break
                 time.sleep(min(self.sample_interval, 0.01))
@@ -471,14 +481,15 @@ class CgroupProcess:
         self._stop.set()
         self._sampler.join()
         cg = self.cgroup
-        cg.kill_all()           # stragglers the command left behind
+        if self.owns_cgroup:
+            cg.kill_all()       # stragglers the command left behind
         self._sample()
         stat = cg.stat()
         cache_now = cg.cache_bytes(stat)
         self._out.seek(0)
         self._err.seek(0)
         self.result = CgroupResult(
-            argv=self.argv, returncode=self.proc.returncode, oom_killed=cg.oom_kills() > 0,
+            argv=self.argv, returncode=self.proc.returncode, oom_killed=self._oom_killed(),
             timed_out=timed_out, limit_bytes=cg.limit_bytes, peak_bytes=cg.peak_bytes(),
             peak_rss_bytes=self._peak[0], peak_cache_bytes=max(self._peak[1], cache_now),
             cache_bytes=cache_now, wall_s=wall,
@@ -488,21 +499,32 @@ class CgroupProcess:
         self._cleanup()
         return self.result
 
+    def _oom_killed(self):
+        """Return True when the OOM killer ended this command (in a shared cgroup: SIGKILL)."""
+        kills = self.cgroup.oom_kills()
+        if self.owns_cgroup:
+            return kills > 0
+        return kills > self.oom_kills_before and self.proc.returncode == -signal.SIGKILL
+
     def _cleanup(self):
         self._stop.set()
         for f in (getattr(self, '_out', None), getattr(self, '_err', None)):
             if f is not None:
                 f.close()
-        self.cgroup.close()
+        if self.owns_cgroup:
+            self.cgroup.close()
 
     def __enter__(self):
         """Return self."""
         return self
 
     def __exit__(self, *exc):
-        """Kill the command if it still runs, reap it and remove the cgroup."""
+        """Kill the command if it still runs, reap it and remove the cgroup (if its own)."""
         if self.result is None:
-            self.cgroup.kill_all()
+            if self.owns_cgroup:
+                self.cgroup.kill_all()
+            elif self.running():
+                os.kill(self.proc.pid, signal.SIGKILL)
             try:
                 self.wait(timeout=30)
             except (OSError, CgroupError):
@@ -510,17 +532,18 @@ class CgroupProcess:
 
 
 def start_in_cgroup(argv, limit_bytes=None, env=None, cwd=None, input_data=None,
-                    sample_interval=0.01):
+                    sample_interval=0.01, cgroup=None):
     """
     Start `argv` in a fresh child memory cgroup (optional hard limit); return a CgroupProcess.
 
     The child is in the cgroup before it executes the command (a tiny wrapper waits on a pipe
     until the parent has moved it), so every byte it allocates or pulls into the page cache is
-    charged. `input_data` (bytes or str) is fed to its stdin. Raises CgroupError when cgroups
-    are unavailable (see cgroups_available).
+    charged. `input_data` (bytes or str) is fed to its stdin. `cgroup`: a MemoryCgroup (or
+    another command's `.cgroup`) to start it in instead, beside what runs there. Raises
+    CgroupError when cgroups are unavailable (see cgroups_available).
     """
     return CgroupProcess(argv, limit_bytes, env=env, cwd=cwd, input_data=input_data,
-                         sample_interval=sample_interval)
+                         sample_interval=sample_interval, cgroup=cgroup)
 
 
 def run_in_cgroup(argv, limit_bytes=None, timeout=None, env=None, cwd=None, input_data=None,

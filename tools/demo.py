@@ -97,9 +97,9 @@ def ensure_pack(pack_dir):
                            input_size=(416, 416))
 
 
-def ensure_pressure_pack(pack_dir):
+def ensure_pressure_pack(pack_dir, input_size=(416, 416)):
     """
-    Write a yolov3 pack at 416x416 with seeded weights unless a valid one is there already.
+    Write a yolov3 pack (416x416) with seeded weights unless a valid one is there already.
 
     No package registry carries the COCO yolov3 weights (248 MB), so the pressure phase uses
     Debian's yolov3.cfg with seeded random weights: memory and time do not depend on values.
@@ -111,8 +111,9 @@ def ensure_pressure_pack(pack_dir):
             return pack.Pack.open(pack_dir)
         except pack.PackError as e:
             print(f'[demo] re-packing: {e}')
-    print(f'[demo] packing yolov3 (416x416, seeded weights) into {pack_dir}')
-    return pack.write_pack('darknet:yolov3', pack_dir, seed=0, input_size=(416, 416),
+    print(f'[demo] packing yolov3 ({input_size[0]}x{input_size[1]}, seeded weights) into '
+          f'{pack_dir}')
+    return pack.write_pack('darknet:yolov3', pack_dir, seed=0, input_size=tuple(input_size),
                            progress=False)
 
 
@@ -152,8 +153,12 @@ def demo_photos(out_dir):
 class Listener:
     """Subscribes to the node's outputs and the camera; prints detections as they arrive."""
 
-    def __init__(self, node, phase, out_dir, verbose=True):
-        """Listen for one phase; verbose: True (detections), 'count' (boxes only, no images)."""
+    def __init__(self, node, phase, out_dir, verbose=True, images=True):
+        """
+        Listen for one phase; verbose: True (detections), 'count' (boxes only, no images).
+
+        images: False leaves the camera's images alone (no annotation, no decoding at 30 fps).
+        """
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import Image
@@ -172,9 +177,10 @@ class Listener:
         self.subs = [
             node.create_subscription(Detection2DArray, DETECTIONS_TOPIC, self.on_detections, 10),
             node.create_subscription(LabelInfo, LABELS_TOPIC, self.on_labels, latched),
-            node.create_subscription(Image, CAMERA_TOPIC, self.on_image, 10),
             node.create_subscription(DiagnosticArray, '/diagnostics', self.on_diagnostics, 10),
         ]
+        if images:
+            self.subs.append(node.create_subscription(Image, CAMERA_TOPIC, self.on_image, 10))
 
     @staticmethod
     def _key(stamp):
@@ -197,6 +203,11 @@ class Listener:
     def on_diagnostics(self, msg):
         for status in msg.status:
             self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+
+    def active(self):
+        """Return True once the node's /diagnostics say its model is active."""
+        return any(k.endswith(': model') and v.get('state') == 'active'
+                   for k, v in list(self.diagnostics.items()))
 
     def _name(self, class_id):
         try:
@@ -240,8 +251,12 @@ class Listener:
         cv2.imwrite(str(path), img)
 
 
-def _node_command(params_file, overrides, steps=False):
-    """Return the node's command line; steps: the same node run by tools.floor --node."""
+def node_command(params_file, overrides, steps=False):
+    """
+    Return the detector node's command line: the params file, then `overrides` (-p).
+
+    steps: the same node run by tools.floor --node (the cgroup after each start-up step).
+    """
     run = ['tools.floor', '--node'] if steps else ['demand_layering_ros.ros.node']
     cmd = [sys.executable, '-m', *run, '--ros-args', '--params-file', str(params_file)]
     for key, value in overrides.items():
@@ -249,7 +264,8 @@ def _node_command(params_file, overrides, steps=False):
     return cmd
 
 
-def _wait_for(predicate, timeout, proc=None):
+def wait_for(predicate, timeout, proc=None):
+    """Return True once `predicate()` holds; False after `timeout` s or once `proc` exits."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
@@ -278,12 +294,11 @@ def run_phase(ros_node, phase, params_file, overrides, photos, args, out_dir, we
     # The node runs in its own memory cgroup from its first byte: the peak counts its RSS and
     # every page it pulls into the page cache (cgroup v1 charges page cache to the reader).
     node_proc = cgroups.start_in_cgroup(
-        _node_command(params_file, overrides, steps='steps' in phase), limit_bytes,
+        node_command(params_file, overrides, steps='steps' in phase), limit_bytes,
         cwd=str(ROOT))
     cam_out, diag, cache_growth, weights_cached = '', {}, 0, 0
     try:
-        ready = _wait_for(lambda: any(k.endswith(': model') and v.get('state') == 'active'
-                                      for k, v in listener.diagnostics.items()) and (
+        ready = wait_for(lambda: listener.active() and (
             beside is None or ros_node.count_publishers(floor_mod.FLOOR_OUT) > 0),
             180.0, node_proc)
         if ready:
@@ -330,14 +345,18 @@ def _stop_floor(proc, out_dir):
             'process_peak_mb': result.peak_bytes / MB}
 
 
-def _camera(photos, rate, duration):
-    """Publish the photos as a camera for `duration` seconds; return its last words."""
-    cam = subprocess.Popen(
+def start_camera(photos, rate, duration):
+    """Start a replay camera publishing the photos for `duration` seconds; return its Popen."""
+    return subprocess.Popen(
         [sys.executable, '-m', 'demand_layering_ros', 'camera', '--images', *photos,
          '--rate', str(rate), '--topic', CAMERA_TOPIC, '--loop', '--quiet',
          '--count', str(int(duration * rate)), '--wait-subscribers', '10'],
         cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out, _ = cam.communicate(timeout=duration + 60)
+
+
+def _camera(photos, rate, duration):
+    """Publish the photos as a camera for `duration` seconds; return its last words."""
+    out, _ = start_camera(photos, rate, duration).communicate(timeout=duration + 60)
     return out or ''
 
 
