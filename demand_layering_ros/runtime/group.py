@@ -208,20 +208,24 @@ class ModelGroup:
         """
         Run a pass of `name` inside another model's pass (preemption, pass lock already held).
 
-        The arena stays the host's: the guest's units are read on demand into the host's free
-        arena space (the host's unused read-ahead dropped, read again after) or, where that
-        cannot hold them, into transient buffers counted in the group's peak.
+        The arena stays the host's: its loader holds, and the guest's units are read on demand
+        into the host's free arena space (the host's read-ahead dropped where the space is
+        needed, read again after) or, where that cannot hold them, into transient buffers
+        counted in the group's peak.
         """
         engine = self.engines[name]
         if engine.closed or not engine.configured:
             raise ExecutorError(f'model {name!r} of the group is closed')
         p = engine.pipeline
+        host.lend()
         p.guest_of = host
         try:
             self.parts.begin_pass(name)
+            self.parts.guests += 1
             return engine.run(fn, args, kwargs)
         finally:
             p.guest_of = None
+            host.take_back()
 
     def set_boundary(self, fn):
         """
@@ -334,6 +338,7 @@ class ModelGroup:
                 'passes': p.runs,
                 'active_model': p.active,
                 'switches': p.switches,
+                'preemptions': p.guests,
                 'prefetch_dropped': p.dropped,
                 'prefetch_dropped_bytes': p.dropped_bytes,
                 'io_bytes': sum(r.bytes_read for r in readers),
@@ -385,35 +390,6 @@ class GroupModels(dict):
     def smallest_plan_bytes(self, splits=(None,)):
         """Return the weight bytes of the group's smallest plan at these split sizes (a floor)."""
         return smallest_group_bytes(self.group.members(), splits)
-
-    def _run_guest(self, name, host, fn, args, kwargs):
-        """
-        Run a pass of `name` inside another model's pass (preemption, pass lock already held).
-
-        The arena stays the host's: the guest's units are read on demand into the host's free
-        arena space (the host's unused read-ahead dropped, read again after) or, where that
-        cannot hold them, into transient buffers counted in the group's peak.
-        """
-        engine = self.engines[name]
-        if engine.closed or not engine.configured:
-            raise ExecutorError(f'model {name!r} of the group is closed')
-        p = engine.pipeline
-        p.guest_of = host
-        try:
-            self.parts.begin_pass(name)
-            return engine.run(fn, args, kwargs)
-        finally:
-            p.guest_of = None
-
-    def set_boundary(self, fn):
-        """
-        Let `fn(name, done, units)` run at every streamed unit's start of a pass (or None).
-
-        `fn` runs on the pass's thread, between two layers of model `name` (`done` of `units`
-        units started); it may call another model of the group, whose pass then runs at once,
-        inside this one, with this pass's activations kept on the stack.
-        """
-        self.parts.boundary = fn
 
     def set_boundary(self, fn):
         """Run `fn` between two layers of every pass (see ModelGroup.set_boundary)."""

@@ -168,6 +168,22 @@ class Pipeline:
             self.loader.hold()
         self.wait_reads()
 
+    def lend(self):
+        """
+        Hold the loader mid-pass and wait for its reads: a guest pass may now take arena space.
+
+        What the loader read ahead stays unless the guest needs its space (then it is dropped
+        and read again once `take_back` lets the loader go on).
+        """
+        with self.cond:
+            self.loader.hold()
+        self.wait_reads()
+
+    def take_back(self):
+        """Let the loader go on with this pass after a guest pass (see lend)."""
+        with self.cond:
+            self.loader.go_on()
+
     def next_pass(self, units, resume=True):
         """
         Give back all ranges, unbind streamed units, reset slots; let the loader go on.

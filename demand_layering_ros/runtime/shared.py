@@ -100,6 +100,7 @@ class SharedParts:
         self.stopping = False
         self.boundary = None    # preemption: fn(name, done, units) at a streamed unit's start
         self.host = None        # (pipeline, thread id) of the pass a boundary was offered in
+        self.guests = 0         # passes run inside another model's pass
         self.thread = threading.Thread(target=self._main, name='dlr-group-loader', daemon=True)
         self.thread.start()
 
