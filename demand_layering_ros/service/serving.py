@@ -70,6 +70,8 @@ class FrameServer:
                 self.serve(pending)
             except Exception as e:   # never let the thread die: report and keep serving
                 self.record_error(f'inference thread: {type(e).__name__}: {e}')
+        if self.preemptions:
+            self.log.info(f"preempt: {self.preemptions} frames ran inside another model's pass")
 
     def serve(self, pending: Sequence[Frame]) -> List[Frame]:
         """
