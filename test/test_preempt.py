@@ -94,5 +94,7 @@ def test_preemption_only_when_it_saves_a_deadline_and_costs_none():
     assert pick([no_deadline], 0.4) is None
     tight = [scheduling.Frame(scheduling.Camera('/r', large), None, 10.0, 10.55)]
     assert pick([urgent], 0.4, tight) is None           # the running frame would miss its own
+    assert scheduling.preempting_frame([urgent], tight, 10.1, 0.3, cost) is urgent
+    assert scheduling.preempting_frame([urgent], tight, 10.1, 0.3, cost, 0.4) is None
     small.infeasible = True
     assert pick([urgent], 0.4) is None                  # best-effort frames never preempt

@@ -192,17 +192,19 @@ def most_urgent_model(frames):
     return serving_order(frames)[0].camera.model
 
 
-def preempting_frame(waiting, running, now, left, cost):
+def preempting_frame(waiting, running, now, left, cost, left_slow=None):
     """
     Return the waiting frame of another model to run inside the running pass, or None.
 
     `left`: the running pass's predicted seconds still to go (its measured latency times the
-    share of its layers not started); `cost(model)`: the slow end of that model's measured
-    passes run inside another (read on demand, without read-ahead). A frame preempts only when
-    waiting for the rest of the pass would make it miss its deadline, running it now would not,
-    and every running frame still meets its own deadline after the delay. Frames without a
-    deadline, of a model not yet measured or served best-effort, never do.
+    share of its layers not started), `left_slow` the same from the slow end of its passes;
+    `cost(model)`: the slow end of that model's measured passes run inside another (read on
+    demand, without read-ahead). A frame preempts only when waiting for the rest of the pass
+    would make it miss its deadline, running it now would not, and every running frame still
+    meets its own deadline after the delay, even at the slow end. Frames without a deadline,
+    of a model not yet measured or served best-effort, never do.
     """
+    slow = left if left_slow is None else left_slow
     for f in serving_order(waiting):
         m = f.camera.model
         if not math.isfinite(f.deadline) or m.infeasible or not m.service.latency.steady:
@@ -210,7 +212,7 @@ def preempting_frame(waiting, running, now, left, cost):
         c = cost(m)
         if now + left + m.service.latency.upper(1) <= f.deadline or now + c > f.deadline:
             continue
-        if all(now + c + left <= r.deadline for r in running):
+        if all(now + c + slow <= r.deadline for r in running):
             return f
     return None
 

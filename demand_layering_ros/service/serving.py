@@ -157,8 +157,11 @@ class FrameServer:
         if self.running is None:
             return
         batch, m = self.running
-        left = m.service.latency.predict(len(batch)) * (1.0 - done / max(units, 1))
-        f = preempting_frame(self.queue.waiting(m), batch, self.now(), left, self.guest_cost)
+        share = 1.0 - done / max(units, 1)
+        latency = m.service.latency
+        f = preempting_frame(self.queue.waiting(m), batch, self.now(),
+                             latency.predict(len(batch)) * share, self.guest_cost,
+                             latency.upper(len(batch)) * share)
         if f is None:
             return
         other = f.camera.model
