@@ -63,12 +63,12 @@ SECTION = 'shared'
 # ----------------------------------------------------------------------------- packs
 
 
-def prepare_pack(name, work, quick):
-    """Write (or reuse) the pack of one model; return its directory."""
+def prepare_pack(name, work, quick, size=None):
+    """Write (or reuse) the pack of one model (at its MODELS size unless given); return it."""
     from demand_layering_ros import pack as P
     from demand_layering_ros.models import assets
-    spec, real, size, quick_size, _ = MODELS[name]
-    size = quick_size if quick else size
+    spec, real, own, quick_size, _ = MODELS[name]
+    size = size or (quick_size if quick else own)
     out = Path(work) / 'packs' / f'{name}-{size}'
     if (out / 'manifest.json').is_file():
         return out

@@ -210,6 +210,7 @@ def group_status(name, s, stats, state):
               'model_weights_mb': _mb(stats.get('model_bytes', 0) or 0),
               'passes': stats.get('passes', 0), 'switches': stats.get('switches', 0),
               'prefetch_dropped': stats.get('prefetch_dropped', 0),
+              'preemptions': stats.get('preemptions', 0),
               'io_total_mb': _mb(stats.get('io_bytes', 0) or 0)}
     note = following_values(stats, values)
     if note:

@@ -429,7 +429,8 @@ class Engine:
             self.timeline.clock.ref()        # before the next pass's copies are queued
         self.pipeline.next_pass(self.units)
         self.passes += 1
-        self.last = {'latency_ms': (t1 - t0) * 1e3,
+        lent = self.pipeline.preempted_s          # guest passes ran inside this one
+        self.last = {'latency_ms': (t1 - t0 - lent) * 1e3, 'preempted_ms': lent * 1e3,
                      'stall_ms': (self.pipeline.last_stall + device_wait) * 1e3,
                      'demand_misses': self.pipeline.pass_misses, 'timeline': timeline,
                      'calls': calls, 'ok': ok}

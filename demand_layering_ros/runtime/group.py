@@ -193,6 +193,9 @@ class ModelGroup:
 
     def run(self, name, fn, args, kwargs):
         """Run one pass of model `name`, in its turn: the arena is its own meanwhile."""
+        host = self.parts.guest(name)
+        if host is not None:
+            return self._run_guest(name, host, fn, args, kwargs)
         with self.pass_lock:
             engine = self.engines[name]
             if engine.closed or not engine.configured:
@@ -200,6 +203,39 @@ class ModelGroup:
             self.parts.activate(name)
             self.parts.begin_pass(name)
             return engine.run(fn, args, kwargs)
+
+    def _run_guest(self, name, host, fn, args, kwargs):
+        """
+        Run a pass of `name` inside another model's pass (preemption, pass lock already held).
+
+        The arena stays the host's: its loader holds, and the guest's units are read on demand
+        into the host's free arena space (the host's read-ahead dropped where the space is
+        needed, read again after) or, where that cannot hold them, into transient buffers
+        counted in the group's peak.
+        """
+        engine = self.engines[name]
+        if engine.closed or not engine.configured:
+            raise ExecutorError(f'model {name!r} of the group is closed')
+        p = engine.pipeline
+        host.lend()
+        p.guest_of = host
+        try:
+            self.parts.begin_pass(name)
+            self.parts.guests += 1
+            return engine.run(fn, args, kwargs)
+        finally:
+            p.guest_of = None
+            host.take_back()
+
+    def set_boundary(self, fn):
+        """
+        Let `fn(name, done, units)` run at every streamed unit's start of a pass (or None).
+
+        `fn` runs on the pass's thread, between two layers of model `name` (`done` of `units`
+        units started); it may call another model of the group, whose pass then runs at once,
+        inside this one, with this pass's activations kept on the stack.
+        """
+        self.parts.boundary = fn
 
     def prefetch(self, name, after_pass=False):
         """
@@ -302,6 +338,7 @@ class ModelGroup:
                 'passes': p.runs,
                 'active_model': p.active,
                 'switches': p.switches,
+                'preemptions': p.guests,
                 'prefetch_dropped': p.dropped,
                 'prefetch_dropped_bytes': p.dropped_bytes,
                 'io_bytes': sum(r.bytes_read for r in readers),
@@ -353,6 +390,10 @@ class GroupModels(dict):
     def smallest_plan_bytes(self, splits=(None,)):
         """Return the weight bytes of the group's smallest plan at these split sizes (a floor)."""
         return smallest_group_bytes(self.group.members(), splits)
+
+    def set_boundary(self, fn):
+        """Run `fn` between two layers of every pass (see ModelGroup.set_boundary)."""
+        self.group.set_boundary(fn)
 
     def prefetch(self, name, after_pass=False):
         """Tell the group which model runs next (see ModelGroup.prefetch)."""

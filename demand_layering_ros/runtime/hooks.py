@@ -66,8 +66,10 @@ class StreamHook(ModelHook):
 
     def pre_forward(self, module, args):
         """Put the unit's weights in (once per pass, or again after a demand miss)."""
-        t0 = time.perf_counter()
         unit = self.unit
+        if not unit.loaded:
+            self.pipeline.boundary(unit)     # before the wait: another model may run first
+        t0 = time.perf_counter()
         if not unit.loaded:
             if unit.main is not None:
                 buf, unit.lease = self.pipeline.acquire(

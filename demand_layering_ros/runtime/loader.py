@@ -71,6 +71,11 @@ class Loader:
         self.holding = False
         self.p.cond.notify_all()
 
+    def go_on(self):
+        """Go on with the same pass where a hold stopped it (another model's pass ran)."""
+        self.holding = False
+        self.p.cond.notify_all()
+
     def rewind(self, rank):
         """Read again from load position `rank` (a slot there was evicted)."""
         self.cursor = min(self.cursor, rank)

@@ -12,10 +12,10 @@ returns it. `release` gives a slot's range back after its last use in the pass. 
 (peak, committed arena pages) are noted here as ranges are handed out.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from demand_layering_ros.layout.arena import Allocator, load_order
 from demand_layering_ros.layout.slots import items
@@ -31,6 +31,7 @@ class Lease:
 
     offset: Optional[int] = None
     nbytes: int = 0
+    owner: Any = field(default=None, compare=False)   # a host pass's pipeline (a guest's miss)
 
     @property
     def in_arena(self):
@@ -74,6 +75,8 @@ class Pipeline:
         self.started = 0
         self.in_pass = False
         self.t0 = 0.0
+        self.guest_of = None              # the preempted pass's pipeline while this one is a guest
+        self.preempted_s = 0.0            # seconds of this pass lent to guest passes
 
     # ------------------------------------------------------------------ configuration
 
@@ -153,6 +156,7 @@ class Pipeline:
         """Start a pass at perf_counter time t0."""
         self.last_stall = 0.0
         self.pass_misses = 0
+        self.preempted_s = 0.0
         self.t0 = t0
         with self.cond:
             self.in_pass = True
@@ -163,6 +167,22 @@ class Pipeline:
             self.in_pass = False
             self.loader.hold()
         self.wait_reads()
+
+    def lend(self):
+        """
+        Hold the loader mid-pass and wait for its reads: a guest pass may now take arena space.
+
+        What the loader read ahead stays unless the guest needs its space (then it is dropped
+        and read again once `take_back` lets the loader go on).
+        """
+        with self.cond:
+            self.loader.hold()
+        self.wait_reads()
+
+    def take_back(self):
+        """Let the loader go on with this pass after a guest pass (see lend)."""
+        with self.cond:
+            self.loader.go_on()
 
     def next_pass(self, units, resume=True):
         """
@@ -191,7 +211,7 @@ class Pipeline:
                 raise ExecutorError(f'internal error: {self.alloc.used} arena bytes still '
                                     'held after the pass')
             self.started = 0
-            if not resume:
+            if not resume or self.guest_of is not None:   # a guest leaves the host active
                 return
             if self.shared is not None:
                 self.shared.after_pass(self)
@@ -199,6 +219,11 @@ class Pipeline:
                 self.loader.resume()
 
     # ------------------------------------------------------------------ compute side
+
+    def boundary(self, unit):
+        """Offer the group a unit boundary of this pass: a more urgent model may run here."""
+        if self.shared is not None and self.in_pass and self.guest_of is None:
+            self.shared.at_boundary(self, unit)
 
     def acquire(self, slot, borrow=False):
         """
@@ -209,7 +234,8 @@ class Pipeline:
         """
         t0 = time.perf_counter()
         with self.cond:
-            if self.in_pass and slot.rank is not None and slot.state != SlotState.DONE:
+            if self.in_pass and self.guest_of is None and slot.rank is not None \
+                    and slot.state != SlotState.DONE:
                 if slot.rank + 1 > self.started:
                     self.started = slot.rank + 1
                     self.cond.notify_all()
@@ -249,18 +275,22 @@ class Pipeline:
         borrow=True means the caller returns the lease before it acquires anything else, so
         the bytes may go into free arena space where the staging allows it (the budget holds);
         otherwise, or when the arena has no room, into a transient buffer outside it, counted
-        in peak_weight_bytes.
+        in peak_weight_bytes. A guest pass (one preempting another model's pass) borrows the
+        host pass's free arena space, dropping the host's read-ahead not yet in use (its loader
+        reads it again), since the arena is the host's.
         """
         off = None
+        owner = self.guest_of or self
         if borrow and self.staging.can_borrow:
             with self.cond:
-                off = self._evict_for(slot.length) if self.in_pass else \
-                    self.alloc.alloc(slot.length)
+                off = owner._evict_for(slot.length) if owner.in_pass else \
+                    owner.alloc.alloc(slot.length)
                 if off is not None:
-                    self.touched = max(self.touched, self.alloc.high_water)
-                    self.note_peak()
+                    owner.touched = max(owner.touched, owner.alloc.high_water)
+                    owner.note_peak()
         if off is not None:
-            buf, lease = self.staging.host(off, slot.length), Lease(offset=off)
+            buf = self.staging.host(off, slot.length)
+            lease = Lease(offset=off, owner=owner if owner is not self else None)
         else:
             held = self.staging.host_held(slot.length)
             buf, lease = self.staging.host_buffer(slot.length), Lease(nbytes=held)
@@ -311,7 +341,7 @@ class Pipeline:
             with self.cond:
                 return self.return_lease(lease, locked=True)
         if lease.in_arena:
-            self.alloc.free(lease.offset)
+            (lease.owner or self).alloc.free(lease.offset)
             self.cond.notify_all()
         else:
             self.transient_bytes -= lease.nbytes

@@ -19,6 +19,7 @@ here through a few hooks: `pools` (the readers' threads), `staging` (the shared 
 """
 
 import threading
+import time
 
 from demand_layering_ros import direct_io
 from demand_layering_ros.runtime.cuda_staging import DeviceArena, MappedHostArena
@@ -97,6 +98,9 @@ class SharedParts:
         self.dropped = 0
         self.dropped_bytes = 0
         self.stopping = False
+        self.boundary = None    # preemption: fn(name, done, units) at a streamed unit's start
+        self.host = None        # (pipeline, thread id) of the pass a boundary was offered in
+        self.guests = 0         # passes run inside another model's pass
         self.thread = threading.Thread(target=self._main, name='dlr-group-loader', daemon=True)
         self.thread.start()
 
@@ -239,6 +243,40 @@ class SharedParts:
         if e.pipeline.loader is not None:
             e.pipeline.loader.resume()
         self.cond.notify_all()
+
+    # ------------------------------------------------------------------ preemption
+
+    def at_boundary(self, pipeline, unit):
+        """
+        Offer `boundary` the start of a streamed unit of the running pass (inference thread).
+
+        What it runs meanwhile (another model's pass, nested: `guest`) is timed and lent:
+        the running pass's latency leaves it out. A guest pass offers no boundary itself.
+        """
+        fn = self.boundary
+        if fn is None or self.host is not None:
+            return
+        name = next(n for n, e in self.members.items() if e.pipeline is pipeline)
+        t0 = time.perf_counter()
+        self.host = (pipeline, threading.get_ident())
+        try:
+            fn(name, unit.index, len(self.members[name].units))
+        finally:
+            self.host = None
+            pipeline.preempted_s += time.perf_counter() - t0
+
+    def guest(self, name):
+        """
+        Return the pipeline a pass of `name` runs inside (preempting it), or None.
+
+        Only the thread a boundary was offered to runs guests, one deep, of another model.
+        """
+        host = self.host
+        if host is None or host[1] != threading.get_ident():
+            return None
+        if self.members[name].pipeline is host[0]:
+            raise ExecutorError(f'model {name!r} cannot preempt its own pass')
+        return host[0]
 
     # ------------------------------------------------------------------ closing
 

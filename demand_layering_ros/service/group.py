@@ -144,6 +144,12 @@ class GroupService:
                           f'{self.settings["keep_free_mb"]:g}): budget '
                           f'{budget_bytes / MB:.1f} MiB')
 
+    def set_boundary(self, fn):
+        """Run `fn(name, done, units)` between two layers of every pass (None: never)."""
+        models = self.models
+        if models is not None:
+            models.set_boundary(fn)
+
     def prefetch(self, name):
         """Say which model runs after the pass about to start (its first layers read ahead)."""
         models = self.models

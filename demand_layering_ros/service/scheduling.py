@@ -192,6 +192,31 @@ def most_urgent_model(frames):
     return serving_order(frames)[0].camera.model
 
 
+def preempting_frame(waiting, running, now, left, cost, left_slow=None):
+    """
+    Return the waiting frame of another model to run inside the running pass, or None.
+
+    `left`: the running pass's predicted seconds still to go (its measured latency times the
+    share of its layers not started), `left_slow` the same from the slow end of its passes;
+    `cost(model)`: the slow end of that model's measured passes run inside another (read on
+    demand, without read-ahead). A frame preempts only when waiting for the rest of the pass
+    would make it miss its deadline, running it now would not, and every running frame still
+    meets its own deadline after the delay, even at the slow end. Frames without a deadline,
+    of a model not yet measured or served best-effort, never do.
+    """
+    slow = left if left_slow is None else left_slow
+    for f in serving_order(waiting):
+        m = f.camera.model
+        if not math.isfinite(f.deadline) or m.infeasible or not m.service.latency.steady:
+            continue
+        c = cost(m)
+        if now + left + m.service.latency.upper(1) <= f.deadline or now + c > f.deadline:
+            continue
+        if all(now + c + slow <= r.deadline for r in running):
+            return f
+    return None
+
+
 class Camera:
     """One camera's slot for its latest frame and its counters (what became of each frame)."""
 
@@ -283,6 +308,22 @@ class FrameQueue:
                     f.camera.turn = self.turns
         self.put_back(waiting)
         return batch
+
+    def waiting(self, but_model):
+        """Return the frames waiting now of every model but `but_model` (left in line)."""
+        with self.cond:
+            return [c.latest for c in self.cameras
+                    if c.latest is not None and c.model is not but_model]
+
+    def take_one(self, frame):
+        """Take `frame` out of line to run it now; False when a newer one replaced it."""
+        with self.cond:
+            if frame.camera.latest is not frame:
+                return False
+            frame.camera.latest = None
+            self.turns += 1
+            frame.camera.turn = self.turns
+            return True
 
     def of_most_urgent_model(self, pending):
         """Return the frames of the model served next; put the others back to wait."""

@@ -19,7 +19,8 @@ import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from demand_layering_ros.service.scheduling import (deadline_infeasible, Frame, FrameQueue,
-                                                    most_urgent_model)
+                                                    LatencyModel, most_urgent_model,
+                                                    preempting_frame)
 
 PROBE_AFTER_S = 2.0   # with every frame dropped for its deadline this long, one runs anyway
 REPLAN_EVERY = 32     # served batches between two looks at the measured slack
@@ -54,6 +55,10 @@ class FrameServer:
         self.log = log
         self.record_error = record_error if record_error is not None else log.error
         self.group = group
+        self.running = None     # (frames, model) of the pass running now
+        self.lent_s = 0.0       # seconds passes ran inside other passes (preemption), in all
+        self.preemptions = 0
+        self.guest_latency = {}   # model -> LatencyModel of its passes run inside another's
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; an error is recorded and never ends the thread."""
@@ -65,6 +70,8 @@ class FrameServer:
                 self.serve(pending)
             except Exception as e:   # never let the thread die: report and keep serving
                 self.record_error(f'inference thread: {type(e).__name__}: {e}')
+        if self.preemptions:
+            self.log.info(f"preempt: {self.preemptions} frames ran inside another model's pass")
 
     def serve(self, pending: Sequence[Frame]) -> List[Frame]:
         """
@@ -86,7 +93,13 @@ class FrameServer:
         batch = self.queue.next_batch(mine, now, latency, max_batch, m.infeasible,
                                       max(PROBE_AFTER_S, 10 * latency.upper(1)))
         if batch:
-            self.run_batch(batch, m)
+            if self.group is not None and self.group.configured:
+                self.group.set_boundary(self.at_boundary if s.get('preempt') else None)
+            self.running = (batch, m)
+            try:
+                self.run_batch(batch, m)
+            finally:
+                self.running = None
             m.served += 1
             if m.served % REPLAN_EVERY == 0:
                 service.replan_for_slack()
@@ -108,7 +121,7 @@ class FrameServer:
     def run_batch(self, batch: List[Frame], m: Any) -> None:
         """Decode, infer and publish one batch; a failed pass drops its frames as 'error'."""
         s, service = m.settings, m.service
-        t0 = time.perf_counter()
+        t0, lent0 = time.perf_counter(), self.lent_s
         frames = self.decode(batch)
         if not frames:
             return
@@ -123,13 +136,55 @@ class FrameServer:
             return
         if results is None:   # cleaned up meanwhile
             return
+        lent = self.lent_s - lent0            # other models' passes that ran inside this one
         forward = service.last_forward_seconds()
         if forward is not None:
-            service.slack.add('prepost', time.perf_counter() - t1 - forward)
+            service.slack.add('prepost', time.perf_counter() - t1 - lent - forward)
         names = service.class_names
         for (f, msg, rgb), det in zip(frames, results):
             self.answer(f, msg, rgb, det, s, names)
-        service.record_latency(len(frames), time.perf_counter() - t0)
+        service.record_latency(len(frames), time.perf_counter() - t0 - lent)
+
+    def at_boundary(self, name: str, done: int, units: int) -> None:
+        """
+        Between two layers of the running pass: run another model's frame first if it must.
+
+        `preempting_frame` decides from the running model's measured latency (the share of its
+        layers still to run) and the waiting model's. The frame runs here, nested: the running
+        pass resumes from the same layer once it is answered. A waiting model whose service is
+        busy elsewhere (a re-plan) is not waited for.
+        """
+        if self.running is None:
+            return
+        batch, m = self.running
+        share = 1.0 - done / max(units, 1)
+        latency = m.service.latency
+        f = preempting_frame(self.queue.waiting(m), batch, self.now(),
+                             latency.predict(len(batch)) * share, self.guest_cost,
+                             latency.upper(len(batch)) * share)
+        if f is None:
+            return
+        other = f.camera.model
+        if not other.service.lock.acquire(blocking=False):
+            return
+        t0 = time.perf_counter()
+        try:
+            if self.queue.take_one(f):
+                self.preemptions += 1
+                self.run_batch([f], other)
+                other.served += 1
+                self.guest_latency.setdefault(other, LatencyModel()).update(
+                    1, time.perf_counter() - t0)
+        except Exception as e:   # the preempted pass goes on whatever befell this frame
+            self.record_error(f'preempting {other.label}: {type(e).__name__}: {e}')
+        finally:
+            other.service.lock.release()
+            self.lent_s += time.perf_counter() - t0
+
+    def guest_cost(self, m: Any) -> float:
+        """Return the slow end of `m`'s passes inside another's (its own, before one ran)."""
+        guest = self.guest_latency.get(m)
+        return guest.upper(1) if guest is not None else m.service.latency.upper(1)
 
     def answer(self, frame: Frame, msg: Any, rgb: Any, det: Any, s: dict,
                names: List[str]) -> None:

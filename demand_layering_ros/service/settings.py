@@ -118,6 +118,10 @@ PARAMS = (
           'Names of several models served under the one memory_budget_mb, each set by '
           '`<name>.pack_path`, `<name>.image_topics`, ... (README: Several models); empty = one '
           'model from pack_path and image_topics.'),
+    Param('preempt', False,
+          'Several models: between two layers of a pass, run a waiting frame of another model '
+          'first when waiting would make it miss its deadline_ms and the running frames still '
+          'meet theirs (decided from measured pass times; README: Several models).'),
     Param('autostart', True,
           'Configure and activate on start-up; false leaves the node to a lifecycle manager.',
           applies='startup'),

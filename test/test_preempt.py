@@ -1,0 +1,100 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+Preemption across the models of one node (`preempt: true`), over real DDS.
+
+A small model (yolov3-tiny, with a deadline) and a large one (yolov3, none) share one node and
+its one inference thread. The small model's frames that arrive while a large pass runs are run
+inside it, between two of its layers; both models' answers must be exactly the resident
+models'. Nothing here times anything: how much preemption buys is `bench/bench_preempt.py`'s.
+"""
+
+import math
+import time
+
+from demand_layering_ros import pack as P
+from demand_layering_ros.service import scheduling
+from demand_layering_ros.sizes import MB
+import pytest
+from test_node_models import (assert_same, expected, group_params, Harness, images,
+                              resident_oracle, weights)
+
+SPECS = {'front': ('darknet:yolov3-tiny', '64x64'), 'rear': ('darknet:yolov3', '128x128')}
+
+
+@pytest.fixture(scope='module')
+def packs(tmp_path_factory):
+    root = tmp_path_factory.mktemp('preempt')
+    return {name: P.write_pack(spec, root / name, seed=i + 1, input_size=size,
+                               progress=False, verify=False)
+            for i, (name, (spec, size)) in enumerate(SPECS.items())}
+
+
+def test_small_model_answered_inside_large_passes_as_resident(packs):
+    oracle = resident_oracle(packs)
+    budget = float(math.floor(weights(packs['front']) / MB * 0.8))
+    params = dict(group_params(packs, budget), preempt=True, max_batch=1,
+                  **{'front.deadline_ms': 300.0})
+    h = Harness(params).start()
+    try:
+        sent = {'front': [], 'rear': []}
+        small, large = images(3, 4), images(4, 4)
+        end = time.monotonic() + 20.0
+        k = 0
+        while time.monotonic() < end and (k < 40 or len(h.got['rear']) < 3
+                                          or h.node.group.stats()['preemptions'] < 3):
+            if k % 8 == 0:
+                rgb = large[k // 8 % 4]
+                sent['rear'].append((h.publish('rear', rgb), rgb))
+            rgb = small[k % 4]
+            sent['front'].append((h.publish('front', rgb), rgb))
+            k += 1
+            time.sleep(0.03)
+        h.answer('rear', sent['rear'][-1][0])
+
+        assert h.node.group.stats()['preemptions'] > 0
+        for model, frames in sent.items():
+            got = {m.header.frame_id: m for m in list(h.got[model])}
+            answered = [(hd, rgb) for hd, rgb in frames if hd.frame_id in got]
+            assert len(answered) > 2, model
+            for hd, rgb in answered:
+                assert_same(got[hd.frame_id], expected(oracle, model, hd, rgb))
+    finally:
+        h.close()
+
+
+class _Model:
+    """What preempting_frame reads of a model: its measured latency and feasibility."""
+
+    def __init__(self, seconds):
+        self.infeasible = False
+        self.service = type('Service', (), {})()
+        self.service.latency = scheduling.LatencyModel()
+        self.service.latency.update(1, seconds)
+
+
+def _frame(model, base, deadline_s):
+    return scheduling.Frame(scheduling.Camera('/c', model), None, base, base + deadline_s)
+
+
+def test_preemption_only_when_it_saves_a_deadline_and_costs_none():
+    small, large = _Model(0.05), _Model(0.5)
+    running = [scheduling.Frame(scheduling.Camera('/r', large), None, 10.0, math.inf)]
+
+    def cost(m):
+        return 2 * m.service.latency.upper(1)           # inside another pass: slower
+
+    def pick(waiting, left, run=running):
+        return scheduling.preempting_frame(waiting, run, 10.1, left, cost)
+    urgent = _frame(small, 10.08, 0.2)         # due 10.28: the rest of the pass ends later
+    assert pick([urgent], 0.4) is urgent
+    assert pick([urgent], 0.05) is None                 # it can wait for the rest
+    assert pick([_frame(small, 10.0, 0.15)], 0.4) is None   # too late even now (10.2 > 10.15)
+    no_deadline = scheduling.Frame(scheduling.Camera('/c', small), None, 10.08, math.inf)
+    assert pick([no_deadline], 0.4) is None
+    tight = [scheduling.Frame(scheduling.Camera('/r', large), None, 10.0, 10.55)]
+    assert pick([urgent], 0.4, tight) is None           # the running frame would miss its own
+    assert scheduling.preempting_frame([urgent], tight, 10.1, 0.3, cost) is urgent
+    assert scheduling.preempting_frame([urgent], tight, 10.1, 0.3, cost, 0.4) is None
+    small.infeasible = True
+    assert pick([urgent], 0.4) is None                  # best-effort frames never preempt
