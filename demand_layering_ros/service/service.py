@@ -153,7 +153,7 @@ class DetectorService(FollowsFreeMemory):
             self.log.warning(decision.note)
         self.model = loading.load(s['pack_path'], device=s['device'],
                                   budget_mb=self._budget_mb(s),
-                                  plan=decision.plan.to_dict() if decision.plan else None)
+                                  plan=decision.plan)
         self._start(s)
         self.set_keep_free(s['keep_free_mb'])
 
@@ -335,16 +335,16 @@ class DetectorService(FollowsFreeMemory):
                 self.profiling = profiles.BackgroundProfile(s, self.log, self._profiled)
 
     def _apply(self, s, decision, what):
-        plan = decision.plan.to_dict() if decision.plan else None
+        plan = decision.plan            # the Plan itself: decided once, passed down as it is
         with self.lock:
             self.model.reconfigure(budget_mb=self._budget_mb(s), plan=plan)
             self.decision, self.plan_note = decision, decision.note
             self.drift_note = ''
             self.planned_slack_ms = self._slack_ms(s)
             self.latency = LatencyModel()
-            if plan and plan.get('predicted_latency_ms'):   # a guess until frames are measured
+            if plan is not None and plan.predicted_latency_ms:   # a guess until frames come
                 around = self.slack.total() - self.slack.part('age')   # decode, pre/post, publish
-                self.latency.update(1, plan['predicted_latency_ms'] / 1e3 + around, warmup=True)
+                self.latency.update(1, plan.predicted_latency_ms / 1e3 + around, warmup=True)
             self._update_model_stats()
         self.log.info(f'{what}: budget {self._budget_mb(s) or 0:.1f} MiB, deadline '
                       f'{s["deadline_ms"]} ms; arena '
