@@ -47,9 +47,9 @@ if str(ROOT) not in sys.path:
 from bench import configs  # noqa: E402
 from demand_layering_ros import load, load_resident  # noqa: E402
 from demand_layering_ros import pack as P  # noqa: E402
+from demand_layering_ros.measure.machine import machine_info  # noqa: E402
 from demand_layering_ros.models import assets  # noqa: E402
 from demand_layering_ros.models.detector import read_image  # noqa: E402
-from demand_layering_ros.planning.measure.machine import machine_info  # noqa: E402
 from demand_layering_ros.sizes import MB  # noqa: E402
 import torch  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402

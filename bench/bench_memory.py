@@ -99,7 +99,7 @@ out['threads'] = threading.active_count() - t0
 st = model.stats() if hasattr(model, 'stats') else {}
 out['weights_bytes'] = st.get('peak_weight_bytes', pk.total_bytes)
 out['activation_peak_bytes'] = st.get('activation_peak_bytes')
-from demand_layering_ros.planning.measure.activation import activation_peak_cpu
+from demand_layering_ros.measure.activation import activation_peak_cpu
 out['profiler_activation_bytes'] = activation_peak_cpu(model, x)
 print(json.dumps(out))
 """

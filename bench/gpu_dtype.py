@@ -63,7 +63,7 @@ def model_dtype(model):
 def timed(model, x, device, warmup, passes):
     """Return the median ms of model(x) after `warmup` passes (synchronised on CUDA)."""
     import torch
-    from demand_layering_ros.planning.measure.machine import sync
+    from demand_layering_ros.measure.machine import sync
     x = x.to(device=device, dtype=model_dtype(model)) if x.is_floating_point() else x
     times = []
     with torch.no_grad():

@@ -51,7 +51,7 @@ def disk_bandwidth(path, request_bytes=4 << 20, repeats=3):
 
 def machine(device, bws):
     """Describe the machine: CPU, cores, memory, disk bandwidth, GPU, library versions."""
-    from demand_layering_ros.planning.measure.machine import machine_info
+    from demand_layering_ros.measure.machine import machine_info
     info = machine_info(device)
     try:
         import accelerate

@@ -19,9 +19,9 @@ from demand_layering_ros import loading
 from demand_layering_ros import pack as P
 from demand_layering_ros.cli import main as cli_main
 from demand_layering_ros.layout import arena
+from demand_layering_ros.measure.call_clock import call_waits, split_calls
+from demand_layering_ros.measure.transfer import DISK_ROUNDS
 from demand_layering_ros.planning import planner, profiler
-from demand_layering_ros.planning.measure.call_clock import call_waits, split_calls
-from demand_layering_ros.planning.measure.transfer import DISK_ROUNDS
 from demand_layering_ros.planning.schedule import Schedule
 from demand_layering_ros.planning.search import Search
 from demand_layering_ros.planning.simulate import Config, pieces, ReaderBusy, release_steps

@@ -393,10 +393,9 @@ def test_two_probes_tell_the_hand_off_from_slow_reads(tiny_pack):
     """
     from dataclasses import replace
 
-    from demand_layering_ros.planning.measure.executor_costs import (fit_probe_handoff,
-                                                                     fit_two_probes)
     from demand_layering_ros.planning.search import Search
-    from demand_layering_ros.planning.simulate import Config, simulate
+    from demand_layering_ros.planning.simulate import (Config, fit_probe_handoff,
+                                                       fit_two_probes, simulate)
     sched = Schedule.from_pack(tiny_pack)
     assert sched.split_candidates, 'the pack needs a split size'
     split = min(sched.split_candidates)

@@ -17,8 +17,8 @@ import sys
 
 from demand_layering_ros import pack as P
 from demand_layering_ros.loading import load, load_resident
+from demand_layering_ros.measure.activation import activation_peak_cpu
 from demand_layering_ros.models.darknet import layers as L
-from demand_layering_ros.planning.measure.activation import activation_peak_cpu
 from demand_layering_ros.sizes import MB, pinned_size
 import pytest
 from tools import cgroups

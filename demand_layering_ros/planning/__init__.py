@@ -15,12 +15,13 @@ The modules, in the order a reader needs them:
   planner   `plan` / `plan_group` / `predict`: the plan for a budget and deadlines, from a
             profile, for one model or a group under one budget (PlanInfeasible otherwise);
   search    the resident set and the arena size: greedy paths, sweeps, one search per split;
-  simulate  one pass of the executor replayed for a candidate plan (discrete events, in ms);
+  simulate  one pass of the executor replayed for a candidate plan (discrete events, in ms),
+            and the replay's hand-off and read slowdown fitted to measured passes;
   schedule  the pass as the planner sees it: units, call order, the executor's own slots;
   timing    PROFILE.json read back and the speeds it gives (compute per call, the disk's
             rounds, copies), the pipeline bound no plan beats, the online correction;
-  profiler  `profile`: measure what a plan depends on, here (measure/: one module per kind of
-            measurement);
+  profiler  `profile`: measure what a plan depends on, here (with `measure/`, the folder
+            below: one module per kind of measurement), into PROFILE.json;
   command   the `profile` and `plan` command lines.
 Imports point down this list, except that profiler and command use the planner above them.
 """

@@ -18,19 +18,18 @@ from pathlib import Path
 import time
 
 from demand_layering_ros import process_memory
+from demand_layering_ros.measure import executor_costs
+from demand_layering_ros.measure.activation import activation_peak
+from demand_layering_ros.measure.call_clock import call_waits, CallClock, split_calls
+from demand_layering_ros.measure.contention import read_contention
+from demand_layering_ros.measure.executor_costs import tight_pass
+from demand_layering_ros.measure.machine import machine_info, sync
+from demand_layering_ros.measure.splits import split_costs, split_exactness
+from demand_layering_ros.measure.transfer import (checksum_speed, DISK_ROUNDS, DISK_SIZES,
+                                                  DiskRounds, h2d_points, H2D_SIZES)
 from demand_layering_ros.planning import planner
-from demand_layering_ros.planning.measure import executor_costs
-from demand_layering_ros.planning.measure.activation import activation_peak
-from demand_layering_ros.planning.measure.call_clock import call_waits, CallClock, split_calls
-from demand_layering_ros.planning.measure.contention import read_contention
-from demand_layering_ros.planning.measure.executor_costs import fit_probe_handoff
-from demand_layering_ros.planning.measure.executor_costs import fit_two_probes, tight_pass
-from demand_layering_ros.planning.measure.machine import machine_info, sync
-from demand_layering_ros.planning.measure.splits import split_costs, split_exactness
-from demand_layering_ros.planning.measure.transfer import (checksum_speed, DISK_ROUNDS,
-                                                           DISK_SIZES, DiskRounds, h2d_points,
-                                                           H2D_SIZES)
 from demand_layering_ros.planning.schedule import Schedule
+from demand_layering_ros.planning.simulate import fit_handoff, fit_probe_handoff, fit_two_probes
 from demand_layering_ros.planning.timing import load_profile, PROFILE_FORMAT, PROFILE_VERSION
 from demand_layering_ros.planning.timing import round_levels, Timing
 from demand_layering_ros.quantiles import median
@@ -259,8 +258,8 @@ def _measure_machine(pack, sched, model, x, device, disk, threads, repeats, bar,
     disk.measure('after calls')
     found = {'executor': None, 'split_exact': {}, 'split_cost': {}, 'peak_weight_bytes': None}
     if executor_overhead:
-        found['executor'] = executor_costs.executor_overhead(device, progress=bar,
-                                                             disk=disk.result())
+        found['executor'] = executor_costs.executor_overhead(
+            device, progress=bar, disk=disk.result(), fit_handoff=fit_handoff)
         disk.measure('after executor costs')
     if check_splits:
         exact = found['split_exact'] = split_exactness(pack, sched, device, model, progress=bar)

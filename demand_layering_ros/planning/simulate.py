@@ -8,12 +8,18 @@ The reader places slots in first-use order at the offsets the shared arena alloc
 the slot whose last step ended, and compute runs each step once its slots are in and the
 previous step is done. Pure arithmetic on a Schedule, a Timing and a Config: the search calls
 it thousands of times per plan.
+
+Below it, the replay fitted to measured passes: the executor's hand-off delay and the reads'
+slowdown under compute are the values at which the replay of a measured tight pass takes its
+measured time (`measure.executor_costs` runs the passes, the profiler calls these).
 """
 
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from demand_layering_ros.layout import arena
+from demand_layering_ros.planning.schedule import Schedule
+from demand_layering_ros.planning.timing import PROFILE_FORMAT, Timing
 from demand_layering_ros.sizes import align_up, PAGE
 
 
@@ -306,3 +312,89 @@ def _timeline(sched, st, rows, start_w, end, resident):
                     'compute_start': a / 1e3, 'compute_end': b / 1e3})
     out.sort(key=lambda r: (r['compute_start'], r['read_start'] or 0.0))
     return out
+
+
+# ------------------------------------------------ the replay fitted to measured passes
+
+HANDOFF_MAX_MS = 20.0
+
+
+def fit_handoff(pk, device, disk, executor_costs, resident_ms, measured_ms, arena_bytes):
+    """Return the hand-off delay (ms) at which the simulated tight pass takes `measured_ms`."""
+    sched = Schedule.from_pack(pk)
+    n = sched.steps
+    prof = {'format': PROFILE_FORMAT, 'device': str(device).split(':')[0],
+            'device_kind': 'cpu' if not str(device).startswith('cuda') else 'cuda',
+            'steps': {'unit': list(sched.call_order), 'busy_ms': [resident_ms / n] * n,
+                      'gap_ms': [0.0] * n, 'tail_ms': 0.0},
+            'disk': disk, 'executor': dict(executor_costs)}
+    timing = Timing.from_profile(prof, sched)
+    return solve_handoff(sched, timing, Config(frozenset(), arena_bytes), measured_ms)
+
+
+def solve_handoff(sched, timing, cfg, measured_ms, hi=5.0, **sim_kw):
+    """Return the hand-off (ms, 0..hi) at which `simulate(cfg)` takes `measured_ms`."""
+    def latency(h):
+        timing.handoff = h
+        return simulate(sched, timing, cfg, **sim_kw).latency_ms
+    return round(solve_increasing(latency, measured_ms, 0.0, hi), 5)
+
+
+def solve_increasing(f, target, lo, hi, steps=30):
+    """Return x in [lo, hi] with f(x) = target for an increasing f (clamped at the ends)."""
+    if f(lo) >= target:
+        return lo
+    if f(hi) <= target:
+        return hi
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if f(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _config(sched, probe):
+    return Config(frozenset(sched.forced), int(probe['arena_bytes'] or 0),
+                  probe['prefetch_depth'], int(probe.get('split_bytes') or 0))
+
+
+def fit_probe_handoff(sched, timing, probe):
+    """Return the hand-off (ms) at which the replay of the tight pass takes its measured time."""
+    return solve_handoff(sched, timing, _config(sched, probe), probe['measured_ms'],
+                         hi=HANDOFF_MAX_MS)
+
+
+def fit_two_probes(sched, timing, whole, split, rounds=4):
+    """
+    Return (hand-off ms, read slowdown) that replay both tight passes at their measured times.
+
+    One pass cannot tell a cost per hand-off from reads slower than measured alone: fitted to
+    the unsplit pass only, the stall of a few large units became a hand-off cost that the
+    planner then charged on every chunk of a split plan (yolov3's smallest plan predicted 4.6x
+    its time). The split pass hands off several times more often over the same bytes, so the
+    difference between the two passes is the hand-offs' and the rest is the reads'.
+    """
+    cfg_whole, cfg_split = _config(sched, whole), _config(sched, split)
+    base = timing.read_slowdown
+    slow, handoff = 1.0, 0.0
+    for _ in range(rounds):
+        t = replace(timing, read_slowdown=base * slow)
+        handoff = solve_handoff(sched, t, cfg_split, split['measured_ms'], hi=HANDOFF_MAX_MS)
+        slow = _solve_read(sched, replace(timing, handoff=handoff), cfg_whole,
+                           whole['measured_ms'], base)
+    return handoff, round(base * slow, 5)
+
+
+def _solve_read(sched, timing, cfg, measured_ms, base, hi=20.0):
+    """
+    Return the factor on read_slowdown at which `simulate(cfg)` takes `measured_ms`.
+
+    Reads under compute are never faster than alone (Timing clamps read_slowdown at 1), so
+    the factor does not go below what takes the slowdown to 1.
+    """
+
+    def latency(f):
+        return simulate(sched, replace(timing, read_slowdown=base * f), cfg).latency_ms
+    return solve_increasing(latency, measured_ms, min(1.0, 1.0 / base), hi, steps=25)

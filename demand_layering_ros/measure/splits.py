@@ -11,7 +11,7 @@ this device, and the planner scales a split call's compute by the measured cost.
 
 import time
 
-from demand_layering_ros.planning.measure.machine import sync
+from demand_layering_ros.measure.machine import sync
 from demand_layering_ros.quantiles import median
 
 

@@ -8,8 +8,9 @@ many tiny conv+batch-norm units (a model family registered for this), and the ha
 from a release to the loader's claim is fitted so that the planner's own simulation of a tight
 pass matches its measured time.
 
-On a real pack the hand-off is fitted again (`tight_pass`, `fit_two_probes`): one tight
-streamed pass of the real pack, the hand-off as this model's compute threads see it. The
+On a real pack the hand-off is fitted again (`tight_pass` here, then the planner's
+`fit_two_probes`): one tight streamed pass of the real pack, the hand-off as this model's
+compute threads see it. The
 executor's hand-off (a release waking the loader, the loader claiming the range, the reader and
 verify threads waking) is calibrated on a small model whose compute barely runs. On a small CPU
 at torch's default threads a real model's compute threads keep every core busy (and spin
@@ -22,14 +23,10 @@ with the disk at the level the rounds around it measured.
 
 import time
 
-from demand_layering_ros.planning.measure.machine import sync
-from demand_layering_ros.planning.schedule import Schedule
-from demand_layering_ros.planning.simulate import Config, simulate
-from demand_layering_ros.planning.timing import PROFILE_FORMAT, Timing
+from demand_layering_ros.measure.machine import sync
 from demand_layering_ros.quantiles import median
 
 CALIBRATION_FAMILY = 'dlr-calibration'
-HANDOFF_MAX_MS = 20.0
 
 
 def register_calibration_family():
@@ -68,7 +65,7 @@ def register_calibration_family():
         registry.register(CALIBRATION_FAMILY, build)
 
 
-def executor_overhead(device, blocks=64, repeats=15, progress=None, disk=None):
+def executor_overhead(device, blocks=64, repeats=15, progress=None, disk=None, fit_handoff=None):
     """
     Measure the executor's own costs: per pass, and per slot it hands to the model.
 
@@ -80,7 +77,8 @@ def executor_overhead(device, blocks=64, repeats=15, progress=None, disk=None):
     per pass (the rest). On a real model these would drown in its run-to-run noise. With `disk`
     (the profile's read times) a third run streams everything through the smallest arena, so
     each read waits for the release of the unit before it; the delay that makes the planner's
-    own simulation of that pass match its measured time is the release-to-claim hand-off.
+    own simulation of that pass match its measured time is the release-to-claim hand-off
+    (`fit_handoff`: the planner's fit, `planning.simulate.fit_handoff`, handed in by the profiler).
     """
     import tempfile
     from demand_layering_ros.runtime.model import DemandLayeredModel
@@ -102,7 +100,7 @@ def executor_overhead(device, blocks=64, repeats=15, progress=None, disk=None):
                                            'split_bytes': 0, 'prefetch_depth': None})
                for n in (len(names), few)}
         tight = None
-        if disk:
+        if disk and fit_handoff is not None:
             tight = DemandLayeredModel(pk.path, device=device,
                                        plan={'resident_units': [], 'arena_bytes': None,
                                              'split_bytes': 0, 'prefetch_depth': None})
@@ -167,42 +165,6 @@ def _time_calibration(res, dls, tight, xd, device, repeats):
     return diffs, res_ms, tight_ms
 
 
-def fit_handoff(pk, device, disk, executor_costs, resident_ms, measured_ms, arena_bytes):
-    """Return the hand-off delay (ms) at which the simulated tight pass takes `measured_ms`."""
-    sched = Schedule.from_pack(pk)
-    n = sched.steps
-    prof = {'format': PROFILE_FORMAT, 'device': str(device).split(':')[0],
-            'device_kind': 'cpu' if not str(device).startswith('cuda') else 'cuda',
-            'steps': {'unit': list(sched.call_order), 'busy_ms': [resident_ms / n] * n,
-                      'gap_ms': [0.0] * n, 'tail_ms': 0.0},
-            'disk': disk, 'executor': dict(executor_costs)}
-    timing = Timing.from_profile(prof, sched)
-    return solve_handoff(sched, timing, Config(frozenset(), arena_bytes), measured_ms)
-
-
-def solve_handoff(sched, timing, cfg, measured_ms, hi=5.0, **sim_kw):
-    """Return the hand-off (ms, 0..hi) at which `simulate(cfg)` takes `measured_ms`."""
-    def latency(h):
-        timing.handoff = h
-        return simulate(sched, timing, cfg, **sim_kw).latency_ms
-    return round(solve_increasing(latency, measured_ms, 0.0, hi), 5)
-
-
-def solve_increasing(f, target, lo, hi, steps=30):
-    """Return x in [lo, hi] with f(x) = target for an increasing f (clamped at the ends)."""
-    if f(lo) >= target:
-        return lo
-    if f(hi) <= target:
-        return hi
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        if f(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
-
-
 def tight_pass(pack, device, x, repeats, progress=None, split_bytes=0):
     """Run the pack streamed through its smallest arena; return measured ms and the layout."""
     import torch
@@ -231,50 +193,3 @@ def tight_pass(pack, device, x, repeats, progress=None, split_bytes=0):
     if progress is not None:
         progress.update(1)
     return out
-
-
-def _config(sched, probe):
-    return Config(frozenset(sched.forced), int(probe['arena_bytes'] or 0),
-                  probe['prefetch_depth'], int(probe.get('split_bytes') or 0))
-
-
-def fit_probe_handoff(sched, timing, probe):
-    """Return the hand-off (ms) at which the replay of the tight pass takes its measured time."""
-    return solve_handoff(sched, timing, _config(sched, probe), probe['measured_ms'],
-                         hi=HANDOFF_MAX_MS)
-
-
-def fit_two_probes(sched, timing, whole, split, rounds=4):
-    """
-    Return (hand-off ms, read slowdown) that replay both tight passes at their measured times.
-
-    One pass cannot tell a cost per hand-off from reads slower than measured alone: fitted to
-    the unsplit pass only, the stall of a few large units became a hand-off cost that the
-    planner then charged on every chunk of a split plan (yolov3's smallest plan predicted 4.6x
-    its time). The split pass hands off several times more often over the same bytes, so the
-    difference between the two passes is the hand-offs' and the rest is the reads'.
-    """
-    from dataclasses import replace
-    cfg_whole, cfg_split = _config(sched, whole), _config(sched, split)
-    base = timing.read_slowdown
-    slow, handoff = 1.0, 0.0
-    for _ in range(rounds):
-        t = replace(timing, read_slowdown=base * slow)
-        handoff = solve_handoff(sched, t, cfg_split, split['measured_ms'], hi=HANDOFF_MAX_MS)
-        slow = _solve_read(sched, replace(timing, handoff=handoff), cfg_whole,
-                           whole['measured_ms'], base)
-    return handoff, round(base * slow, 5)
-
-
-def _solve_read(sched, timing, cfg, measured_ms, base, hi=20.0):
-    """
-    Return the factor on read_slowdown at which `simulate(cfg)` takes `measured_ms`.
-
-    Reads under compute are never faster than alone (Timing clamps read_slowdown at 1), so
-    the factor does not go below what takes the slowdown to 1.
-    """
-    from dataclasses import replace
-
-    def latency(f):
-        return simulate(sched, replace(timing, read_slowdown=base * f), cfg).latency_ms
-    return solve_increasing(latency, measured_ms, min(1.0, 1.0 / base), hi, steps=25)

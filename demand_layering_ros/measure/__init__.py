@@ -1,7 +1,10 @@
 # Copyright 2026 The demand_layering_ros Authors
 # SPDX-License-Identifier: Apache-2.0
 """
-What a profile measures on this machine (`profiler` runs them and assembles PROFILE.json).
+What a profile measures on this machine (`planning.profiler` runs them into PROFILE.json).
+
+Below planning and above the runtime: each module runs the runtime (or the disk) and returns
+numbers; fitting the planner's replay to them is planning's (`planning.simulate`).
 
 The modules, one per kind of measurement:
   machine         the machine a profile was measured on, and `sync` (wait for the accelerator
@@ -10,8 +13,9 @@ The modules, one per kind of measurement:
   transfer        what moving a streamed slot costs: the disk's O_DIRECT reads by request size
                   (in rounds), the slot checksum, on a discrete GPU the host-to-device copy;
   contention      how much reading and computing at once slow each other down;
-  executor_costs  the executor's own costs per pass and per slot and its hand-off, calibrated
-                  on a small model and fitted again on a tight pass of the real pack;
+  executor_costs  the executor's own costs per pass and per slot, calibrated on a small
+                  model, and the tight passes its hand-off is fitted to (on the small model
+                  and again on the real pack);
   splits          which split sizes stay bit-exact and what computing by chunks costs;
   activation      the activation peak of one pass.
 """

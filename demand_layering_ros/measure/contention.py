@@ -15,7 +15,7 @@ for its slowest thread.
 
 import time
 
-from demand_layering_ros.planning.measure.machine import sync
+from demand_layering_ros.measure.machine import sync
 from demand_layering_ros.quantiles import median
 
 QUEUED = 4          # requests the background reader keeps in flight (the loader runs ahead)
