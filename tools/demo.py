@@ -13,7 +13,9 @@ included; libraries are imported once outside the cgroups first, so their pages 
 charged), activation peak, page cache, latency. A memory-pressure phase follows: a yolov3 at
 416x416 (236 MiB of weights) under a memory limit taken from the layered node's measured peak,
 first resident (the kernel's OOM killer ends it) and then demand-layered (it keeps publishing).
-Annotated images and a pipeline timeline PNG go into the output folder.
+Last, the budget follows the robot (`tools.follow_phase`): yolov3 beside a process that takes
+memory in steps, resident and then with keep_free_mb, in one cgroup. Annotated images and a
+pipeline timeline PNG go into the output folder.
 """
 
 import json
@@ -27,6 +29,7 @@ import time
 
 from demand_layering_ros.sizes import MB
 from tools import floor as floor_mod
+from tools import follow_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ('dog', 'person', 'horses', 'giraffe', 'kite', 'eagle')
@@ -75,6 +78,9 @@ def add_arguments(parser, command=None):
                         default=str(ROOT / '.data' / 'packs' / 'yolov3-416-seed0'),
                         help='the yolov3 pack of the memory-pressure phase; written (seeded '
                              'weights) if missing')
+    parser.add_argument('--skip-keep-free', action='store_true',
+                        help='skip the last phase (the budget follows a robot process that '
+                             'takes memory: make bench-pressure, shortened)')
     parser.add_argument('--pressure-headroom-mb', type=float, default=PRESSURE_HEADROOM_MB,
                         metavar='MB',
                         help="the pressure phase's memory limit: the layered node's measured "
@@ -593,7 +599,20 @@ def run(args, command=None):
         executor.shutdown()
         ros_node.destroy_node()
         rclpy.try_shutdown()
-    return _report(rows, pressure_rows, pressure, pk, pack_mb, budget, photos, args, out_dir)
+    follow = None if args.skip_keep_free else follow_phase.run(Path(args.pack).parent, out_dir)
+    status = _report(rows, pressure_rows, pressure, pk, pack_mb, budget, photos, args, out_dir)
+    return status if args.skip_keep_free else _report_follow(follow) or status
+
+
+def _report_follow(summaries):
+    """Print the keep_free phase's table; return 1 if it failed, else 0."""
+    if summaries is not None:
+        print('\nThe budget follows the robot (yolov3, a process taking memory in steps, one '
+              'cgroup):\n' + follow_phase.table(summaries))
+    why = follow_phase.failure(summaries)
+    if why:
+        print(f'[demo] FAILED: {why}')
+    return 1 if why else 0
 
 
 def _report(rows, pressure_rows, pressure, pk, pack_mb, budget, photos, args, out_dir):
