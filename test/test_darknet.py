@@ -473,6 +473,36 @@ def test_letterbox_is_darknets():
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
 
 
+def _letterbox_float_first(img, net_h, net_w):
+    """Letterbox in the plain order: the frame to float / 255, each axis blended out of place."""
+    def resize(x, out, dim):
+        n = x.shape[dim]
+        if out == n:
+            return x
+        s = torch.arange(out, dtype=torch.float32) * torch.tensor(
+            np.float32(n - 1) / np.float32(out - 1), dtype=torch.float32)
+        i0 = s.long()
+        d = s - i0.float()
+        i0[-1], d[-1] = n - 1, 0.0
+        i1 = (i0 + 1).clamp(max=n - 1)
+        shape = [1] * x.ndim
+        shape[dim] = out
+        d = d.view(shape)
+        return (1 - d) * x.index_select(dim, i0) + d * x.index_select(dim, i1)
+    new_h, new_w, top, left = darknet.letterbox_geometry(*img.shape[:2], net_h, net_w)
+    x = resize(resize(img.permute(2, 0, 1).float() / 255.0, new_w, 2), new_h, 1)
+    out = torch.full((3, net_h, net_w), 0.5)
+    out[:, top:top + new_h, left:left + new_w] = x
+    return out
+
+
+@pytest.mark.parametrize('h, w', [(576, 768), (900, 1352), (416, 416), (417, 300), (7, 5)])
+def test_letterbox_gathers_before_converting(h, w):
+    """Pixels become floats after the gather (no float copy of the frame): the same bits."""
+    img = torch.from_numpy(np.random.default_rng(h * w).integers(0, 256, (h, w, 3), np.uint8))
+    assert torch.equal(darknet.letterbox(img, 416, 416), _letterbox_float_first(img, 416, 416))
+
+
 def test_reorg_is_darknets():
     c, h, w, s = 8, 4, 6, 2
     x = np.arange(c * h * w, dtype=np.float32)
