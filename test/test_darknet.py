@@ -18,6 +18,7 @@ from demand_layering_ros.models.detector import read_image
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 LISTED = {  # cfg -> small test input size
     'yolov2': 96, 'yolov2-tiny': 96, 'yolov3': 96, 'yolov3-tiny': 96, 'yolov3-spp': 96,
@@ -501,6 +502,16 @@ def test_letterbox_gathers_before_converting(h, w):
     """Pixels become floats after the gather (no float copy of the frame): the same bits."""
     img = torch.from_numpy(np.random.default_rng(h * w).integers(0, 256, (h, w, 3), np.uint8))
     assert torch.equal(darknet.letterbox(img, 416, 416), _letterbox_float_first(img, 416, 416))
+
+
+@pytest.mark.parametrize('size, stride', [(1, 1), (2, 2), (2, 1), (3, 2), (5, 1), (13, 1)])
+def test_max_pool_is_max_pool2d_without_indices(size, stride):
+    """The maxima of strided views are max_pool2d's own, NaN and infinities included."""
+    x = torch.randn(2, 3, 17, 14, generator=torch.Generator().manual_seed(size))
+    x[0, 0, 0, 0], x[1, 1, 2, 3], x[1, 2, 4, :] = float('nan'), float('inf'), float('-inf')
+    ours, ref = darknet.layers.max_pool(x, size, stride), F.max_pool2d(x, size, stride)
+    assert torch.equal(ours.isnan(), ref.isnan())
+    assert torch.equal(ours.nan_to_num(0.5), ref.nan_to_num(0.5))
 
 
 def test_reorg_is_darknets():
