@@ -126,7 +126,7 @@ def decode(data, msg_type, where):
 
 def decode_taken(batch, queue, slack, log):
     """
-    Decode the frames taken to run: [(frame, message, RGB)].
+    Decode the frames taken to run: [(frame, message, RGB)]; each frame keeps the message.
 
     A malformed frame is dropped and counted in `queue`; `slack` gets each frame's decode time
     and, when its stamp was usable, its age at arrival.
@@ -141,6 +141,7 @@ def decode_taken(batch, queue, slack, log):
             log.warning(f'dropped a malformed frame: {e}', throttle_duration_sec=5.0)
             continue
         slack.add('decode', time.perf_counter() - t0)
+        f.msg = msg     # the bytes go now, not after the pass: the RGB array is the frame's copy
         if f.base != f.arrival:      # a usable stamp: how old the frame came in
             slack.add('age', f.arrival - f.base)
         frames.append((f, msg, rgb))
