@@ -18,6 +18,7 @@ from demand_layering_ros.models.detector import read_image
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 LISTED = {  # cfg -> small test input size
     'yolov2': 96, 'yolov2-tiny': 96, 'yolov3': 96, 'yolov3-tiny': 96, 'yolov3-spp': 96,
@@ -471,6 +472,46 @@ def test_letterbox_is_darknets():
     ref = np.full((3, 32, 32), 0.5, np.float32)
     ref[:, top:top + new_h, left:left + new_w] = _darknet_resize(im, new_w, new_h)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
+
+
+def _letterbox_float_first(img, net_h, net_w):
+    """Letterbox in the plain order: the frame to float / 255, each axis blended out of place."""
+    def resize(x, out, dim):
+        n = x.shape[dim]
+        if out == n:
+            return x
+        s = torch.arange(out, dtype=torch.float32) * torch.tensor(
+            np.float32(n - 1) / np.float32(out - 1), dtype=torch.float32)
+        i0 = s.long()
+        d = s - i0.float()
+        i0[-1], d[-1] = n - 1, 0.0
+        i1 = (i0 + 1).clamp(max=n - 1)
+        shape = [1] * x.ndim
+        shape[dim] = out
+        d = d.view(shape)
+        return (1 - d) * x.index_select(dim, i0) + d * x.index_select(dim, i1)
+    new_h, new_w, top, left = darknet.letterbox_geometry(*img.shape[:2], net_h, net_w)
+    x = resize(resize(img.permute(2, 0, 1).float() / 255.0, new_w, 2), new_h, 1)
+    out = torch.full((3, net_h, net_w), 0.5)
+    out[:, top:top + new_h, left:left + new_w] = x
+    return out
+
+
+@pytest.mark.parametrize('h, w', [(576, 768), (900, 1352), (416, 416), (417, 300), (7, 5)])
+def test_letterbox_gathers_before_converting(h, w):
+    """Pixels become floats after the gather (no float copy of the frame): the same bits."""
+    img = torch.from_numpy(np.random.default_rng(h * w).integers(0, 256, (h, w, 3), np.uint8))
+    assert torch.equal(darknet.letterbox(img, 416, 416), _letterbox_float_first(img, 416, 416))
+
+
+@pytest.mark.parametrize('size, stride', [(1, 1), (2, 2), (2, 1), (3, 2), (5, 1), (13, 1)])
+def test_max_pool_is_max_pool2d_without_indices(size, stride):
+    """The maxima of strided views are max_pool2d's own, NaN and infinities included."""
+    x = torch.randn(2, 3, 17, 14, generator=torch.Generator().manual_seed(size))
+    x[0, 0, 0, 0], x[1, 1, 2, 3], x[1, 2, 4, :] = float('nan'), float('inf'), float('-inf')
+    ours, ref = darknet.layers.max_pool(x, size, stride), F.max_pool2d(x, size, stride)
+    assert torch.equal(ours.isnan(), ref.isnan())
+    assert torch.equal(ours.nan_to_num(0.5), ref.nan_to_num(0.5))
 
 
 def test_reorg_is_darknets():

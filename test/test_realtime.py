@@ -13,7 +13,7 @@ from demand_layering_ros.ros import intake, params
 from demand_layering_ros.service import imaging, scheduling, settings
 from demand_layering_ros.service.slack import Slack
 import pytest
-from rclpy.serialization import serialize_message
+from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
 
@@ -274,6 +274,31 @@ def test_decode_converts_the_frame_and_refuses_garbage():
     assert got.header.frame_id == 'x' and (rgb == _rgb()).all()
     with pytest.raises(imaging.ImageError, match='/cam0/image_raw'):
         intake.decode(b'\x00\x01\x00\x00\x01', Image, '/cam0/image_raw')
+
+
+@pytest.mark.parametrize('encoding, step_pad, frame_id', [
+    ('rgb8', 0, 'cam0'), ('bgr8', 3, ''), ('mono16', 1, 'caméra'), ('yuv422', 0, 'x' * 9)])
+def test_frames_are_read_in_place_as_rclpy_deserialises_them(encoding, step_pad, frame_id):
+    """The header, the fields and the pixels read from the CDR bytes are rclpy's own."""
+    import numpy as np
+    bpp = imaging.ENCODINGS[encoding][0]
+    msg = Image(height=3, width=4, encoding=encoding, step=4 * bpp + step_pad, is_bigendian=1)
+    msg.data = bytes(range(msg.step * 3))
+    msg.header.stamp.sec, msg.header.stamp.nanosec = -5, 123
+    msg.header.frame_id = frame_id
+    data = serialize_message(msg)
+    got, pixels = intake.read_in_place(data, Image)
+    ref = deserialize_message(data, Image)
+    assert got.header == ref.header and bytes(pixels) == bytes(ref.data)
+    assert [getattr(got, k) for k in ('height', 'width', 'encoding', 'is_bigendian', 'step')] \
+        == [getattr(ref, k) for k in ('height', 'width', 'encoding', 'is_bigendian', 'step')]
+    assert np.array_equal(intake.decode(data, Image, 'w')[1], imaging.msg_to_rgb(ref))
+    assert all(intake.read_in_place(data[:cut], Image) is None for cut in range(len(data)))
+    compressed = CompressedImage(format='png', data=imaging.encode_compressed(_rgb(), 'png'))
+    data = serialize_message(compressed)
+    got, pixels = intake.read_in_place(data, CompressedImage)
+    assert got.format == 'png' and bytes(pixels) == bytes(compressed.data)
+    assert (intake.decode(data, CompressedImage, 'c')[1] == _rgb()).all()
 
 
 def _rgb():
