@@ -1,0 +1,130 @@
+# Copyright 2026 The demand_layering_ros Authors
+# SPDX-License-Identifier: Apache-2.0
+"""
+The preemption guard on its own (`scheduling.preempting_frame`), no ROS, no model.
+
+A frame of another model runs inside a pass only when it must (waiting would miss its
+deadline) and the running model keeps every deadline: the frames of the pass, its frames
+waiting, and its cameras' next frames, with each preemption's cost to the pass counted.
+"""
+
+import math
+
+from demand_layering_ros.service import scheduling
+from demand_layering_ros.service.scheduling import Camera, Frame, HostPass, PassProfile
+
+
+class _Model:
+    """What the guard reads of a model: its measured latency and feasibility."""
+
+    def __init__(self, seconds):
+        self.infeasible = False
+        self.service = type('Service', (), {})()
+        self.service.latency = scheduling.LatencyModel()
+        self.service.latency.update(1, seconds)
+
+
+def _frame(model, base, deadline_s, cam='/c'):
+    return Frame(Camera(cam, model), None, base, base + deadline_s)
+
+
+SMALL, LARGE = _Model(0.05), _Model(0.45)
+URGENT = _frame(SMALL, 10.08, 0.2)      # due 10.28
+
+
+def cost(m):
+    """Inside another pass a model is slower: twice its own slow end."""
+    return 2 * m.service.latency.upper(1)
+
+
+def _host(left, left_slow=None, deadline_s=math.inf, cameras=(), **kw):
+    running = [_frame(LARGE, 10.0, deadline_s, '/r')]
+    return HostPass(running, left, left if left_slow is None else left_slow,
+                    service=0.45, cameras=list(cameras), **kw)
+
+
+def pick(host, waiting=(URGENT,), now=10.1):
+    return scheduling.preempting_frame(list(waiting), host, now, cost)
+
+
+def test_preempts_only_when_it_saves_a_deadline():
+    assert pick(_host(0.4)) is URGENT
+    assert pick(_host(0.05)) is None                     # it can wait for the rest
+    assert pick(_host(0.4), [_frame(SMALL, 10.0, 0.15)]) is None   # too late even now
+    assert pick(_host(0.4), [_frame(SMALL, 10.08, math.inf)]) is None
+    SMALL.infeasible = True
+    try:
+        assert pick(_host(0.4)) is None                  # best-effort frames never preempt
+    finally:
+        SMALL.infeasible = False
+
+
+def test_the_running_frames_keep_their_deadline_at_the_slow_end():
+    assert pick(_host(0.4, deadline_s=0.55)) is None     # 10.1 + 0.1 + 0.4 > 10.55
+    assert pick(_host(0.3, deadline_s=0.55)) is URGENT
+    assert pick(_host(0.3, 0.4, deadline_s=0.55)) is None
+
+
+def test_every_preemption_of_a_pass_pays_its_penalty():
+    # End of the pass: 10.1 + 0.1 guest + 0.3 left + penalty x (guests + 1); deadline 10.6.
+    assert pick(_host(0.3, deadline_s=0.6, penalty=0.06)) is URGENT            # 10.56
+    assert pick(_host(0.3, deadline_s=0.6, penalty=0.06, guests=1)) is None   # 10.62
+
+
+def test_a_frame_of_the_running_model_waiting_keeps_its_deadline():
+    # The pass ends at 10.5 (10.1 + 0.1 + 0.3), its frame with 0.5 s to spare: the one
+    # waiting since 9.9 (deadline 10.9) would end at 10.95. The old guard took it.
+    waiting = _frame(LARGE, 9.9, 1.0, '/r')
+    cams = [(waiting, 9.9 + 0.5, 0.5, 1.0)]
+    assert pick(_host(0.3, deadline_s=1.0, cameras=cams)) is None
+    cams = [(_frame(LARGE, 9.96, 1.0, '/r'), 9.96 + 0.6, 0.6, 1.0)]
+    assert pick(_host(0.3, deadline_s=1.0, cameras=cams)) is URGENT   # 10.95 <= 10.96
+    # ... and is taken before its camera's next frame supersedes it (due 10.45 < 10.5).
+    cams = [(_frame(LARGE, 9.95, 2.0, '/r'), 9.95 + 0.5, 0.5, 2.0)]
+    assert pick(_host(0.3, deadline_s=2.0, cameras=cams)) is None
+
+
+def test_the_running_models_next_frame_keeps_its_deadline():
+    # The pass ends at 11.05 (deadline 11.2): the frame due at 10.5 would run from 11.05, after
+    # the one due at 11.0 superseded it. The old guard took it.
+    cams = [(None, 10.5, 0.5, 1.2)]
+    assert pick(_host(0.85, deadline_s=1.2, cameras=cams)) is None
+    assert pick(_host(0.75, deadline_s=1.2, cameras=cams)) is URGENT    # ends 10.95
+    # Due after the pass (10.8): a pass of another model may start first (0.05 slow end),
+    # then it takes 0.45: 11.3 > 10.8 + 0.45 deadline; with 0.5 it is in time.
+    assert pick(_host(0.3, deadline_s=1.0, cameras=[(None, 10.8, 0.5, 0.45)])) is None
+    assert pick(_host(0.3, deadline_s=1.0, cameras=[(None, 10.8, 0.5, 0.5)])) is URGENT
+
+
+def test_an_unmeasured_camera_refuses_and_a_quiet_one_does_not_count():
+    assert pick(_host(0.3, cameras=[(None, math.inf, math.inf, 1.0)])) is None
+    assert pick(_host(0.3, cameras=[(None, 9.0, 0.5, 1.0)])) is URGENT    # overdue 1.1 s
+    assert pick(_host(0.3, cameras=[(None, 9.0, math.inf, math.inf)])) is URGENT   # no deadline
+
+
+def test_pass_profile_measures_where_the_time_goes():
+    p = PassProfile()
+    assert p.left(25, 100) == 0.75                        # nothing timed: the share of units
+    for _ in range(3):
+        p.add_pass([(25, 0.1), (50, 0.6)], 1.0)
+    assert math.isclose(p.left(25, 100), 0.9) and math.isclose(p.left(50, 100), 0.4)
+    assert p.penalty == 0.0
+    for x in (-0.05, 0.01, 0.02, 0.03, 0.2):
+        p.add_penalty(x)
+    assert p.penalty == 0.2                               # the slow end
+    q = PassProfile()
+    q.add_penalty(-0.1)
+    assert q.penalty == 0.0
+
+
+def test_a_camera_period_is_measured_from_its_frames():
+    queue = scheduling.FrameQueue()
+    cam = Camera('/r', LARGE)
+    queue.cameras.append(cam)
+    assert cam.period == math.inf
+    for base in (1.0, 1.5, 2.0, 2.6, 3.0):
+        queue.offer(cam, _frame(LARGE, base, 1.0, '/r'))
+    assert math.isclose(cam.period, 0.5)
+    (frame, due, period), = queue.cameras_of(LARGE)
+    assert frame.base == 3.0 and math.isclose(due, 3.5) and math.isclose(period, 0.5)
+    assert queue.cameras_of(SMALL) == []
