@@ -87,7 +87,11 @@ class FrameServer:
             except Exception as e:   # never let the thread die: report and keep serving
                 self.record_error(f'inference thread: {type(e).__name__}: {e}')
         if self.preemptions:
-            self.log.info(f"preempt: {self.preemptions} frames ran inside another model's pass")
+            cost = ', '.join(f'{m.label} {p.penalty * 1e3:.0f} ms'
+                             for m, p in self.profiles.items() if p.penalties)
+            self.log.info(f"preempt: {self.preemptions} frames ran inside another model's pass"
+                          + (f' (what one cost the pass it ran in afterwards, slow end: {cost})'
+                             if cost else ''))
 
     def serve(self, pending: Sequence[Frame]) -> List[Frame]:
         """
