@@ -8,10 +8,14 @@ deadline) and the running model keeps every deadline: the frames of the pass, it
 waiting, and its cameras' next frames, with each preemption's cost to the pass counted.
 """
 
+from collections import deque
 import math
+import threading
+import time
 
 from demand_layering_ros.service import scheduling
 from demand_layering_ros.service.scheduling import Camera, Frame, HostPass, PassProfile
+from demand_layering_ros.service.serving import FrameServer, Running
 
 
 class _Model:
@@ -128,3 +132,51 @@ def test_a_camera_period_is_measured_from_its_frames():
     (frame, due, period), = queue.cameras_of(LARGE)
     assert frame.base == 3.0 and math.isclose(due, 3.5) and math.isclose(period, 0.5)
     assert queue.cameras_of(SMALL) == []
+
+
+class _Served:
+    """A served model as FrameServer reads it: settings, a service that answers at once."""
+
+    def __init__(self, name, seconds, deadline_ms):
+        self.name, self.label, self.infeasible, self.served = name, f'model {name}', False, 0
+        self.settings = {'deadline_ms': deadline_ms, 'score_threshold': 0.5, 'nms_iou': 0.5,
+                         'max_detections': 10, 'preempt': True}
+        s = self.service = _Model(seconds).service
+        s.lock, s.class_names = threading.Lock(), []
+        s.slack = type('Slack', (), {'add': lambda *a: None})()
+        s.last_forward_seconds = lambda: None
+        s.infer = lambda images, *a: [None] * len(images)
+        s.record_latency = lambda n, seconds: s.latency.update(n, seconds)
+
+
+def _server(clock):
+    queue = scheduling.FrameQueue()
+    errors = []
+    server = FrameServer(queue, lambda b: [(f, None, None) for f in b], lambda *a: True,
+                         lambda: clock[0], log=None, record_error=errors.append)
+    server.errors = errors
+    return server
+
+
+def test_every_guest_of_a_pass_is_charged_and_its_cost_measured():
+    small, large = _Served('front', 0.05, 200.0), _Served('rear', 0.45, 0.0)
+    clock = [10.1]
+    server = _server(clock)
+    cams = {m: Camera(f'/{m.name}', m) for m in (small, large)}
+    server.queue.cameras.extend(cams.values())
+    running = Frame(cams[large], None, 10.0, math.inf)
+    server.running = run = Running([running], large, time.perf_counter(), 0.0, 0.45)
+    for base in (10.08, 10.18):                 # each would miss 10.28 / 10.38 waiting
+        server.queue.offer(cams[small], Frame(cams[small], None, base, base + 0.2))
+        clock[0] = base + 0.02
+        server.at_boundary('rear', 10, 100)
+    assert server.errors == []
+    assert run.guests == 2 and server.preemptions == 2 and small.served == 2
+    assert cams[small].published == 2
+    assert small.service.latency.samples[1] == deque([0.05])   # guests teach guest_cost only
+    assert server.host_pass(run, 20, 100).guests == 2
+    server.learn(run, 0.55)                     # 0.1 beyond its slow end, for two guests
+    assert math.isclose(server.profiles[large].penalty, 0.05)
+    quiet = Running([running], large, 0.0, 0.0, 0.45, marks=[(10, 0.2)])
+    server.learn(quiet, 0.5)
+    assert math.isclose(server.host_pass(quiet, 10, 100).left, 0.45 * 0.6)
