@@ -41,10 +41,10 @@ def cost(m):
     return 2 * m.service.latency.upper(1)
 
 
-def _host(left, left_slow=None, deadline_s=math.inf, cameras=(), **kw):
+def _host(left, left_slow=None, deadline_s=math.inf, cameras=(), service=0.45, **kw):
     running = [_frame(LARGE, 10.0, deadline_s, '/r')]
     return HostPass(running, left, left if left_slow is None else left_slow,
-                    service=0.45, cameras=list(cameras), **kw)
+                    service=service, cameras=list(cameras), **kw)
 
 
 def pick(host, waiting=(URGENT,), now=10.1):
@@ -78,26 +78,41 @@ def test_every_preemption_of_a_pass_pays_its_penalty():
 def test_a_frame_of_the_running_model_waiting_keeps_its_deadline():
     # The pass ends at 10.5 (10.1 + 0.1 + 0.3), its frame with 0.5 s to spare: the one
     # waiting since 9.9 (deadline 10.9) would end at 10.95. The old guard took it.
-    waiting = _frame(LARGE, 9.9, 1.0, '/r')
-    cams = [(waiting, 9.9 + 0.5, 0.5, 1.0)]
+    cams = [(_frame(LARGE, 9.9, 1.0, '/r'), 9.9 + 0.7, 0.7, 1.0)]
     assert pick(_host(0.3, deadline_s=1.0, cameras=cams)) is None
-    cams = [(_frame(LARGE, 9.96, 1.0, '/r'), 9.96 + 0.6, 0.6, 1.0)]
+    cams = [(_frame(LARGE, 9.96, 1.0, '/r'), 9.96 + 0.7, 0.7, 1.0)]
     assert pick(_host(0.3, deadline_s=1.0, cameras=cams)) is URGENT   # 10.95 <= 10.96
-    # ... and is taken before its camera's next frame supersedes it (due 10.45 < 10.5).
-    cams = [(_frame(LARGE, 9.95, 2.0, '/r'), 9.95 + 0.5, 0.5, 2.0)]
-    assert pick(_host(0.3, deadline_s=2.0, cameras=cams)) is None
+    # ... and is taken before its camera's next frame supersedes it (due 10.46 < 10.5).
+    cams = [(_frame(LARGE, 9.96, 2.0, '/r'), 9.96 + 0.5, 0.5, 2.0)]
+    assert pick(_host(0.3, deadline_s=2.0, cameras=cams, service=0.2)) is None
+    cams = [(_frame(LARGE, 9.96, 2.0, '/r'), 9.96 + 0.6, 0.6, 2.0)]
+    assert pick(_host(0.3, deadline_s=2.0, cameras=cams, service=0.2)) is URGENT
 
 
 def test_the_running_models_next_frame_keeps_its_deadline():
     # The pass ends at 11.05 (deadline 11.2): the frame due at 10.5 would run from 11.05, after
     # the one due at 11.0 superseded it. The old guard took it.
     cams = [(None, 10.5, 0.5, 1.2)]
-    assert pick(_host(0.85, deadline_s=1.2, cameras=cams)) is None
-    assert pick(_host(0.75, deadline_s=1.2, cameras=cams)) is URGENT    # ends 10.95
+    assert pick(_host(0.85, deadline_s=1.2, cameras=cams, service=0.2)) is None
+    assert pick(_host(0.75, deadline_s=1.2, cameras=cams, service=0.2)) is URGENT  # 10.95
     # Due after the pass (10.8): a pass of another model may start first (0.05 slow end),
-    # then it takes 0.45: 11.3 > 10.8 + 0.45 deadline; with 0.5 it is in time.
-    assert pick(_host(0.3, deadline_s=1.0, cameras=[(None, 10.8, 0.5, 0.45)])) is None
-    assert pick(_host(0.3, deadline_s=1.0, cameras=[(None, 10.8, 0.5, 0.5)])) is URGENT
+    # then it takes 0.2: 11.05 > 10.8 + 0.24; with 0.26 it is in time.
+    cams = [(None, 10.8, 0.5, 0.24)]
+    assert pick(_host(0.3, deadline_s=1.0, cameras=cams, service=0.2)) is None
+    cams = [(None, 10.8, 0.5, 0.26)]
+    assert pick(_host(0.3, deadline_s=1.0, cameras=cams, service=0.2)) is URGENT
+
+
+def test_a_model_lends_no_more_in_a_period_than_its_passes_leave_free():
+    # 0.45 s passes every 0.5 s with 0.05 s of another model between leave nothing free: each
+    # delay would be passed on from frame to frame. The old guard lent it all the same.
+    cams = [(None, 10.5, 0.5, 2.0)]
+    assert pick(_host(0.3, deadline_s=2.0, cameras=cams)) is None
+    cams = [(None, 10.7, 0.7, 2.0)]                      # 0.2 s free a period
+    assert pick(_host(0.3, deadline_s=2.0, cameras=cams)) is URGENT        # lends 0.1
+    assert pick(_host(0.3, deadline_s=2.0, cameras=cams, lent=0.08)) is URGENT
+    assert pick(_host(0.3, deadline_s=2.0, cameras=cams, lent=0.12)) is None
+    assert pick(_host(0.3, deadline_s=2.0, cameras=cams, lent=0.08, penalty=0.05)) is None
 
 
 def test_an_unmeasured_camera_refuses_and_a_quiet_one_does_not_count():
@@ -174,7 +189,8 @@ def test_every_guest_of_a_pass_is_charged_and_its_cost_measured():
     assert run.guests == 2 and server.preemptions == 2 and small.served == 2
     assert cams[small].published == 2
     assert small.service.latency.samples[1] == deque([0.05])   # guests teach guest_cost only
-    assert server.host_pass(run, 20, 100).guests == 2
+    host = server.host_pass(run, 20, 100)
+    assert host.guests == 2 and host.lent > 0         # both guests, in its last period
     server.learn(run, 0.55)                     # 0.1 beyond its slow end, for two guests
     assert math.isclose(server.profiles[large].penalty, 0.05)
     quiet = Running([running], large, 0.0, 0.0, 0.45, marks=[(10, 0.2)])

@@ -202,7 +202,8 @@ class HostPass:
     for the guest's layers and read again); `guests`: preemptions already taken in it, each
     still owing that penalty; `service`: the slow end of its model's pass, what each of its
     frames after this one takes; `cameras`: [(waiting frame or None, next frame's base,
-    period, deadline after base)] of its model's cameras, what it must leave their deadlines.
+    period, deadline after base)] of its model's cameras, what it must leave their deadlines;
+    `lent`: seconds its passes lent to guests (penalties included) in the last frame period.
     """
 
     frames: list
@@ -212,6 +213,7 @@ class HostPass:
     guests: int = 0
     service: float = 0.0
     cameras: list = ()
+    lent: float = 0.0
 
 
 def preempting_frame(waiting, host, now, cost):
@@ -231,13 +233,13 @@ def preempting_frame(waiting, host, now, cost):
         c = cost(m)
         if now + host.left + m.service.latency.upper(1) <= f.deadline or now + c > f.deadline:
             continue
-        end = now + c + host.penalty * (host.guests + 1) + host.left_slow
-        if host_keeps(host, now, end, m.service.latency.upper(1)):
+        lend = c + host.penalty * (host.guests + 1)
+        if host_keeps(host, now, now + lend + host.left_slow, m.service.latency.upper(1), lend):
             return f
     return None
 
 
-def host_keeps(host, now, end, between):
+def host_keeps(host, now, end, between, lend=0.0):
     """
     Return True when the running model keeps its deadlines with its pass ending at `end`.
 
@@ -246,20 +248,25 @@ def host_keeps(host, now, end, between):
     its camera's next frame supersedes it and end by its deadline; a camera with none waiting
     has its next frame due at base + period: it runs at the pass's end, or, arriving after it,
     once the pass of another model that may start meanwhile (`between`) is done, and must
-    meet its deadline before the frame after it arrives. Slow-end times throughout; a camera
-    whose period is not measured yet refuses every preemption, one overdue by more than a
-    period is taken to be quiet.
+    meet its deadline before the frame after it arrives. Those checks reach one frame ahead;
+    the frames after it keep theirs because a delay lent is made up before the next: what
+    the model lends in a frame period (`host.lent` and this `lend`) stays within the time its
+    passes, another model's between two of its own, leave free in a period. Where they leave
+    none, nothing is lent. Slow-end times throughout; a camera whose period is not measured
+    yet refuses every preemption, one overdue by more than a period is taken to be quiet.
     """
     if any(end > r.deadline for r in host.frames):
         return False
-    t = end
-    for frame, due, period, deadline_s in host.cameras:
-        if not math.isfinite(deadline_s):
-            continue
-        if not math.isfinite(period):
+    cams = [c for c in host.cameras if math.isfinite(c[3]) and not (
+        c[0] is None and now > c[1] + c[2])]
+    if any(not math.isfinite(period) for _, _, period, _ in cams):
+        return False
+    if cams:
+        busy = sum((host.service + between) / period for _, _, period, _ in cams)
+        if host.lent + lend > (1.0 - busy) * min(period for _, _, period, _ in cams):
             return False
-        if frame is None and now > due + period:
-            continue
+    t = end
+    for frame, due, period, deadline_s in cams:
         if frame is not None:
             if t > due or t + host.service > frame.deadline:
                 return False

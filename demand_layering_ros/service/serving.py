@@ -14,6 +14,7 @@ A frame's `camera.model` is the model it runs through (`ros.served.ServedModel`,
 with `name`, `label`, `settings`, `service`, `infeasible`, `infeasible_said` and `served`).
 """
 
+from collections import deque
 from dataclasses import dataclass, field
 import math
 import threading
@@ -75,6 +76,7 @@ class FrameServer:
         self.preemptions = 0
         self.guest_latency = {}   # model -> LatencyModel of its passes run inside another's
         self.profiles = {}        # model -> PassProfile of its passes (timed with preempt on)
+        self.lent_by = {}         # model -> deque of (perf_counter, seconds its passes lent)
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; an error is recorded and never ends the thread."""
@@ -227,7 +229,10 @@ class FrameServer:
             self.record_error(f'preempting {other.label}: {type(e).__name__}: {e}')
         finally:
             other.service.lock.release()
-            self.lent_s += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self.lent_s += t1 - t0
+            self.lent_by.setdefault(m, deque(maxlen=64)).append(
+                (t1, t1 - t0 + self.profiles[m].penalty))
 
     def host_pass(self, run: Running, done: int, units: int) -> HostPass:
         """Return the running pass as the guard sees it at the start of unit `done`."""
@@ -237,10 +242,12 @@ class FrameServer:
         latency = m.service.latency
         deadline_ms = m.settings['deadline_ms']
         deadline_s = deadline_ms / 1e3 if deadline_ms > 0 else math.inf
+        cameras = [(f, due, period, deadline_s) for f, due, period in self.queue.cameras_of(m)]
+        window = min((c[2] for c in cameras), default=math.inf)
+        now = time.perf_counter()
+        lent = sum(s for t, s in self.lent_by.get(m, ()) if now - t < window)
         return HostPass(run.batch, latency.predict(n) * share, latency.upper(n) * share,
-                        profile.penalty, run.guests, latency.upper(1),
-                        [(f, due, period, deadline_s)
-                         for f, due, period in self.queue.cameras_of(m)])
+                        profile.penalty, run.guests, latency.upper(1), cameras, lent)
 
     def guest_cost(self, m: Any) -> float:
         """Return the slow end of `m`'s passes inside another's (its own, before one ran)."""
