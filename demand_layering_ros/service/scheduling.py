@@ -284,10 +284,10 @@ class PassProfile:
 
     `add_pass` keeps, for each unit boundary of an unpreempted pass, the fraction of the pass
     elapsed there (passes are not uniform over their units: yolov3's first half of its units
-    takes 0.45 of the pass, the units from 0.6 to 0.8 of the way 0.3); `left(unit)` is the
+    takes 0.44 of the pass, the units from 0.6 to 0.8 of the way 0.26); `left(unit)` is the
     fraction still to run, the median of the last `window` passes (the share of units not
     started before any pass was timed). `add_penalty` keeps what a preempted pass took beyond
-    its predicted time, per guest, and `penalty` is its slow end (0 before a preemption ran).
+    the slow end of its model's passes, per guest; `penalty` is its slow end (0 before one ran).
     """
 
     def __init__(self, window=7, upper_q=90):
