@@ -182,9 +182,10 @@ def main(argv=None):
         for f in packs.values():
             cgroups.evict_file(Path(f) / WEIGHTS_FILE)
         results, lat, offered = node_bench.serve([y], args.duration, args.domain)
-        said = re.search(r'preempt: (\d+) frames', results[0].stderr)
+        said = re.search(r'preempt: (\d+) frames.*', results[0].stderr)
         row = {'configuration': name, 'exit': [r.returncode for r in results],
-               'preempted': int(said.group(1)) if said else 0}
+               'preempted': int(said.group(1)) if said else 0,
+               'said': said.group(0) if said else None}
         row.update({c: figures(lat[c], offered[c], deadline[c]) for c in names})
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)

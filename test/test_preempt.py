@@ -13,7 +13,6 @@ import math
 import time
 
 from demand_layering_ros import pack as P
-from demand_layering_ros.service import scheduling
 from demand_layering_ros.sizes import MB
 import pytest
 from test_node_models import (assert_same, expected, group_params, Harness, images,
@@ -83,40 +82,3 @@ def test_small_model_answered_inside_large_passes_as_resident(packs):
                 assert_same(got[hd.frame_id], expected(oracle, model, hd, rgb))
     finally:
         h.close()
-
-
-class _Model:
-    """What preempting_frame reads of a model: its measured latency and feasibility."""
-
-    def __init__(self, seconds):
-        self.infeasible = False
-        self.service = type('Service', (), {})()
-        self.service.latency = scheduling.LatencyModel()
-        self.service.latency.update(1, seconds)
-
-
-def _frame(model, base, deadline_s):
-    return scheduling.Frame(scheduling.Camera('/c', model), None, base, base + deadline_s)
-
-
-def test_preemption_only_when_it_saves_a_deadline_and_costs_none():
-    small, large = _Model(0.05), _Model(0.5)
-    running = [scheduling.Frame(scheduling.Camera('/r', large), None, 10.0, math.inf)]
-
-    def cost(m):
-        return 2 * m.service.latency.upper(1)           # inside another pass: slower
-
-    def pick(waiting, left, run=running):
-        return scheduling.preempting_frame(waiting, run, 10.1, left, cost)
-    urgent = _frame(small, 10.08, 0.2)         # due 10.28: the rest of the pass ends later
-    assert pick([urgent], 0.4) is urgent
-    assert pick([urgent], 0.05) is None                 # it can wait for the rest
-    assert pick([_frame(small, 10.0, 0.15)], 0.4) is None   # too late even now (10.2 > 10.15)
-    no_deadline = scheduling.Frame(scheduling.Camera('/c', small), None, 10.08, math.inf)
-    assert pick([no_deadline], 0.4) is None
-    tight = [scheduling.Frame(scheduling.Camera('/r', large), None, 10.0, 10.55)]
-    assert pick([urgent], 0.4, tight) is None           # the running frame would miss its own
-    assert scheduling.preempting_frame([urgent], tight, 10.1, 0.3, cost) is urgent
-    assert scheduling.preempting_frame([urgent], tight, 10.1, 0.3, cost, 0.4) is None
-    small.infeasible = True
-    assert pick([urgent], 0.4) is None                  # best-effort frames never preempt

@@ -192,29 +192,135 @@ def most_urgent_model(frames):
     return serving_order(frames)[0].camera.model
 
 
-def preempting_frame(waiting, running, now, left, cost, left_slow=None):
+@dataclass
+class HostPass:
+    """
+    The running pass as the preemption guard sees it (seconds; times on the frames' clock).
+
+    `left` / `left_slow`: its measured time still to run, typical and slow end (`PassProfile`);
+    `penalty`: the slow end of what one preemption adds to it afterwards (read-ahead dropped
+    for the guest's layers and read again); `guests`: preemptions already taken in it, each
+    still owing that penalty; `service`: the slow end of its model's pass, what each of its
+    frames after this one takes; `cameras`: [(waiting frame or None, next frame's base,
+    period, deadline after base)] of its model's cameras, what it must leave their deadlines;
+    `lent`: seconds its passes lent to guests (penalties included) in the last frame period.
+    """
+
+    frames: list
+    left: float
+    left_slow: float
+    penalty: float = 0.0
+    guests: int = 0
+    service: float = 0.0
+    cameras: list = ()
+    lent: float = 0.0
+
+
+def preempting_frame(waiting, host, now, cost):
     """
     Return the waiting frame of another model to run inside the running pass, or None.
 
-    `left`: the running pass's predicted seconds still to go (its measured latency times the
-    share of its layers not started), `left_slow` the same from the slow end of its passes;
-    `cost(model)`: the slow end of that model's measured passes run inside another (read on
-    demand, without read-ahead). A frame preempts only when waiting for the rest of the pass
-    would make it miss its deadline, running it now would not, and every running frame still
-    meets its own deadline after the delay, even at the slow end. Frames without a deadline,
-    of a model not yet measured or served best-effort, never do.
+    `host`: the running pass (`HostPass`); `cost(model)`: the slow end of that model's
+    measured passes run inside another (read on demand, without read-ahead). A frame preempts
+    only when waiting for the rest of the pass would make it miss its deadline, running it now
+    would not, and the running model keeps every deadline (`host_keeps`). Frames without a
+    deadline, of a model not yet measured or served best-effort, never do.
     """
-    slow = left if left_slow is None else left_slow
     for f in serving_order(waiting):
         m = f.camera.model
         if not math.isfinite(f.deadline) or m.infeasible or not m.service.latency.steady:
             continue
         c = cost(m)
-        if now + left + m.service.latency.upper(1) <= f.deadline or now + c > f.deadline:
+        if now + host.left + m.service.latency.upper(1) <= f.deadline or now + c > f.deadline:
             continue
-        if all(now + c + slow <= r.deadline for r in running):
+        lend = c + host.penalty * (host.guests + 1)
+        if host_keeps(host, now, now + lend + host.left_slow, m.service.latency.upper(1), lend):
             return f
     return None
+
+
+def host_keeps(host, now, end, between, lend=0.0):
+    """
+    Return True when the running model keeps its deadlines with its pass ending at `end`.
+
+    A guest's delay is paid by every frame of the running model, not only the ones in the
+    pass: each frame waiting runs after it (in turn, `host.service` each) and must start before
+    its camera's next frame supersedes it and end by its deadline; a camera with none waiting
+    has its next frame due at base + period: it runs at the pass's end, or, arriving after it,
+    once the pass of another model that may start meanwhile (`between`) is done, and must
+    meet its deadline before the frame after it arrives. Those checks reach one frame ahead;
+    the frames after it keep theirs because a delay lent is made up before the next: what
+    the model lends in a frame period (`host.lent` and this `lend`) stays within the time its
+    passes, another model's between two of its own, leave free in a period. Where they leave
+    none, nothing is lent. Slow-end times throughout; a camera whose period is not measured
+    yet refuses every preemption, one overdue by more than a period is taken to be quiet.
+    """
+    if any(end > r.deadline for r in host.frames):
+        return False
+    cams = [c for c in host.cameras if math.isfinite(c[3]) and not (
+        c[0] is None and now > c[1] + c[2])]
+    if any(not math.isfinite(period) for _, _, period, _ in cams):
+        return False
+    if cams:
+        busy = sum((host.service + between) / period for _, _, period, _ in cams)
+        if host.lent + lend > (1.0 - busy) * min(period for _, _, period, _ in cams):
+            return False
+    t = end
+    for frame, due, period, deadline_s in cams:
+        if frame is not None:
+            if t > due or t + host.service > frame.deadline:
+                return False
+            t += host.service
+            continue
+        start = end if due <= end else due + between
+        if start > due + period or start + host.service > due + deadline_s:
+            return False
+    return True
+
+
+class PassProfile:
+    """
+    How a model's pass spends its time, for the preemption guard: measured, not assumed.
+
+    `add_pass` keeps, for each unit boundary of an unpreempted pass, the fraction of the pass
+    elapsed there (passes are not uniform over their units: yolov3's first half of its units
+    takes 0.44 of the pass, the units from 0.6 to 0.8 of the way 0.26); `left(unit)` is the
+    fraction still to run, the median of the last `window` passes (the share of units not
+    started before any pass was timed). `add_penalty` keeps what a preempted pass took beyond
+    the slow end of its model's passes, per guest; `penalty` is its slow end (0 before one ran).
+    """
+
+    def __init__(self, window=7, upper_q=90):
+        self.window = window
+        self.upper_q = upper_q
+        self.elapsed = {}       # unit index -> recent fractions of the pass elapsed at its start
+        self.penalties = deque(maxlen=2 * window)
+
+    def add_pass(self, marks, seconds):
+        """Record an unpreempted pass: [(unit index, seconds elapsed at its start)], its total."""
+        if seconds <= 0:
+            return
+        for unit, t in marks:
+            self.elapsed.setdefault(unit, deque(maxlen=self.window)).append(
+                min(max(t / seconds, 0.0), 1.0))
+
+    def left(self, unit, units):
+        """Return the fraction of the pass still to run at the start of unit `unit`."""
+        xs = self.elapsed.get(unit)
+        xs = xs.copy() if xs is not None else None   # diagnostics may read while frames run
+        if not xs:
+            return 1.0 - unit / max(units, 1)
+        return 1.0 - median(xs)
+
+    def add_penalty(self, seconds):
+        """Record what one preemption added to the pass it preempted (seconds, may be < 0)."""
+        self.penalties.append(seconds)
+
+    @property
+    def penalty(self):
+        """Return the slow end of the measured penalty of one preemption (>= 0 seconds)."""
+        xs = self.penalties.copy()
+        return max(0.0, nearest_rank(xs, self.upper_q)) if xs else 0.0
 
 
 class Camera:
@@ -230,10 +336,17 @@ class Camera:
         self.deadline_misses = 0
         self.best_effort = 0     # frames run although their deadline could not be met
         self.newest = -math.inf  # base time of the newest frame offered
+        self.intervals = deque(maxlen=8)   # seconds between the bases of its newest frames
         self.latencies = deque(maxlen=2000)
         self.last_error = ''
         self.last_count = (0, 0, time.monotonic())   # (received, published, time) at last report
         self.turn = 0            # when it was last served (FrameQueue.turns then); 0: never
+
+    @property
+    def period(self):
+        """Return the seconds between its frames: the median of the last few (inf: none yet)."""
+        xs = self.intervals.copy()
+        return median(xs) if xs else math.inf
 
 
 class FrameQueue:
@@ -261,6 +374,8 @@ class FrameQueue:
             if camera.newest - JUMP_S < frame.base < camera.newest:
                 camera.drops['superseded'] += 1
                 return
+            if math.isfinite(camera.newest) and frame.base > camera.newest:
+                camera.intervals.append(frame.base - camera.newest)
             camera.newest = frame.base
             if camera.latest is not None:
                 camera.drops['superseded'] += 1
@@ -314,6 +429,17 @@ class FrameQueue:
         with self.cond:
             return [c.latest for c in self.cameras
                     if c.latest is not None and c.model is not but_model]
+
+    def cameras_of(self, model):
+        """
+        Return [(waiting frame or None, next frame's base, period)] of `model`'s cameras.
+
+        In serving order of their waiting frames (the cameras served least recently first);
+        the next frame's base is the newest one's plus the camera's measured period.
+        """
+        with self.cond:
+            cams = sorted((c for c in self.cameras if c.model is model), key=lambda c: c.turn)
+            return [(c.latest, c.newest + c.period, c.period) for c in cams]
 
     def take_one(self, frame):
         """Take `frame` out of line to run it now; False when a newer one replaced it."""

@@ -14,19 +14,35 @@ A frame's `camera.model` is the model it runs through (`ros.served.ServedModel`,
 with `name`, `label`, `settings`, `service`, `infeasible`, `infeasible_said` and `served`).
 """
 
+from collections import deque
+from dataclasses import dataclass, field
+import math
 import threading
 import time
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from demand_layering_ros.service.scheduling import (deadline_infeasible, Frame, FrameQueue,
-                                                    LatencyModel, most_urgent_model,
-                                                    preempting_frame)
+                                                    HostPass, LatencyModel, most_urgent_model,
+                                                    PassProfile, preempting_frame)
 
 PROBE_AFTER_S = 2.0   # with every frame dropped for its deadline this long, one runs anyway
 REPLAN_EVERY = 32     # served batches between two looks at the measured slack
 
 Decoded = Tuple[Frame, Any, Any]   # (frame, its message or header, [H, W, 3] uint8 RGB)
 Publish = Callable[[Frame, Any, Any, Any, dict, List[str]], Optional[bool]]
+
+
+@dataclass
+class Running:
+    """The pass running now, as the preemption guard follows it (perf_counter seconds)."""
+
+    batch: List[Frame]
+    model: Any
+    t0: float
+    lent0: float                # the server's lent_s when it began
+    slow: float                 # its model's slow-end pass before it ran
+    marks: list = field(default_factory=list)   # [(unit index, seconds of its own so far)]
+    guests: int = 0             # passes run inside it
 
 
 class FrameServer:
@@ -55,10 +71,12 @@ class FrameServer:
         self.log = log
         self.record_error = record_error if record_error is not None else log.error
         self.group = group
-        self.running = None     # (frames, model) of the pass running now
+        self.running = None     # the Running pass
         self.lent_s = 0.0       # seconds passes ran inside other passes (preemption), in all
         self.preemptions = 0
         self.guest_latency = {}   # model -> LatencyModel of its passes run inside another's
+        self.profiles = {}        # model -> PassProfile of its passes (timed with preempt on)
+        self.lent_by = {}         # model -> deque of (perf_counter, seconds its passes lent)
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set; an error is recorded and never ends the thread."""
@@ -71,7 +89,11 @@ class FrameServer:
             except Exception as e:   # never let the thread die: report and keep serving
                 self.record_error(f'inference thread: {type(e).__name__}: {e}')
         if self.preemptions:
-            self.log.info(f"preempt: {self.preemptions} frames ran inside another model's pass")
+            cost = ', '.join(f'{m.label} {p.penalty * 1e3:.0f} ms'
+                             for m, p in self.profiles.items() if p.penalties)
+            self.log.info(f"preempt: {self.preemptions} frames ran inside another model's pass"
+                          + (f' (what one cost the pass it ran in afterwards, slow end: {cost})'
+                             if cost else ''))
 
     def serve(self, pending: Sequence[Frame]) -> List[Frame]:
         """
@@ -95,11 +117,15 @@ class FrameServer:
         if batch:
             if self.group is not None and self.group.configured:
                 self.group.set_boundary(self.at_boundary if s.get('preempt') else None)
-            self.running = (batch, m)
+            run = Running(batch, m, time.perf_counter(), self.lent_s,
+                          latency.upper(len(batch)))
+            self.running = run
             try:
-                self.run_batch(batch, m)
+                seconds = self.run_batch(batch, m)
             finally:
                 self.running = None
+            if seconds is not None and s.get('preempt'):
+                self.learn(run, seconds)
             m.served += 1
             if m.served % REPLAN_EVERY == 0:
                 service.replan_for_slack()
@@ -118,13 +144,19 @@ class FrameServer:
                 'misses')
         m.infeasible = infeasible
 
-    def run_batch(self, batch: List[Frame], m: Any) -> None:
-        """Decode, infer and publish one batch; a failed pass drops its frames as 'error'."""
+    def run_batch(self, batch: List[Frame], m: Any, guest: bool = False) -> Optional[float]:
+        """
+        Decode, infer and publish one batch; return its seconds (None when it did not run).
+
+        A failed pass drops its frames as 'error'. A `guest` pass (run inside another model's)
+        does not teach its model's latency: it reads its layers without read-ahead, and its
+        time inside another pass is the guard's (`guest_cost`).
+        """
         s, service = m.settings, m.service
         t0, lent0 = time.perf_counter(), self.lent_s
         frames = self.decode(batch)
         if not frames:
-            return
+            return None
         t1 = time.perf_counter()
         try:
             results = service.infer([rgb for _, _, rgb in frames], s['score_threshold'],
@@ -133,9 +165,9 @@ class FrameServer:
             for f, _, _ in frames:
                 self.queue.drop(f.camera, 'error', str(e))
             self.record_error(f'{type(e).__name__}: {e}')
-            return
+            return None
         if results is None:   # cleaned up meanwhile
-            return
+            return None
         lent = self.lent_s - lent0            # other models' passes that ran inside this one
         forward = service.last_forward_seconds()
         if forward is not None:
@@ -143,25 +175,42 @@ class FrameServer:
         names = service.class_names
         for (f, msg, rgb), det in zip(frames, results):
             self.answer(f, msg, rgb, det, s, names)
-        service.record_latency(len(frames), time.perf_counter() - t0 - lent)
+        seconds = time.perf_counter() - t0 - lent
+        if not guest:
+            service.record_latency(len(frames), seconds)
+        return seconds
+
+    def learn(self, run: Running, seconds: float) -> None:
+        """
+        Time a pass for the preemption guard: its shape, or what its guests cost it after.
+
+        An unpreempted pass gives the fraction of it elapsed at each unit boundary; a preempted
+        one the seconds it took, its guests' lent out, beyond the slow end of its model's
+        passes, per guest: the read-ahead it lost to them and read again.
+        """
+        profile = self.profiles.setdefault(run.model, PassProfile())
+        if run.guests:
+            profile.add_penalty((seconds - run.slow) / run.guests)
+        else:
+            profile.add_pass(run.marks, seconds)
 
     def at_boundary(self, name: str, done: int, units: int) -> None:
         """
         Between two layers of the running pass: run another model's frame first if it must.
 
-        `preempting_frame` decides from the running model's measured latency (the share of its
-        layers still to run) and the waiting model's. The frame runs here, nested: the running
-        pass resumes from the same layer once it is answered. A waiting model whose service is
-        busy elsewhere (a re-plan) is not waited for.
+        `preempting_frame` decides from measured times: the running pass's time still to run
+        (its model's pass times the fraction left at this unit in recent passes), what each
+        preemption costs it afterwards, and its model's frames waiting or due. The frame runs
+        here, nested: the running pass resumes from the same layer once it is answered. A
+        waiting model whose service is busy elsewhere (a re-plan) is not waited for.
         """
-        if self.running is None:
+        run = self.running
+        if run is None:
             return
-        batch, m = self.running
-        share = 1.0 - done / max(units, 1)
-        latency = m.service.latency
-        f = preempting_frame(self.queue.waiting(m), batch, self.now(),
-                             latency.predict(len(batch)) * share, self.guest_cost,
-                             latency.upper(len(batch)) * share)
+        m = run.model
+        run.marks.append((done, time.perf_counter() - run.t0 - (self.lent_s - run.lent0)))
+        f = preempting_frame(self.queue.waiting(m), self.host_pass(run, done, units),
+                             self.now(), self.guest_cost)
         if f is None:
             return
         other = f.camera.model
@@ -171,7 +220,8 @@ class FrameServer:
         try:
             if self.queue.take_one(f):
                 self.preemptions += 1
-                self.run_batch([f], other)
+                run.guests += 1
+                self.run_batch([f], other, guest=True)
                 other.served += 1
                 self.guest_latency.setdefault(other, LatencyModel()).update(
                     1, time.perf_counter() - t0)
@@ -179,7 +229,25 @@ class FrameServer:
             self.record_error(f'preempting {other.label}: {type(e).__name__}: {e}')
         finally:
             other.service.lock.release()
-            self.lent_s += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self.lent_s += t1 - t0
+            self.lent_by.setdefault(m, deque(maxlen=64)).append(
+                (t1, t1 - t0 + self.profiles[m].penalty))
+
+    def host_pass(self, run: Running, done: int, units: int) -> HostPass:
+        """Return the running pass as the guard sees it at the start of unit `done`."""
+        m, n = run.model, len(run.batch)
+        profile = self.profiles.setdefault(m, PassProfile())
+        share = profile.left(done, units)
+        latency = m.service.latency
+        deadline_ms = m.settings['deadline_ms']
+        deadline_s = deadline_ms / 1e3 if deadline_ms > 0 else math.inf
+        cameras = [(f, due, period, deadline_s) for f, due, period in self.queue.cameras_of(m)]
+        window = min((c[2] for c in cameras), default=math.inf)
+        now = time.perf_counter()
+        lent = sum(s for t, s in self.lent_by.get(m, ()) if now - t < window)
+        return HostPass(run.batch, latency.predict(n) * share, latency.upper(n) * share,
+                        profile.penalty, run.guests, latency.upper(1), cameras, lent)
 
     def guest_cost(self, m: Any) -> float:
         """Return the slow end of `m`'s passes inside another's (its own, before one ran)."""

@@ -120,8 +120,9 @@ PARAMS = (
           'model from pack_path and image_topics.'),
     Param('preempt', False,
           'Several models: between two layers of a pass, run a waiting frame of another model '
-          'first when waiting would make it miss its deadline_ms and the running frames still '
-          'meet theirs (decided from measured pass times; README: Several models).'),
+          'first when waiting would make it miss its deadline_ms and the running model keeps '
+          'every deadline, its next frames included (decided from measured pass times; '
+          'README: Several models).'),
     Param('autostart', True,
           'Configure and activate on start-up; false leaves the node to a lifecycle manager.',
           applies='startup'),
