@@ -211,6 +211,8 @@ def group_status(name, s, stats, state):
               'passes': stats.get('passes', 0), 'switches': stats.get('switches', 0),
               'prefetch_dropped': stats.get('prefetch_dropped', 0),
               'preemptions': stats.get('preemptions', 0),
+              'preempted_activation_peak_mb': _mb(stats.get('preempted_activation_peak_bytes')
+                                                  or 0),
               'io_total_mb': _mb(stats.get('io_bytes', 0) or 0)}
     note = following_values(stats, values)
     if note:

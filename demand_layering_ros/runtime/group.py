@@ -101,6 +101,7 @@ class ModelGroup:
         self.fit = fit
         self.packs = {n: p if isinstance(p, Pack) else Pack.open(p) for n, p in packs.items()}
         self.pass_lock = threading.Lock()
+        self.held_together = 0     # see _run_guest
         self.parts = SharedParts(dev, staging, opts.get('threads', READER_THREADS),
                                  opts.get('timeline', True))
         self.engines = {}
@@ -211,12 +212,17 @@ class ModelGroup:
         The arena stays the host's: its loader holds, and the guest's units are read on demand
         into the host's free arena space (the host's read-ahead dropped where the space is
         needed, read again after) or, where that cannot hold them, into transient buffers
-        counted in the group's peak.
+        counted in the group's peak. Both passes' activations are held at once (the host's on
+        its stack): `held_together` counts the two models' activation peaks summed, what a
+        preemption between them can hold (each measured on its model's own passes; a CPU
+        pass inside another reuses heap malloc already holds, so its own rise shows less).
         """
         engine = self.engines[name]
         if engine.closed or not engine.configured:
             raise ExecutorError(f'model {name!r} of the group is closed')
         p = engine.pipeline
+        hosting = next(e for e in self.engines.values() if e.pipeline is host)
+        self.held_together = max(self.held_together, engine.probe.peak + hosting.probe.peak)
         host.lend()
         p.guest_of = host
         try:
@@ -307,6 +313,7 @@ class ModelGroup:
                 e.teardown()
 
     def _install(self, gplan):
+        self.held_together = 0          # counted from the new plan on, like the peaks
         self._allocate(gplan)
         plans = gplan.for_models(self.packs)
         for name, e in self.engines.items():
@@ -339,6 +346,7 @@ class ModelGroup:
                 'active_model': p.active,
                 'switches': p.switches,
                 'preemptions': p.guests,
+                'preempted_activation_peak_bytes': self.held_together,
                 'prefetch_dropped': p.dropped,
                 'prefetch_dropped_bytes': p.dropped_bytes,
                 'io_bytes': sum(r.bytes_read for r in readers),
