@@ -886,6 +886,7 @@ def test_start_up_values_coerced_or_refused_in_one_line(yolo_pack):
 
     An integer for a double parameter is taken as a double; an invalid value leaves the node
     up and unconfigured, with one line that names the parameter and the value, no traceback.
+    Started with SIGINT ignored, as a script's background job starts it, Ctrl-C still stops it.
     """
     from rcl_interfaces.srv import GetParameters
     env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN))
@@ -894,7 +895,8 @@ def test_start_up_values_coerced_or_refused_in_one_line(yolo_pack):
          '-r', '__node:=startup_detector', '-p', f'pack_path:={yolo_pack}',
          '-p', 'memory_budget_mb:=8', '-p', 'device:=tpu', '-p', 'score_threshold:=7.0',
          '-p', 'image_topics:=[/startup/image_raw]'],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=DOMAIN)
     try:

@@ -474,7 +474,7 @@ class DetectorNode(LifecycleNode):
 
 
 def _interrupt(signum, frame):
-    """SIGTERM as Ctrl-C: the main thread stops everything in order (`main`)."""
+    """SIGINT or SIGTERM: the main thread stops everything in order (`main`)."""
     raise KeyboardInterrupt
 
 
@@ -492,6 +492,9 @@ def main(args=None):
     node = executor = None
     try:
         malloc.limit_arenas()    # before DDS and executor threads take their own malloc arenas
+        # installed, not inherited: a node started from a script's background job inherits
+        # SIGINT ignored, and would then not stop on `ros2 launch`'s or the user's Ctrl-C
+        signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
         node = DetectorNode()

@@ -248,9 +248,10 @@ def max_pool(x, size, stride):
     yolov3-tiny's first pool at 416x416) in a scalar loop: elementwise maxima of strided views
     run 6-7x faster here. Small windows are taken whole (size^2 maxima into the output), larger
     ones row then column (2 x size maxima; an SPP pool's stride 1 keeps that intermediate at
-    the output's size). Other devices keep max_pool2d (not measured there).
+    the output's size). Other devices keep max_pool2d (not measured there), and so does a pass
+    that records gradients (maxima written in place into `out` have none).
     """
-    if x.device.type != 'cpu':
+    if x.device.type != 'cpu' or (x.requires_grad and torch.is_grad_enabled()):
         return F.max_pool2d(x, size, stride)
     if size <= 3:
         rows, cols = ((x.shape[d] - size) // stride + 1 for d in (2, 3))
