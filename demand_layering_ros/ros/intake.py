@@ -23,6 +23,8 @@ import time
 from demand_layering_ros.service import imaging
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 
 # CDR encapsulation identifiers whose first member starts right after the 4-byte header:
 # plain CDR and XCDR2 of a final type (ROS 2 messages), big- or little-endian (odd: little).
@@ -79,8 +81,6 @@ def read_in_place(data, msg_type):
     Image and CompressedImage in plain CDR only; None for anything else, or for bytes that do
     not hold exactly one such message (then the caller deserialises them, and says why not).
     """
-    from sensor_msgs.msg import CompressedImage, Image
-    from std_msgs.msg import Header
     order = PLAIN.get((data[0] << 8) | data[1]) if len(data) >= 4 else None
     if order is None or msg_type not in (Image, CompressedImage):
         return None
